@@ -1,0 +1,343 @@
+"""Deep Interest Network (Zhou et al., KDD 2018), read top to bottom like the paper.
+
+    embeddings -> local activation unit -> Dice -> attention pooling -> MLP -> logit
+
+Shapes: B batch, L history length (any size, 0 included), D = embed_dim x number of behaviour
+fields (item ‖ category), H hidden width. Padding is given by `hist_len`, never by the ids: the mask
+is `arange(L) < hist_len`, so whatever ids sit at padded positions cannot change a score.
+
+Two attention normalisations, both exact about padding:
+- "none" (the paper): w_j = a(e_j, v_A), not normalised, so the pooled vector keeps the intensity of
+  interest; padded positions get w = 0 and an empty history pools to the zero vector.
+- "softmax" (the official code): softmax over real positions of a / sqrt(D); an all-padded row
+  gives all-zero weights (not NaN, and not a uniform average of padding embeddings).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+from din_export.schema import OOV_INDEX, PAD_INDEX, Schema
+
+ACTIVATIONS = ("dice", "prelu", "sigmoid", "relu")
+ATTENTION_NORMS = ("none", "softmax")
+MODELS = ("din", "base")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = "din"
+    embed_dim: int = 32  # per embedding table; a behaviour vector is embed_dim x behaviour fields
+    attention_hidden: tuple[int, ...] = (80, 40)
+    attention_activation: str = "dice"
+    attention_norm: str = "none"
+    mlp_hidden: tuple[int, ...] = (200, 80)
+    mlp_activation: str = "dice"
+    mlp_input_bn: bool = True  # the official code batch-normalises the MLP input
+    use_hist_sum: bool = True  # DIN also sees the sum-pooled history (BaseModel sees only that)
+    dropout: float = 0.0
+    dice_eps: float = 1e-8
+    bn_momentum: float = 0.01  # running = (1 - m) * running + m * batch, torch's convention
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.model in MODELS, f"model must be one of {MODELS}"),
+            (self.attention_activation in ACTIVATIONS, f"attention_activation must be one of {ACTIVATIONS}"),
+            (self.mlp_activation in ACTIVATIONS, f"mlp_activation must be one of {ACTIVATIONS}"),
+            (self.attention_norm in ATTENTION_NORMS, f"attention_norm must be one of {ATTENTION_NORMS}"),
+            (self.embed_dim >= 1, "embed_dim must be >= 1"),
+            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"model config: {message}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"model config: unknown keys {sorted(unknown)}")
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**d)
+
+
+# --- Activations -------------------------------------------------------------------------------------
+
+
+class Dice(nn.Module):
+    """Data-adaptive activation, paper Eq. 9, per channel (the last dim).
+
+    f(s) = p(s) * s + (1 - p(s)) * alpha * s,   p(s) = sigmoid((s - E[s]) / sqrt(Var[s] + eps))
+
+    Training uses the mini-batch mean/variance over *real* positions only (the mask), inference the
+    running averages, so at inference a row's output never depends on the rest of the batch. No
+    affine scale/shift inside p (the paper's formula; the official code's BN has center=scale=False).
+    With E = 0 and Var = 0 it is PReLU. x: (..., H), mask: x.shape[:-1] bool or None.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-8, momentum: float = 0.01) -> None:
+        super().__init__()
+        self.eps = eps
+        self.momentum = momentum
+        self.alpha = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        mean, var = self.running_mean, self.running_var
+        if self.training:
+            mean, var = self._batch_statistics(x, mask)
+        p = torch.sigmoid((x - mean) / torch.sqrt(var + self.eps))
+        return p * x + (1.0 - p) * self.alpha * x
+
+    def _batch_statistics(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        flat = x.reshape(-1, x.shape[-1])
+        if mask is None:
+            weight = torch.ones(flat.shape[0], 1, dtype=x.dtype, device=x.device)
+        else:
+            weight = mask.reshape(-1, 1).to(x.dtype)
+        n = weight.sum()
+        if n.item() == 0:  # a batch of empty histories has no statistics: fall back to the running ones
+            return self.running_mean, self.running_var
+        mean = (flat * weight).sum(0) / n
+        var = (((flat - mean) ** 2) * weight).sum(0) / n
+        with torch.no_grad():
+            unbiased = var * (n / (n - 1)) if n > 1 else var
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(unbiased.detach(), self.momentum)
+        return mean, var
+
+
+class PReLU(nn.Module):
+    """PReLU over the last dim (torch's nn.PReLU takes dim 1 as channels, which is L for (B, L, H))."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.full((num_features,), 0.25))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return torch.where(x > 0, x, self.alpha * x)
+
+
+class Pointwise(nn.Module):
+    """A stateless activation with the (x, mask) signature of Dice."""
+
+    def __init__(self, fn: nn.Module) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.fn(x)
+
+
+def make_activation(name: str, num_features: int, cfg: ModelConfig) -> nn.Module:
+    if name == "dice":
+        return Dice(num_features, eps=cfg.dice_eps, momentum=cfg.bn_momentum)
+    if name == "prelu":
+        return PReLU(num_features)
+    if name == "sigmoid":
+        return Pointwise(nn.Sigmoid())
+    if name == "relu":
+        return Pointwise(nn.ReLU())
+    raise ValueError(f"unknown activation {name!r}; choose from {ACTIVATIONS}")
+
+
+class MLP(nn.Module):
+    """Linear -> activation blocks, ending in a Linear to one unit. x: (..., in_dim) -> (..., 1).
+
+    The mask is handed to each activation so Dice's statistics see real positions only.
+    """
+
+    def __init__(self, in_dim: int, hidden: tuple[int, ...], activation: str, cfg: ModelConfig,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        dims = (in_dim, *hidden)
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.activations = nn.ModuleList(make_activation(activation, h, cfg) for h in hidden)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.out = nn.Linear(dims[-1], 1)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        for linear, act in zip(self.linears, self.activations, strict=True):
+            x = self.dropout(act(linear(x), mask))
+        return self.out(x)
+
+
+# --- Embeddings --------------------------------------------------------------------------------------
+
+
+class Embeddings(nn.Module):
+    """One table per vocabulary; a behaviour's target and history share it.
+
+    Row 0 (padding) is fixed at zero. Row 1 (out-of-vocabulary) starts at zero and, since training ids
+    come from the training vocabulary, stays there: an unseen id contributes nothing rather than noise.
+    """
+
+    def __init__(self, schema: Schema, embed_dim: int) -> None:
+        super().__init__()
+        used = dict.fromkeys([s.vocab for s in schema.sparse] + [b.vocab for b in schema.behaviour])
+        self.tables = nn.ModuleDict(
+            {v: nn.Embedding(schema.vocab_sizes[v], embed_dim, padding_idx=PAD_INDEX) for v in used}
+        )
+        for table in self.tables.values():
+            nn.init.normal_(table.weight, std=0.05)
+            with torch.no_grad():
+                table.weight[PAD_INDEX].zero_()
+                table.weight[OOV_INDEX].zero_()
+        self.sparse = [(s.name, s.vocab) for s in schema.sparse]
+        self.behaviour = [(b.target, b.history, b.vocab) for b in schema.behaviour]
+
+    def forward(self, x: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """-> profile (B, n_sparse * E), query v_A (B, D), keys e_j (B, L, D)."""
+        b = x["hist_len"].shape[0]
+        profile = [self.tables[vocab](x[name]) for name, vocab in self.sparse]
+        profile_vec = torch.cat(profile, dim=-1) if profile else x["hist_len"].new_zeros((b, 0)).float()
+        query = torch.cat([self.tables[v](x[t]) for t, _, v in self.behaviour], dim=-1)
+        keys = torch.cat([self.tables[v](x[h]) for _, h, v in self.behaviour], dim=-1)
+        return profile_vec, query, keys
+
+
+def history_mask(hist_len: Tensor, seq_len: int) -> Tensor:
+    """(B,) lengths -> (B, L) bool, True at real positions. Built from the tensor's own L (dynamic)."""
+    positions = torch.arange(seq_len, device=hist_len.device)
+    return positions.unsqueeze(0) < hist_len.unsqueeze(1)
+
+
+# --- Local activation unit and pooling ---------------------------------------------------------------
+
+
+class ActivationUnit(nn.Module):
+    """a(v_A, e_j) = MLP([q, k, q - k, q * k]) -> scalar per position. q (B, D), k (B, L, D) -> (B, L).
+
+    The official code's cheap stand-ins for the paper's outer product (q - k, q * k).
+    """
+
+    def __init__(self, dim: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.mlp = MLP(4 * dim, cfg.attention_hidden, cfg.attention_activation, cfg)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        q = query.unsqueeze(1).expand_as(keys)
+        return self.mlp(torch.cat([q, keys, q - keys, q * keys], dim=-1), mask).squeeze(-1)
+
+
+class AttentionPooling(nn.Module):
+    """v_U = sum_j w_j e_j with w from the activation unit. -> pooled (B, D), weights (B, L)."""
+
+    def __init__(self, dim: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.unit = ActivationUnit(dim, cfg)
+        self.norm = cfg.attention_norm
+        self.scale = 1.0 / math.sqrt(dim)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        scores = self.unit(query, keys, mask)
+        if self.norm == "softmax":
+            # The dtype's lowest finite value, never -inf or -2**32 (which overflows fp16 to -inf): a row
+            # with no real position then softmaxes to a uniform row that the mask below zeroes.
+            lowest = torch.finfo(scores.dtype).min
+            scores = torch.where(mask, scores * self.scale, lowest)
+            weights = torch.softmax(scores, dim=-1)
+        else:
+            weights = scores
+        weights = torch.where(mask, weights, 0.0)
+        return (weights.unsqueeze(-1) * keys).sum(dim=1), weights
+
+
+def sum_pooling(keys: Tensor, mask: Tensor) -> Tensor:
+    """BaseModel's pooling: sum of real behaviour embeddings. (B, L, D) -> (B, D)."""
+    return (keys * mask.unsqueeze(-1).to(keys.dtype)).sum(dim=1)
+
+
+# --- The network -------------------------------------------------------------------------------------
+
+
+class DIN(nn.Module):
+    """DIN, or with cfg.model == "base" the paper's BaseModel (sum pooling, no attention).
+
+    forward(x) -> logits (B,); with return_attention=True also the weights (B, L) (the mask, as floats,
+    for the base model, whose sum pooling weighs every real behaviour 1).
+    """
+
+    def __init__(self, schema: Schema, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.schema = schema
+        self.cfg = cfg
+        n_behaviour = len(schema.behaviour)
+        dim = cfg.embed_dim * n_behaviour
+        self.embeddings = Embeddings(schema, cfg.embed_dim)
+        self.attention = AttentionPooling(dim, cfg) if cfg.model == "din" else None
+        n_dense = len(schema.dense)
+        self.register_buffer("dense_mean", torch.tensor([d.mean for d in schema.dense], dtype=torch.float32))
+        self.register_buffer("dense_std", torch.tensor([d.std or 1.0 for d in schema.dense], dtype=torch.float32))
+        pooled = 2 if (cfg.model == "din" and cfg.use_hist_sum) else 1
+        in_dim = len(schema.sparse) * cfg.embed_dim + dim * (1 + pooled) + n_dense
+        self.input_bn = nn.BatchNorm1d(in_dim, momentum=cfg.bn_momentum) if cfg.mlp_input_bn else nn.Identity()
+        self.mlp = MLP(in_dim, cfg.mlp_hidden, cfg.mlp_activation, cfg, dropout=cfg.dropout)
+
+    def forward(self, x: dict[str, Tensor], return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        profile, query, keys = self.embeddings(x)
+        mask = history_mask(x["hist_len"], keys.shape[1])
+        parts = [profile, query]
+        if self.attention is not None:
+            interest, weights = self.attention(query, keys, mask)
+            parts.append(interest)
+            if self.cfg.use_hist_sum:
+                parts.append(sum_pooling(keys, mask))
+        else:
+            weights = mask.to(keys.dtype)
+            parts.append(sum_pooling(keys, mask))
+        if "dense" in x:
+            parts.append((x["dense"] - self.dense_mean) / self.dense_std)
+        logits = self.mlp(self.input_bn(torch.cat(parts, dim=-1))).squeeze(-1)
+        return (logits, weights) if return_attention else logits
+
+
+# --- Mini-batch aware regularisation (paper Eq. 6-7) -------------------------------------------------
+
+
+class MBARegularizer(nn.Module):
+    """lambda * sum over embedding rows j present in the mini-batch of ||w_j||^2 / n_j.
+
+    n_j counts id j in all training samples (the `freq/` arrays of the dataset directory). Rows absent
+    from the batch, padding and never-seen ids (n_j = 0) cost nothing. Gradient: 2 lambda w_j / n_j on
+    the rows of the batch only, the paper's Eq. 7 up to the constant folded into lambda.
+    """
+
+    def __init__(self, model: DIN, frequencies: dict[str, Tensor], lam: float) -> None:
+        super().__init__()
+        self.model = model
+        self.lam = lam
+        self.inputs: dict[str, list[tuple[str, bool]]] = {}
+        for s in model.schema.sparse:
+            self.inputs.setdefault(s.vocab, []).append((s.name, False))
+        for b in model.schema.behaviour:
+            self.inputs.setdefault(b.vocab, []).extend([(b.target, False), (b.history, True)])
+        for vocab in self.inputs:
+            counts = frequencies[vocab].to(torch.float64)
+            inv = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
+            inv[PAD_INDEX] = 0.0
+            self.register_buffer(f"inv_freq_{vocab}", inv.float(), persistent=False)
+
+    def forward(self, x: dict[str, Tensor]) -> Tensor:
+        total = x["hist_len"].new_zeros((), dtype=torch.float32)
+        for vocab, names in self.inputs.items():
+            ids = []
+            for name, is_history in names:
+                t = x[name]
+                if is_history:
+                    t = t[history_mask(x["hist_len"], t.shape[1])]
+                ids.append(t.reshape(-1))
+            present = torch.unique(torch.cat(ids))
+            rows = self.model.embeddings.tables[vocab].weight[present]
+            inv = getattr(self, f"inv_freq_{vocab}")[present]
+            total = total + (rows.pow(2).sum(-1) * inv).sum()
+        return self.lam * total
