@@ -257,6 +257,20 @@ def sum_pooling(keys: Tensor, mask: Tensor) -> Tensor:
     return (keys * mask.unsqueeze(-1).to(keys.dtype)).sum(dim=1)
 
 
+class InputNorm(nn.BatchNorm1d):
+    """The official code's BatchNorm on the MLP input. (B, F) -> (B, F).
+
+    A training batch of one row has no variance (torch raises); it is normalised with the running
+    statistics instead, so a trailing batch of one neither crashes training nor is dropped.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1:
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                            training=False, eps=self.eps)
+        return super().forward(x)
+
+
 # --- The network -------------------------------------------------------------------------------------
 
 
@@ -280,7 +294,7 @@ class DIN(nn.Module):
         self.register_buffer("dense_std", torch.tensor([d.std or 1.0 for d in schema.dense], dtype=torch.float32))
         pooled = 2 if (cfg.model == "din" and cfg.use_hist_sum) else 1
         in_dim = len(schema.sparse) * cfg.embed_dim + dim * (1 + pooled) + n_dense
-        self.input_bn = nn.BatchNorm1d(in_dim, momentum=cfg.bn_momentum) if cfg.mlp_input_bn else nn.Identity()
+        self.input_bn = InputNorm(in_dim, momentum=cfg.bn_momentum) if cfg.mlp_input_bn else nn.Identity()
         self.mlp = MLP(in_dim, cfg.mlp_hidden, cfg.mlp_activation, cfg, dropout=cfg.dropout)
 
     def forward(self, x: dict[str, Tensor], return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
