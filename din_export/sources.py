@@ -1,0 +1,636 @@
+"""Readers: each raw source -> one events table (`Events`) that `prepare` turns into a dataset.
+
+The table has one row per behaviour, in the order of the source file (that order is the tie key for
+equal timestamps), with columns
+    user, item, category   pandas Categorical of raw ids as strings
+    timestamp              int64
+    label                  int8 0/1, only for explicit sources (MovieLens, events with a label)
+    <sparse features>      Categorical of strings, declared in `Events.sparse`
+    <dense features>       float64, declared in `Events.dense`
+Ids are kept as categoricals so a large file costs a few bytes per row, not a Python string each.
+
+Every reader raises `SourceError` naming the file, the line and the field of the first bad value;
+rows it drops on purpose (truncated last line, out-of-window timestamps, ...) are counted in
+`Events.stats`. Formats and rules are in docs/data.md.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pandas.api.types import union_categoricals
+
+CHUNK_ROWS = 500_000
+
+# ml-100k genre flags, in u.item column order (u.genre lists the same names).
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+    "War", "Western",
+)
+# The official UserBehavior window: 2017-11-25 00:00 to 2017-12-03 00:00 (UTC+8 midnight), half-open.
+TAOBAO_WINDOW = (1511539200, 1512316800)
+TAOBAO_BEHAVIOURS = ("pv", "cart", "fav", "buy")
+CLICK_RATING = 4
+
+REQUIRED_EVENT_COLUMNS = ("user", "item", "category", "timestamp")
+# Names the dataset itself uses; a feature column called so would collide with them.
+RESERVED_NAMES = frozenset({
+    *REQUIRED_EVENT_COLUMNS, "label", "rating", "user_id", "item_id", "cate_id", "hist_item_id",
+    "hist_cate_id", "hist_len", "dense", "group",
+})
+
+
+class SourceError(ValueError):
+    """A source file is missing or malformed; the message names the file, line and field."""
+
+
+@dataclass
+class Events:
+    frame: pd.DataFrame
+    source: str
+    sparse: tuple[str, ...] = ()
+    dense: tuple[str, ...] = ()
+    stats: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def explicit(self) -> bool:
+        """True when each row carries its own click label (else every row is a positive)."""
+        return "label" in self.frame.columns
+
+
+# ---------------------------------------------------------------------------------------------------
+# column conversion helpers; `lines` holds the file line of each row of the chunk, for error messages
+
+
+def _bad(path: Path | str, line: int, name: str, value: object, why: str) -> SourceError:
+    return SourceError(f"{path}: line {line}, field {name!r}: {why} (got {value!r})")
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _ids(values: pd.Series, path: Path | str, name: str, lines: np.ndarray) -> pd.Categorical:
+    """Raw ids -> Categorical of strings, with the same str() rule as the runtime vocabularies."""
+    missing = values.isna().to_numpy()
+    if missing.any():
+        raise _bad(path, int(lines[_first(missing)]), name, None, "missing id")
+    if pd.api.types.is_bool_dtype(values):
+        raise _bad(path, int(lines[0]), name, values.iloc[0], "ids must be strings or integers, not booleans")
+    if pd.api.types.is_float_dtype(values):
+        arr = values.to_numpy()
+        frac = arr != np.floor(arr)
+        if frac.any():
+            i = _first(frac)
+            raise _bad(path, int(lines[i]), name, arr[i], "ids must be integers or strings")
+        values = pd.Series(arr.astype(np.int64))
+    cat = pd.Categorical(values)
+    cats = cat.categories
+    if cats.dtype.kind in "iu":
+        return cat.rename_categories(cats.astype(str))
+    if cats.dtype == object:
+        odd = [c for c in cats if not isinstance(c, str)]
+        if odd:
+            i = _first((values == odd[0]).to_numpy())
+            raise _bad(path, int(lines[i]), name, odd[0], "ids must be strings or integers")
+    return cat
+
+
+def _ints(values: pd.Series, path: Path | str, name: str, lines: np.ndarray) -> np.ndarray:
+    if pd.api.types.is_datetime64_any_dtype(values):
+        if values.isna().any():
+            raise _bad(path, int(lines[_first(values.isna().to_numpy())]), name, None, "missing value")
+        naive = values.dt.tz_convert(None) if values.dt.tz is not None else values
+        return naive.to_numpy("datetime64[s]").astype(np.int64)
+    if pd.api.types.is_bool_dtype(values):
+        raise _bad(path, int(lines[0]), name, values.iloc[0], "expected an integer, not a boolean")
+    if values.dtype.kind in "iu":
+        return values.to_numpy(np.int64)
+    arr = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(arr) | (arr != np.round(arr))
+    if bad.any():
+        i = _first(bad)
+        raise _bad(path, int(lines[i]), name, values.iloc[i], "expected an integer")
+    if np.abs(arr).max(initial=0) >= 2**53:
+        # float64 has rounded such values: parse the text exactly instead
+        return np.array([int(v) for v in values], dtype=np.int64)
+    return arr.astype(np.int64)
+
+
+def _floats(values: pd.Series, path: Path | str, name: str, lines: np.ndarray) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(values):
+        raise _bad(path, int(lines[0]), name, values.iloc[0], "expected a number, not a boolean")
+    arr = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = _first(bad)
+        raise _bad(path, int(lines[i]), name, values.iloc[i], "expected a finite number")
+    return arr
+
+
+def _labels(values: pd.Series, path: Path | str, name: str, lines: np.ndarray) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(values):
+        return values.to_numpy().astype(np.int8)
+    arr = _ints(values, path, name, lines)
+    bad = (arr != 0) & (arr != 1)
+    if bad.any():
+        i = _first(bad)
+        raise _bad(path, int(lines[i]), name, values.iloc[i], "label must be 0 or 1")
+    return arr.astype(np.int8)
+
+
+def _concat_ids(parts: list[pd.Categorical]) -> pd.Categorical:
+    if not parts:
+        return pd.Categorical(np.array([], dtype=object))
+    return union_categoricals(parts, ignore_order=True) if len(parts) > 1 else parts[0]
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise SourceError(f"{what} not found: {path}")
+
+
+def _split_names(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    if text is None:
+        return ()
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return tuple(s.strip() for s in items if s.strip())
+
+
+# ---------------------------------------------------------------------------------------------------
+# MovieLens
+
+
+def _read_table(path: Path, sep: str, n_fields: int, encoding: str) -> list[tuple[int, list[str]]]:
+    """Small metadata files (items, users): (line number, fields) per non-blank line."""
+    _check_file(path, "MovieLens file")
+    rows = []
+    with open(path, encoding=encoding, newline="") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            parts = line.split(sep)
+            if len(parts) != n_fields:
+                raise SourceError(f"{path}: line {n}: expected {n_fields} fields separated by {sep!r}, "
+                                  f"found {len(parts)}")
+            rows.append((n, parts))
+    return rows
+
+
+def _int_field(path: Path, line: int, name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise _bad(path, line, name, text, "expected an integer") from None
+
+
+def _ratings(path: Path, sep: str) -> pd.DataFrame:
+    """user, item, rating, timestamp of a ratings file, checked; one row per line, file order."""
+    _check_file(path, "MovieLens ratings file")
+    data = path.read_bytes()
+    if sep != "\t":
+        # "::" is not a single-character separator; the files contain no tabs, so swap it for one
+        data = data.replace(sep.encode(), b"\t")
+    names = ["user", "item", "rating", "timestamp"]
+    try:
+        df = pd.read_csv(io.BytesIO(data), sep="\t", header=None, names=names, dtype=str,
+                         keep_default_na=False, na_values=[""], skip_blank_lines=False)
+    except pd.errors.ParserError as e:
+        raise SourceError(f"{path}: not a ratings file with 4 fields per line ({e})") from None
+    if df.empty:
+        raise SourceError(f"{path}: no ratings")
+    lines = np.arange(1, len(df) + 1)
+    for name in names:
+        if df[name].isna().any():
+            raise _bad(path, int(lines[_first(df[name].isna().to_numpy())]), name, None,
+                       "missing value (expected 4 fields per line)")
+    rating = _ints(df["rating"], path, "rating", lines)
+    bad = (rating < 1) | (rating > 5)
+    if bad.any():
+        i = _first(bad)
+        raise _bad(path, int(lines[i]), "rating", int(rating[i]), "rating must be 1..5")
+    return pd.DataFrame({
+        "user": _ints(df["user"], path, "user", lines).astype(str),
+        "item": _ints(df["item"], path, "item", lines).astype(str),
+        "rating": rating.astype(np.int8),
+        "timestamp": _ints(df["timestamp"], path, "timestamp", lines),
+    })
+
+
+def _ml100k_items(path: Path) -> dict[str, str]:
+    genres = {}
+    for n, parts in _read_table(path, "|", 5 + len(ML100K_GENRES), "latin-1"):
+        item = str(_int_field(path, n, "movie id", parts[0]))
+        flags = parts[5:]
+        for name, flag in zip(ML100K_GENRES, flags, strict=True):
+            if flag not in ("0", "1"):
+                raise _bad(path, n, f"genre {name}", flag, "genre flags must be 0 or 1")
+        if "1" not in flags:
+            raise _bad(path, n, "genres", "".join(flags), "the movie has no genre")
+        genres[item] = ML100K_GENRES[flags.index("1")]
+    return genres
+
+
+def _ml1m_items(path: Path) -> dict[str, str]:
+    genres = {}
+    for n, parts in _read_table(path, "::", 3, "latin-1"):
+        item = str(_int_field(path, n, "MovieID", parts[0]))
+        first = parts[2].split("|")[0].strip()
+        if not first:
+            raise _bad(path, n, "Genres", parts[2], "the movie has no genre")
+        genres[item] = first
+    return genres
+
+
+def _users(path: Path, sep: str, order: tuple[int, int, int, int]) -> dict[str, tuple[str, str, float]]:
+    """user -> (gender, occupation, age); `order` = field positions of id, age, gender, occupation."""
+    i_id, i_age, i_gender, i_occ = order
+    users = {}
+    for n, parts in _read_table(path, sep, 5, "latin-1"):
+        uid = str(_int_field(path, n, "user id", parts[i_id]))
+        users[uid] = (parts[i_gender], parts[i_occ], float(_int_field(path, n, "age", parts[i_age])))
+    return users
+
+
+def read_movielens(path: str | Path) -> Events:
+    """ml-100k (u.data, u.item, u.user) or ml-1m (ratings.dat, movies.dat, users.dat) directory.
+
+    Category = the movie's first genre (ml-100k: the first flag set, in u.genre order; ml-1m: the
+    first name in `Genre1|Genre2`). label = rating >= 4. Profile: gender, occupation (sparse), age
+    (dense; ml-1m stores the age bucket's lower bound).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise SourceError(f"MovieLens directory not found: {root}")
+    if (root / "u.data").is_file():
+        variant = "ml-100k"
+        ratings_path = root / "u.data"
+        ratings = _ratings(ratings_path, "\t")
+        genres = _ml100k_items(root / "u.item")
+        users = _users(root / "u.user", "|", (0, 1, 2, 3))
+    elif (root / "ratings.dat").is_file():
+        variant = "ml-1m"
+        ratings_path = root / "ratings.dat"
+        ratings = _ratings(ratings_path, "::")
+        genres = _ml1m_items(root / "movies.dat")
+        users = _users(root / "users.dat", "::", (0, 2, 1, 3))
+    else:
+        raise SourceError(f"{root}: neither u.data (ml-100k) nor ratings.dat (ml-1m) is there")
+
+    category = ratings["item"].map(genres)
+    if category.isna().any():
+        i = int(np.flatnonzero(category.isna().to_numpy())[0])
+        raise _bad(ratings_path, i + 1, "item", ratings["item"].iloc[i], "movie missing from the movie file")
+    profile = ratings["user"].map(users)
+    if profile.isna().any():
+        i = int(np.flatnonzero(profile.isna().to_numpy())[0])
+        raise _bad(ratings_path, i + 1, "user", ratings["user"].iloc[i], "user missing from the user file")
+    gender, occupation, age = zip(*profile.tolist(), strict=True)
+    frame = pd.DataFrame({
+        "user": pd.Categorical(ratings["user"]),
+        "item": pd.Categorical(ratings["item"]),
+        "category": pd.Categorical(category),
+        "timestamp": ratings["timestamp"].to_numpy(np.int64),
+        "label": (ratings["rating"].to_numpy() >= CLICK_RATING).astype(np.int8),
+        "rating": ratings["rating"].to_numpy(np.int8),
+        "gender": pd.Categorical(list(gender)),
+        "occupation": pd.Categorical(list(occupation)),
+        "age": np.asarray(age, dtype=np.float64),
+    })
+    return Events(
+        frame=frame, source="movielens", sparse=("gender", "occupation"), dense=("age",),
+        stats={"rows_read": len(frame)},
+        notes={"variant": variant, "category": "first genre of the movie",
+               "label": f"rating >= {CLICK_RATING}"},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Taobao UserBehavior
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
+
+
+def _taobao_row_ok(row: pd.Series) -> bool:
+    if row.isna().any() or row["behavior"] not in TAOBAO_BEHAVIOURS:
+        return False
+    return all(str(row[c]).lstrip("-").isdigit() for c in ("user", "item", "category", "timestamp"))
+
+
+def read_taobao(path: str | Path, behaviours: Sequence[str] = ("pv",),
+                chunk_rows: int = CHUNK_ROWS) -> Events:
+    """UserBehavior.csv (no header: user,item,category,behavior,timestamp), read in chunks.
+
+    Drops and counts: an unterminated final line that does not parse (the file was cut), rows with
+    missing fields, timestamps outside TAOBAO_WINDOW, behaviours not in `behaviours`.
+    """
+    path = Path(path)
+    _check_file(path, "Taobao UserBehavior file")
+    unknown = set(behaviours) - set(TAOBAO_BEHAVIOURS)
+    if unknown:
+        raise SourceError(f"unknown Taobao behaviours {sorted(unknown)}; known: {TAOBAO_BEHAVIOURS}")
+    names = ["user", "item", "category", "behavior", "timestamp"]
+    unterminated = not _ends_with_newline(path)
+    stats = {"rows_read": 0, "truncated_final_line": 0, "incomplete_rows": 0, "out_of_window": 0,
+             "other_behaviours": 0}
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in ("user", "item", "category", "timestamp")}
+    reader = pd.read_csv(path, header=None, names=names, dtype=str, keep_default_na=False,
+                         na_values=[""], skip_blank_lines=False, chunksize=chunk_rows)
+    line0 = 1
+    chunks = iter(reader)
+    chunk = _next_chunk(chunks, path)
+    while chunk is not None:
+        following = _next_chunk(chunks, path)
+        n_lines = len(chunk)
+        if following is None and unterminated and n_lines and not _taobao_row_ok(chunk.iloc[-1]):
+            chunk = chunk.iloc[:-1]
+            stats["truncated_final_line"] = 1
+        stats["rows_read"] += len(chunk)
+        incomplete = chunk.isna().any(axis=1).to_numpy()
+        stats["incomplete_rows"] += int(incomplete.sum())
+        lines = line0 + np.flatnonzero(~incomplete)
+        good = chunk[~incomplete].reset_index(drop=True)
+        cols = {name: _ints(good[name], path, name, lines)
+                for name in ("user", "item", "category", "timestamp")}
+        behaviour = good["behavior"].to_numpy()
+        bad = ~np.isin(behaviour, TAOBAO_BEHAVIOURS)
+        if bad.any():
+            i = _first(bad)
+            raise _bad(path, int(lines[i]), "behavior", behaviour[i], f"expected one of {TAOBAO_BEHAVIOURS}")
+        in_window = (cols["timestamp"] >= TAOBAO_WINDOW[0]) & (cols["timestamp"] < TAOBAO_WINDOW[1])
+        wanted = np.isin(behaviour, list(behaviours))
+        stats["out_of_window"] += int((~in_window).sum())
+        stats["other_behaviours"] += int((in_window & ~wanted).sum())
+        keep = in_window & wanted
+        for name, arr in cols.items():
+            arr = arr[keep]
+            fits = name != "timestamp" and (arr.size == 0 or (arr.min() >= 0 and arr.max() < 2**31))
+            parts[name].append(arr.astype(np.int32) if fits else arr)
+        line0 += n_lines
+        chunk = following
+    if stats["rows_read"] == 0:
+        raise SourceError(f"{path}: no rows")
+    frame = pd.DataFrame({
+        name: _int_ids(np.concatenate(parts[name])) for name in ("user", "item", "category")
+    })
+    frame["timestamp"] = np.concatenate(parts["timestamp"]).astype(np.int64)
+    return Events(
+        frame=frame, source="taobao", stats=stats,
+        notes={"behaviours": ",".join(behaviours), "window": f"[{TAOBAO_WINDOW[0]}, {TAOBAO_WINDOW[1]})",
+               "category": "category_id column"},
+    )
+
+
+def _next_chunk(chunks: Iterator[pd.DataFrame], path: Path) -> pd.DataFrame | None:
+    try:
+        return next(chunks)
+    except StopIteration:
+        return None
+    except pd.errors.EmptyDataError:
+        raise SourceError(f"{path}: the file is empty") from None
+    except pd.errors.ParserError as e:
+        raise SourceError(f"{path}: not a 5-field CSV ({e})") from None
+
+
+def _int_ids(arr: np.ndarray) -> pd.Categorical:
+    cat = pd.Categorical(arr)
+    return cat.rename_categories(cat.categories.astype(str))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Amazon reviews + metadata
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line, record) of a JSON-lines file; also the python-literal lines of the 2014 Amazon dumps."""
+    with _open_text(path) as f:
+        for n, line in enumerate(f, 1):
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                rec = json.loads(text)
+            except json.JSONDecodeError:
+                try:
+                    rec = ast.literal_eval(text)  # literals only: never evaluates code
+                except (ValueError, SyntaxError, MemoryError, RecursionError):
+                    raise SourceError(f"{path}: line {n}: neither JSON nor a Python literal") from None
+            if not isinstance(rec, dict):
+                raise SourceError(f"{path}: line {n}: expected an object, got {type(rec).__name__}")
+            yield n, rec
+
+
+def _field(path: Path, line: int, rec: dict, name: str, kind: type) -> object:
+    if name not in rec:
+        raise _bad(path, line, name, None, "missing field")
+    value = rec[name]
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).lstrip("-").isdigit():
+            raise _bad(path, line, name, value, "expected an integer")
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise _bad(path, line, name, value, "expected a non-empty string id")
+    return str(value)
+
+
+def _amazon_category(path: Path, line: int, rec: dict) -> str | None:
+    """The official rule: the last element of the item's last category path."""
+    cats = rec.get("categories")
+    if cats is None or cats == []:
+        return None
+    if not isinstance(cats, list) or not all(isinstance(p, list) for p in cats):
+        raise _bad(path, line, "categories", cats, "expected a list of category paths (lists)")
+    if not cats[-1]:
+        return None
+    last = cats[-1][-1]
+    if not isinstance(last, str) or not last:
+        raise _bad(path, line, "categories", cats[-1], "category names must be non-empty strings")
+    return last
+
+
+def read_amazon(reviews: str | Path, meta: str | Path, chunk_rows: int = CHUNK_ROWS) -> Events:
+    """Reviews (reviewerID, asin, unixReviewTime) JSON lines + metadata (asin, categories).
+
+    Reviews of items with no category in the metadata are dropped and counted.
+    """
+    reviews, meta = Path(reviews), Path(meta)
+    _check_file(reviews, "Amazon reviews file")
+    _check_file(meta, "Amazon metadata file (--meta)")
+    users: list[pd.Categorical] = []
+    items: list[pd.Categorical] = []
+    times: list[np.ndarray] = []
+    buf_u: list[str] = []
+    buf_i: list[str] = []
+    buf_t: list[int] = []
+
+    def flush() -> None:
+        users.append(pd.Categorical(buf_u))
+        items.append(pd.Categorical(buf_i))
+        times.append(np.asarray(buf_t, dtype=np.int64))
+        buf_u.clear()
+        buf_i.clear()
+        buf_t.clear()
+
+    for n, rec in _json_records(reviews):
+        buf_u.append(_field(reviews, n, rec, "reviewerID", str))
+        buf_i.append(_field(reviews, n, rec, "asin", str))
+        buf_t.append(_field(reviews, n, rec, "unixReviewTime", int))
+        if len(buf_u) >= chunk_rows:
+            flush()
+    if buf_u:
+        flush()
+    if not times:
+        raise SourceError(f"{reviews}: no reviews")
+    user, item = _concat_ids(users), _concat_ids(items)
+    wanted = set(item.categories)
+    category: dict[str, str] = {}
+    for n, rec in _json_records(meta):
+        asin = _field(meta, n, rec, "asin", str)
+        if asin in wanted and asin not in category:
+            cat = _amazon_category(meta, n, rec)
+            if cat is not None:
+                category[asin] = cat
+    if not category:
+        raise SourceError(f"{meta}: no reviewed item has a category (expected 'asin' and 'categories' fields)")
+    item_cat = pd.Series(item.categories).map(category).to_numpy(dtype=object)
+    row_cat = item_cat[item.codes]
+    keep = pd.notna(row_cat)
+    frame = pd.DataFrame({
+        "user": user[keep].remove_unused_categories(),
+        "item": item[keep].remove_unused_categories(),
+        "category": pd.Categorical(row_cat[keep]),
+        "timestamp": np.concatenate(times)[keep],
+    })
+    return Events(
+        frame=frame, source="amazon",
+        stats={"rows_read": len(keep), "reviews_without_category": int((~keep).sum())},
+        notes={"category": "last element of the item's last category path"},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# generic events (CSV / Parquet)
+
+
+def _event_chunks(path: Path, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as e:  # pyarrow raises several types for a non-Parquet file
+            raise SourceError(f"{path}: not a readable Parquet file ({e})") from None
+        _require_columns(path, pf.schema_arrow.names, columns)
+        for batch in pf.iter_batches(batch_size=chunk_rows, columns=columns):
+            yield batch.to_pandas()
+        return
+    if suffix not in (".csv", ".tsv", ".txt"):
+        raise SourceError(f"{path}: unknown events format {suffix!r} (use .csv, .tsv or .parquet)")
+    sep = "\t" if suffix == ".tsv" else ","
+    try:
+        header = pd.read_csv(path, sep=sep, nrows=0).columns.tolist()
+    except pd.errors.EmptyDataError:
+        raise SourceError(f"{path}: the file is empty (expected a header row)") from None
+    _require_columns(path, header, columns)
+    try:
+        yield from pd.read_csv(path, sep=sep, usecols=columns, dtype=str, keep_default_na=False,
+                               na_values=[""], chunksize=chunk_rows)
+    except pd.errors.ParserError as e:
+        raise SourceError(f"{path}: malformed CSV ({e})") from None
+
+
+def _require_columns(path: Path, present: Sequence[str], wanted: Sequence[str]) -> None:
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        raise SourceError(f"{path}: missing column(s) {missing}; the file has {list(present)}")
+
+
+def read_events(path: str | Path, sparse: str | Sequence[str] | None = None,
+                dense: str | Sequence[str] | None = None, source: str = "events",
+                chunk_rows: int = CHUNK_ROWS) -> Events:
+    """CSV/TSV (with header) or Parquet with user, item, category, timestamp, optional label and the
+    declared extra columns (`sparse`: categorical, `dense`: numeric). Other columns are ignored."""
+    path = Path(path)
+    _check_file(path, "events file")
+    sparse_cols, dense_cols = _split_names(sparse), _split_names(dense)
+    declared = [*sparse_cols, *dense_cols]
+    clash = sorted(set(declared) & RESERVED_NAMES)
+    if clash:
+        raise SourceError(f"feature column(s) {clash} use reserved names; rename them in {path}")
+    if len(set(declared)) != len(declared):
+        raise SourceError(f"a column is declared twice in --sparse-features/--dense-features: {declared}")
+    base = list(REQUIRED_EVENT_COLUMNS)
+    has_label = _has_column(path, "label")
+    columns = base + (["label"] if has_label else []) + declared
+    ids: dict[str, list[pd.Categorical]] = {c: [] for c in ("user", "item", "category", *sparse_cols)}
+    nums: dict[str, list[np.ndarray]] = {c: [] for c in ("timestamp", "label", *dense_cols)}
+    # error messages count file lines for CSV (line 1 is the header) and rows from 1 for Parquet
+    line0 = 2 if path.suffix.lower() not in (".parquet", ".pq") else 1
+    n_rows = 0
+    for chunk in _event_chunks(path, columns, chunk_rows):
+        chunk = chunk.reset_index(drop=True)
+        lines = np.arange(line0, line0 + len(chunk))
+        for c in ids:
+            ids[c].append(_ids(chunk[c], path, c, lines))
+        nums["timestamp"].append(_ints(chunk["timestamp"], path, "timestamp", lines))
+        if has_label:
+            nums["label"].append(_labels(chunk["label"], path, "label", lines))
+        for c in dense_cols:
+            nums[c].append(_floats(chunk[c], path, c, lines))
+        line0 += len(chunk)
+        n_rows += len(chunk)
+    if n_rows == 0:
+        raise SourceError(f"{path}: no rows")
+    frame = pd.DataFrame({c: _concat_ids(ids[c]) for c in ("user", "item", "category")})
+    frame["timestamp"] = np.concatenate(nums["timestamp"])
+    if has_label:
+        frame["label"] = np.concatenate(nums["label"])
+    for c in sparse_cols:
+        frame[c] = _concat_ids(ids[c])
+    for c in dense_cols:
+        frame[c] = np.concatenate(nums[c])
+    return Events(frame=frame, source=source, sparse=sparse_cols, dense=dense_cols,
+                  stats={"rows_read": n_rows},
+                  notes={"category": "category column", "label": "label column" if has_label else "implicit"})
+
+
+def _has_column(path: Path, name: str) -> bool:
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            return name in pq.read_schema(path).names
+        except Exception as e:  # pyarrow raises several types for a non-Parquet file
+            raise SourceError(f"{path}: not a readable Parquet file ({e})") from None
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        return name in pd.read_csv(path, sep=sep, nrows=0).columns
+    except pd.errors.EmptyDataError:
+        raise SourceError(f"{path}: the file is empty (expected a header row)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise SourceError(f"{path}: not a CSV file ({e})") from None
