@@ -1,0 +1,221 @@
+"""`din-score MODEL_DIR INPUT`: score request rows from JSONL, CSV or Parquet with an exported model.
+
+Streams the input in batches. A bad row stops the run (default) with its line and field, leaving no
+output file; with `--on-error skip --errors FILE` it is written to FILE instead, so rows read = scored +
+rejected. Summary, OOV counts and (with `--label-field`) AUC, GAUC and logloss go to stderr.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from din_runtime import __version__
+from din_runtime.encode import Encoded
+from din_runtime.errors import DinRuntimeError, InputError
+from din_runtime.io import (
+    INPUT_FORMATS,
+    OUTPUT_FORMATS,
+    AtomicText,
+    Record,
+    ScoreWriter,
+    format_of,
+    read_csv,
+    read_jsonl,
+    read_parquet,
+    write_error,
+    write_json_atomic,
+)
+from din_runtime.metrics import auc, gauc, logloss
+from din_runtime.scorer import Scorer
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", default="-", show_default=True, help="Scores file (.jsonl or .csv); - is stdout.")
+@click.option("--format", "input_format", type=click.Choice(["auto", "jsonl", "csv", "parquet"]), default="auto",
+              show_default=True, help="Input format; auto goes by extension (stdin: jsonl).")
+@click.option("--output-format", type=click.Choice(["auto", "jsonl", "csv"]), default="auto", show_default=True,
+              help="Output format; auto goes by extension (stdout: jsonl).")
+@click.option("--list-sep", default="|", show_default=True, help="Separator of history items in CSV cells.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--id-field", help="Input field copied to each output row beside its score.")
+@click.option("--label-field", help="0/1 field: report AUC, GAUC (by the schema's group) and logloss.")
+@click.option("--metrics-out", type=click.Path(dir_okay=False), help="Also write the metrics as JSON here.")
+@click.option("--on-error", type=click.Choice(["stop", "skip"]), default="stop", show_default=True,
+              help="stop at the first bad row, or skip bad rows (needs --errors).")
+@click.option("--errors", "errors_path", type=click.Path(dir_okay=False),
+              help="JSONL file receiving each rejected row (line, field, error, raw).")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads (default: all cores).")
+@click.version_option(__version__, prog_name="din-score")
+def main(model_dir: Path, input_path: str, output: str, input_format: str, output_format: str, list_sep: str,
+         batch_size: int, id_field: str | None, label_field: str | None, metrics_out: str | None, on_error: str,
+         errors_path: str | None, device: str, threads: int | None) -> None:
+    """Score the request rows of INPUT (JSONL, CSV or Parquet; - is stdin) with the model in MODEL_DIR."""
+    if (on_error == "skip") != (errors_path is not None):
+        raise click.UsageError("--on-error skip and --errors FILE go together: skipped rows must be kept somewhere")
+    if metrics_out and not label_field:
+        raise click.UsageError("--metrics-out needs --label-field")
+    if not list_sep:
+        raise click.UsageError("--list-sep must not be empty")
+    named = [p for p in (output, errors_path, metrics_out) if p and p != "-"]
+    if len({Path(p).resolve() for p in named}) != len(named) or (
+            input_path != "-" and Path(input_path).resolve() in {Path(p).resolve() for p in named}):
+        raise click.UsageError("INPUT, --output, --errors and --metrics-out must be different files")
+    if errors_path == "-" or metrics_out == "-":
+        raise click.UsageError("--errors and --metrics-out need file paths (stdout carries the scores)")
+    try:
+        in_fmt = format_of(input_path, input_format, INPUT_FORMATS, "jsonl")
+        out_fmt = format_of(output, output_format, OUTPUT_FORMATS, "jsonl")
+        scorer = Scorer.load(model_dir, device=device, threads=threads)
+        _Run(scorer, in_fmt, out_fmt, list_sep, batch_size, id_field, label_field, on_error).run(
+            input_path, output, errors_path, metrics_out)
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except DinRuntimeError as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"{e.filename or 'I/O'}: {e.strerror or e}") from None
+
+
+class _Run:
+    """One din-score run: its options and its counters."""
+
+    def __init__(self, scorer: Scorer, in_fmt: str, out_fmt: str, list_sep: str, batch_size: int,
+                 id_field: str | None, label_field: str | None, on_error: str) -> None:
+        self.scorer, self.in_fmt, self.out_fmt, self.list_sep = scorer, in_fmt, out_fmt, list_sep
+        self.batch_size, self.id_field, self.label_field = batch_size, id_field, label_field
+        self.skip = on_error == "skip"
+        self.where = "row" if in_fmt == "parquet" else "line"
+        self.read = self.scored = self.rejected = 0
+        self.oov: Counter[str] = Counter()
+        self.labels: list[float] = []
+        self.groups: list[str] = []
+        self.scores: list[np.ndarray] = []
+
+    def run(self, input_path: str, output: str, errors_path: str | None, metrics_out: str | None) -> None:
+        start = time.perf_counter()
+        progress = sys.stderr.isatty()
+        with ExitStack() as stack:
+            stream = sys.stdin.buffer if input_path == "-" else stack.enter_context(open(input_path, "rb"))
+            out = stack.enter_context(AtomicText(output))
+            errors = stack.enter_context(AtomicText(errors_path)) if errors_path else None
+            writer = ScoreWriter(out, self.out_fmt, self.id_field)
+            records = self._records(stream)
+            while batch := list(islice(records, self.batch_size)):
+                good, encoded, bad = self._split(batch)
+                for record, field, reason in bad:
+                    write_error(errors, record, field, reason)
+                self.rejected += len(bad)
+                self.read += len(batch)
+                if good:
+                    self._score(good, encoded, writer)
+                if progress:
+                    rate = self.read / max(time.perf_counter() - start, 1e-9)
+                    click.echo(f"\r{self.read} rows, {rate:,.0f} rows/s", nl=False, err=True)
+            if progress:
+                click.echo(err=True)
+        seconds = time.perf_counter() - start
+        oov = ", ".join(f"{k} {v}" for k, v in self.oov.items() if v) or "none"
+        click.echo(f"din-score: {self.read} rows read, {self.scored} scored, {self.rejected} rejected in "
+                   f"{seconds:.2f} s ({self.read / max(seconds, 1e-9):,.0f} rows/s); OOV ids: {oov}", err=True)
+        if self.label_field:
+            self._report_metrics(metrics_out)
+
+    def _records(self, stream: Any) -> Iterator[Record]:
+        if self.in_fmt == "jsonl":
+            return read_jsonl(stream)
+        m = self.scorer.manifest
+        if self.in_fmt == "csv":
+            numbers = list(m.dense) + ([self.label_field] if self.label_field else [])
+            return read_csv(stream, m.histories, numbers, self.list_sep)
+        source = io.BytesIO(stream.read()) if stream is sys.stdin.buffer else stream
+        return read_parquet(source, self.batch_size)
+
+    def _split(self, batch: list[Record]) -> tuple[list[Record], Encoded | None, list[tuple[Record, Any, str]]]:
+        """Rows that encode and their encoding, and (record, field, reason) of the others (stop mode raises)."""
+        bad = [(r, r.field, r.error) for r in batch if r.error is not None]
+        good = []
+        for r in batch:
+            if r.error is None:
+                problem = self._passthrough_problem(r.row)
+                if problem:
+                    bad.append((r, *problem))
+                else:
+                    good.append(r)
+        encoded = None
+        try:
+            encoded = self.scorer.encode([r.row for r in good])
+        except InputError as e:
+            if not self.skip:
+                bad.append((good[e.row], e.field, e.reason))
+            else:
+                # Rare path: find every bad row of the batch, then encode the rest together.
+                still_good = []
+                for r in good:
+                    try:
+                        self.scorer.encode([r.row])
+                        still_good.append(r)
+                    except InputError as one:
+                        bad.append((r, one.field, one.reason))
+                good = still_good
+                encoded = self.scorer.encode([r.row for r in good])
+        if bad and not self.skip:
+            record, field, reason = min(bad, key=lambda b: b[0].line)
+            where = f"{self.where} {record.line}" + (f", field {field!r}" if field else "")
+            raise DinRuntimeError(f"{where}: {reason} (use --on-error skip --errors FILE to set bad rows aside)")
+        bad.sort(key=lambda b: b[0].line)
+        return good, encoded, bad
+
+    def _passthrough_problem(self, row: dict[str, Any]) -> tuple[str, str] | None:
+        if self.id_field and self.id_field not in row:
+            return self.id_field, "missing (named by --id-field)"
+        if self.label_field:
+            label = row.get(self.label_field)
+            if label is None:
+                return self.label_field, "missing (named by --label-field)"
+            if not isinstance(label, (int, float)) or label not in (0, 1):
+                return self.label_field, f"label must be 0 or 1, got {label!r:.40}"
+            if self.scorer.manifest.group not in row:
+                return self.scorer.manifest.group, "missing (the group field for GAUC)"
+        return None
+
+    def _score(self, good: list[Record], encoded: Encoded, writer: ScoreWriter) -> None:
+        rows = [r.row for r in good]
+        probs = self.scorer.score_arrays(encoded.arrays)
+        self.oov.update(encoded.oov)
+        self.scored += len(rows)
+        writer.write([row[self.id_field] for row in rows] if self.id_field else None, probs)
+        if self.label_field:
+            group = self.scorer.manifest.group
+            self.labels.extend(float(row[self.label_field]) for row in rows)
+            self.groups.extend(str(row[group]) for row in rows)
+            self.scores.append(probs)
+
+    def _report_metrics(self, metrics_out: str | None) -> None:
+        report: dict[str, Any] = {"rows": len(self.labels), "positives": int(sum(self.labels)),
+                                  "auc": None, "gauc": None, "logloss": None}
+        if self.labels:
+            scores = np.concatenate(self.scores).astype(np.float64)
+            values = {"auc": auc(self.labels, scores), "gauc": gauc(self.labels, scores, np.array(self.groups)),
+                      "logloss": logloss(self.labels, scores)}
+            report.update({k: None if np.isnan(v) else v for k, v in values.items()})
+        shown = "  ".join(f"{name} " + ("n/a" if report[k] is None else f"{report[k]:.4f}")
+                          for k, name in (("auc", "AUC"), ("gauc", "GAUC"), ("logloss", "logloss")))
+        click.echo(f"din-score: {shown} over {report['rows']} labelled rows", err=True)
+        if metrics_out:
+            write_json_atomic(metrics_out, report)

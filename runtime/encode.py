@@ -1,0 +1,201 @@
+"""Raw request rows -> the int64 / float32 arrays the ONNX graph takes (docs/design.md "Model inputs").
+
+Ids are looked up as strings (`str(v)` for ints; integral floats count as ints; bools, other floats,
+None and containers are rejected). Unseen ids map to the OOV index 1 and are counted, not refused: new
+items are normal in production. Histories keep their most recent `max_len` items (older items are
+dropped unread) and are right-padded with 0 to the longest history in the batch. Fields the model does
+not use are ignored, so requests may carry labels, ids and anything else; a misspelt field still fails,
+as the model's own field is then missing. Errors name the row (its index in the batch) and the field;
+with several bad rows the earliest row is reported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import chain, repeat
+from typing import Any
+
+import numpy as np
+from din_runtime.errors import InputError
+from din_runtime.manifest import OOV_INDEX, PAD_INDEX, Manifest
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Model inputs keyed by ONNX input name, and per id field the number of ids that were not in the vocabulary."""
+
+    arrays: dict[str, np.ndarray]
+    oov: dict[str, int]
+
+    def __len__(self) -> int:
+        return len(self.arrays["hist_len"])
+
+
+def encode_rows(manifest: Manifest, rows: Sequence[Mapping[str, Any]]) -> Encoded:
+    """Encode request rows for the model of `manifest` (InputError on the earliest bad row)."""
+    rows = _as_rows(rows)
+    arrays: dict[str, np.ndarray] = {}
+    oov: dict[str, int] = {}
+    problems: list[InputError] = []
+    for name, vocab in [(s.name, s.vocab) for s in manifest.sparse] + [(b.target, b.vocab) for b in manifest.behaviour]:
+        try:
+            arrays[name], oov[name] = encode_ids(column(rows, name), manifest.vocabs[vocab], name)
+        except InputError as e:
+            problems.append(e)
+    try:
+        hist_arrays, hist_oov = encode_histories(manifest, {h: column(rows, h) for h in manifest.histories})
+        arrays.update(hist_arrays)
+        oov.update(hist_oov)
+    except InputError as e:
+        problems.append(e)
+    dense = []
+    for name in manifest.dense:
+        try:
+            dense.append(encode_dense(column(rows, name), name))
+        except InputError as e:
+            problems.append(e)
+    if problems:
+        # Fields are checked one after the other; report the earliest row, as a reader of the file would.
+        raise min(problems, key=lambda e: e.row)
+    if manifest.dense:
+        arrays["dense"] = np.stack(dense, axis=1)
+    return Encoded({name: arrays[name] for name in manifest.inputs}, oov)
+
+
+def _as_rows(rows: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+    if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Sequence):
+        raise InputError(f"rows must be a sequence of mappings, got {type(rows).__name__}")
+    for i, row in enumerate(rows):
+        if type(row) is not dict and not isinstance(row, Mapping):
+            raise InputError(f"expected a mapping of field -> value, got {type(row).__name__}", row=i)
+    return rows
+
+
+def column(rows: Sequence[Mapping[str, Any]], field: str) -> list[Any]:
+    """The values of `field` in each row; InputError naming the first row that lacks it."""
+    try:
+        return [row[field] for row in rows]
+    except KeyError:
+        missing = next(i for i, row in enumerate(rows) if field not in row)
+        raise InputError("missing", row=missing, field=field) from None
+
+
+def _id_key(value: Any) -> str:
+    """The vocabulary key of one raw id; ValueError with the reason if it is not an id."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{value!r} is a boolean, not an id")
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if math.isfinite(value) and float(value).is_integer():
+            return str(int(value))
+        raise ValueError(f"{float(value)!r} is not an integral number, so not an id")
+    if value is None:
+        raise ValueError("is null")
+    raise ValueError(f"expected a string or integer id, got {type(value).__name__}")
+
+
+def _keys(values: list[Any]) -> tuple[list[str], int | None, str]:
+    """Vocabulary keys of `values`, or the position of the first bad value and why."""
+    types = set(map(type, values))
+    if types <= {str}:
+        return values, None, ""
+    if types <= {str, int}:
+        return [v if type(v) is str else str(v) for v in values], None, ""
+    keys = []
+    for i, value in enumerate(values):
+        try:
+            keys.append(_id_key(value))
+        except ValueError as e:
+            return [], i, str(e)
+    return keys, None, ""
+
+
+def _lookup(keys: list[str], vocab: Mapping[str, int]) -> tuple[np.ndarray, int]:
+    index = np.fromiter(map(vocab.get, keys, repeat(OOV_INDEX)), dtype=np.int64, count=len(keys))
+    return index, int(np.count_nonzero(index == OOV_INDEX))
+
+
+def encode_ids(values: list[Any], vocab: Mapping[str, int], field: str) -> tuple[np.ndarray, int]:
+    """Indices (int64, one per value) and the number of OOV ids; InputError naming the first bad row."""
+    keys, bad, reason = _keys(values)
+    if bad is not None:
+        raise InputError(reason, row=bad, field=field)
+    return _lookup(keys, vocab)
+
+
+def _as_sequence(value: Any, row: int, field: str) -> Sequence[Any]:
+    if isinstance(value, (list, tuple)):
+        return value
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        return value.tolist()
+    got = "null" if value is None else type(value).__name__
+    raise InputError(f"expected a list of ids (oldest first), got {got}", row=row, field=field)
+
+
+def encode_histories(
+    manifest: Manifest, columns: Mapping[str, list[Any]]
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """History arrays (N, L) plus hist_len (N,), L = the longest kept history (at least 1)."""
+    first = manifest.histories[0]
+    lists = {}
+    for name, values in columns.items():
+        if all(type(v) is list for v in values):
+            lists[name] = values
+        else:
+            lists[name] = [_as_sequence(v, i, name) for i, v in enumerate(values)]
+    raw_len = np.fromiter(map(len, lists[first]), dtype=np.int64, count=len(lists[first]))
+    for name in manifest.histories[1:]:
+        other = np.fromiter(map(len, lists[name]), dtype=np.int64, count=len(lists[name]))
+        bad = np.flatnonzero(other != raw_len)
+        if len(bad):
+            i = int(bad[0])
+            raise InputError(f"has {other[i]} items but {first!r} has {raw_len[i]}; histories of a row "
+                             f"must have one length", row=i, field=name)
+    max_len = manifest.max_len
+    kept = np.minimum(raw_len, max_len)
+    n = len(raw_len)
+    width = max(1, int(kept.max())) if n else 1
+    starts = np.cumsum(kept) - kept
+    rows = np.repeat(np.arange(n), kept)
+    cols = np.arange(int(kept.sum())) - np.repeat(starts, kept)
+
+    arrays: dict[str, np.ndarray] = {}
+    oov: dict[str, int] = {}
+    for b in manifest.behaviour:
+        seqs = lists[b.history]
+        if (raw_len > max_len).any():
+            seqs = [s[-max_len:] if len(s) > max_len else s for s in seqs]
+        keys, bad, reason = _keys(list(chain.from_iterable(seqs)))
+        if bad is not None:
+            row = int(rows[bad])
+            item = int(bad - starts[row] + raw_len[row] - kept[row])
+            raise InputError(f"item {item}: {reason}", row=row, field=b.history)
+        index, oov[b.history] = _lookup(keys, manifest.vocabs[b.vocab])
+        out = np.full((n, width), PAD_INDEX, dtype=np.int64)
+        out[rows, cols] = index
+        arrays[b.history] = out
+    arrays["hist_len"] = kept
+    return arrays, oov
+
+
+def encode_dense(values: list[Any], field: str) -> np.ndarray:
+    """float32 values of one dense feature; InputError for non-numbers and values not finite in float32."""
+    if not set(map(type, values)) <= {int, float}:
+        for i, value in enumerate(values):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+                got = "null" if value is None else f"{type(value).__name__} {value!r:.40}"
+                raise InputError(f"expected a number, got {got}", row=i, field=field)
+    wide = np.array(values, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        narrow = wide.astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(narrow))
+    if len(bad):
+        i = int(bad[0])
+        why = "is not finite" if not np.isfinite(wide[i]) else "overflows float32"
+        raise InputError(f"{wide[i]!r} {why}", row=i, field=field)
+    return narrow

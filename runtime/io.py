@@ -1,0 +1,273 @@
+"""Readers and writers for din-score: JSONL, CSV and Parquet requests in, JSONL or CSV scores out.
+
+Readers stream `Record`s (line number, parsed row or the reason it could not be parsed, raw text) so the
+CLI can stop at, or set aside, each bad line with bounded memory. Problems with the file as a whole
+(binary, not UTF-8, empty, bad CSV header) raise InputFileError. Writers write beside the target and
+rename at the end, so a failed run leaves no half-written file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from din_runtime.errors import DinRuntimeError
+
+INPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
+                 ".parquet": "parquet", ".pq": "parquet"}
+OUTPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+PARQUET_INSTALL = "pip install 'din-toolkit[parquet]'"
+
+
+class InputFileError(DinRuntimeError):
+    """The input file as a whole cannot be read (binary, not UTF-8, empty, bad header, unreadable)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One input row: `line` is its 1-based line (row number for Parquet); `row` is None if `error` is set."""
+
+    line: int
+    row: dict[str, Any] | None
+    error: str | None = None
+    field: str | None = None
+    raw: str | None = None
+
+    def raw_text(self) -> str:
+        if self.raw is not None:
+            return self.raw
+        return json.dumps(self.row, default=str, ensure_ascii=False)
+
+
+def format_of(path: str, given: str, table: dict[str, str], default_for_dash: str) -> str:
+    """The format named by `given`, else by the file extension ("-" means stdin/stdout)."""
+    if given != "auto":
+        return given
+    if path == "-":
+        return default_for_dash
+    suffix = Path(path).suffix.lower()
+    if suffix not in table:
+        raise InputFileError(f"cannot tell the format of {path!r} from its extension; name it with a format option "
+                             f"(known extensions: {', '.join(sorted(table))})")
+    return table[suffix]
+
+
+def _decode(raw: bytes, line: int) -> str:
+    if b"\x00" in raw:
+        raise InputFileError(f"line {line} holds a NUL byte: this looks like a binary file, not text")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputFileError(f"line {line} is not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                             f"is the file binary or compressed? re-encode it as UTF-8") from None
+    return text.removeprefix("\ufeff") if line == 1 else text
+
+
+def read_jsonl(stream: BinaryIO) -> Iterator[Record]:
+    """One JSON object per line; blank lines are skipped."""
+    rows = 0
+    for line, raw in enumerate(stream, start=1):
+        text = _decode(raw, line)
+        if not text.strip():
+            continue
+        rows += 1
+        clean = text.rstrip("\r\n")
+        try:
+            row = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as e:
+            reason = f"malformed JSON ({getattr(e, 'msg', 'nested too deeply')}"
+            reason += f" at column {e.colno})" if isinstance(e, json.JSONDecodeError) else ")"
+            if not raw.endswith(b"\n"):
+                reason += "; it is the last line and has no newline: was the file truncated?"
+            yield Record(line, None, reason, raw=clean)
+            continue
+        if not isinstance(row, dict):
+            yield Record(line, None, f"expected a JSON object, got {type(row).__name__}", raw=clean)
+            continue
+        yield Record(line, row, raw=clean)
+    if rows == 0:
+        raise InputFileError("the input is empty: no rows to score")
+
+
+def read_csv(stream: BinaryIO, list_fields: Iterable[str], number_fields: Iterable[str],
+             list_sep: str) -> Iterator[Record]:
+    """A header line, then one row per record. List fields are split on `list_sep` (an empty cell is an
+    empty list); number fields are parsed as floats; any other empty cell counts as a missing value."""
+    list_fields, number_fields = set(list_fields), set(number_fields)
+    consumed: list[str] = []
+    line_no = 0
+
+    def lines() -> Iterator[str]:
+        nonlocal line_no
+        for raw in stream:
+            line_no += 1
+            text = _decode(raw, line_no)
+            consumed.append(text)
+            yield text
+
+    reader = csv.reader(lines(), strict=True)
+    header: list[str] | None = None
+    rows = 0
+    while True:
+        start = line_no + 1
+        consumed.clear()
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            if header is None:
+                raise InputFileError(f"line {start}: the CSV header cannot be parsed: {e}") from None
+            rows += 1
+            yield Record(start, None, f"malformed CSV: {e}", raw="".join(consumed).rstrip("\r\n"))
+            continue
+        if not values:
+            continue
+        if header is None:
+            header = values
+            _check_header(header)
+            continue
+        rows += 1
+        raw = "".join(consumed).rstrip("\r\n")
+        if len(values) != len(header):
+            yield Record(start, None, f"has {len(values)} fields, the header has {len(header)}", raw=raw)
+            continue
+        row: dict[str, Any] = {}
+        problem = None
+        for name, cell in zip(header, values, strict=True):
+            if name in list_fields:
+                row[name] = cell.split(list_sep) if cell else []
+            elif not cell:
+                continue
+            elif name in number_fields:
+                try:
+                    row[name] = float(cell)
+                except ValueError:
+                    problem = Record(start, None, f"{cell!r:.40} is not a number", field=name, raw=raw)
+                    break
+            else:
+                row[name] = cell
+        yield problem or Record(start, row, raw=raw)
+    if header is None:
+        raise InputFileError("the input is empty: no CSV header and no rows")
+    if rows == 0:
+        raise InputFileError("the CSV input has a header but no rows to score")
+
+
+def _check_header(header: list[str]) -> None:
+    seen = set()
+    for i, name in enumerate(header, start=1):
+        if not name:
+            raise InputFileError(f"line 1: CSV header column {i} has no name")
+        if name in seen:
+            raise InputFileError(f"line 1: CSV header names {name!r} twice")
+        seen.add(name)
+
+
+def read_parquet(source: str | BinaryIO, batch_size: int) -> Iterator[Record]:
+    """Rows of a Parquet file; history fields are list columns. `line` is the 1-based row number."""
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise InputFileError(f"reading Parquet needs pyarrow: {PARQUET_INSTALL}") from None
+    try:
+        table = pyarrow.parquet.ParquetFile(source)
+        batches = table.iter_batches(batch_size=batch_size)
+        rows = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                rows += 1
+                yield Record(rows, row)
+    except (pyarrow.ArrowException, OSError) as e:
+        raise InputFileError(f"cannot read the Parquet input: {e}") from e
+    if rows == 0:
+        raise InputFileError("the Parquet input has no rows to score")
+
+
+class AtomicText:
+    """A text file written to a temporary file beside `path` and renamed over it only by `commit()`.
+
+    `path` "-" writes straight to stdout instead (streamed, so nothing to undo).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._tmp: str | None = None
+        if path == "-":
+            self.file: IO[str] = sys.stdout
+            return
+        target = Path(path)
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+        # mkstemp creates the file 0600; give the result the mode an ordinary open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        self.file = open(fd, "w", encoding="utf-8", newline="")
+
+    def commit(self) -> None:
+        if self._tmp is None:
+            self.file.flush()
+            return
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self._tmp, self.path)
+        self._tmp = None
+
+    def discard(self) -> None:
+        if self._tmp is not None:
+            self.file.close()
+            Path(self._tmp).unlink(missing_ok=True)
+            self._tmp = None
+
+    def __enter__(self) -> AtomicText:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+class ScoreWriter:
+    """Scores as JSONL objects or CSV rows, with the `id_field` value passed through first if given."""
+
+    def __init__(self, out: AtomicText, fmt: str, id_field: str | None) -> None:
+        self._out = out.file
+        self._fmt = fmt
+        self._id_field = id_field
+        self._csv = csv.writer(self._out, lineterminator="\n") if fmt == "csv" else None
+        if self._csv:
+            self._csv.writerow(([id_field] if id_field else []) + ["score"])
+        self._id_key = json.dumps(id_field, ensure_ascii=False) if id_field else ""
+
+    def write(self, ids: list[Any] | None, scores: Iterable[Any]) -> None:
+        # str() of a numpy float32 is its shortest round-trip form; float() would print float64 noise.
+        texts = [str(s) for s in scores]
+        if self._csv:
+            self._csv.writerows(zip(ids, texts, strict=True) if ids is not None else ([t] for t in texts))
+        elif ids is not None:
+            self._out.writelines(f'{{{self._id_key}: {json.dumps(i, ensure_ascii=False, default=str)}, "score": {t}}}\n'
+                                 for i, t in zip(ids, texts, strict=True))
+        else:
+            self._out.writelines(f'{{"score": {t}}}\n' for t in texts)
+
+
+def write_error(out: AtomicText, record: Record, field: str | None, reason: str) -> None:
+    """One rejected row of the --errors file: its line, field, reason and raw text."""
+    entry = {"line": record.line, "field": field, "error": reason, "raw": record.raw_text()}
+    out.file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+
+def write_json_atomic(path: str, obj: object) -> None:
+    with AtomicText(path) as out:
+        out.file.write(json.dumps(obj, indent=2) + "\n")

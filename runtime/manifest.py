@@ -1,0 +1,257 @@
+"""Read and validate MODEL_DIR/manifest.json and the vocabularies it names (format: docs/design.md).
+
+Every path in the manifest must stay inside the model directory, symlinks included: a model directory
+may come from someone else, and a manifest must not make the runtime read arbitrary files.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import Any
+
+from din_runtime.errors import ManifestError, ModelDirError
+
+MANIFEST_FILE = "manifest.json"
+FORMAT = "din-model"
+FORMAT_VERSION = 1
+PAD_INDEX = 0
+OOV_INDEX = 1
+FIRST_KNOWN_INDEX = 2
+
+# Files that identify the other kinds of directory this project writes, for a helpful error.
+_OTHER_DIRS = {
+    "model.safetensors": "it looks like a training run directory; export it first with `din-export export`",
+    "schema.json": "it looks like a dataset directory; train and export a model from it first",
+}
+
+
+@dataclass(frozen=True)
+class Sparse:
+    name: str
+    vocab: str
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    target: str
+    history: str
+    vocab: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated model directory. `raw` is the whole manifest.json, for fields the runtime does not use."""
+
+    model_dir: Path
+    model_file: str
+    sha256: str
+    max_len: int
+    group: str
+    sparse: tuple[Sparse, ...]
+    behaviour: tuple[Behaviour, ...]
+    dense: tuple[str, ...]
+    vocab_sizes: Mapping[str, int]
+    vocabs: Mapping[str, Mapping[str, int]]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    raw: Mapping[str, Any]
+
+    @property
+    def model_path(self) -> Path:
+        return self.model_dir / self.model_file
+
+    @property
+    def histories(self) -> tuple[str, ...]:
+        return tuple(b.history for b in self.behaviour)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(b.target for b in self.behaviour)
+
+    def vocab_of(self, field: str) -> str | None:
+        """The vocabulary of an id field (sparse, target or history); None for hist_len and dense."""
+        for s in self.sparse:
+            if s.name == field:
+                return s.vocab
+        for b in self.behaviour:
+            if field in (b.target, b.history):
+                return b.vocab
+        return None
+
+
+def load_manifest(model_dir: str | Path) -> Manifest:
+    """Load MODEL_DIR/manifest.json and its vocabularies, or raise ModelDirError / ManifestError."""
+    root = Path(model_dir)
+    raw = _read_manifest(root)
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ManifestError(f"{root / MANIFEST_FILE}: format_version {version!r} is not supported by this "
+                            f"runtime (it reads version {FORMAT_VERSION}); use the din-toolkit that exported it")
+    for key, expected in (("padding_index", PAD_INDEX), ("oov_index", OOV_INDEX)):
+        if raw.get(key, expected) != expected:
+            raise ManifestError(f"manifest {key} is {raw[key]!r}; this runtime needs {expected}")
+
+    model_file = _str(raw, "model_file", "manifest")
+    _inside(root, model_file, "model_file")
+    sha = _str(raw, "sha256", "manifest").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise ManifestError(f"manifest sha256 must be 64 hex digits, got {raw['sha256']!r}")
+
+    schema = raw.get("schema")
+    if not isinstance(schema, dict):
+        raise ManifestError("manifest has no 'schema' object")
+    max_len = schema.get("max_len")
+    if type(max_len) is not int or max_len < 1:
+        raise ManifestError(f"schema max_len must be an integer >= 1, got {max_len!r}")
+    sparse = tuple(Sparse(_str(s, "name", "schema sparse"), _str(s, "vocab", "schema sparse"))
+                   for s in _list_of_objects(schema, "sparse", required=False))
+    behaviour = tuple(Behaviour(_str(b, "target", "schema behaviour"), _str(b, "history", "schema behaviour"),
+                                _str(b, "vocab", "schema behaviour"))
+                      for b in _list_of_objects(schema, "behaviour", required=True))
+    if not behaviour:
+        raise ManifestError("schema behaviour is empty: a DIN needs at least the item and its history")
+    dense = tuple(_str(d, "name", "schema dense") for d in _list_of_objects(schema, "dense", required=False))
+    group = schema.get("group", "user_id")
+    if not isinstance(group, str):
+        raise ManifestError(f"schema group must be a field name, got {group!r}")
+
+    expected_inputs = [s.name for s in sparse] + [b.target for b in behaviour] + [b.history for b in behaviour]
+    expected_inputs += ["hist_len"] + (["dense"] if dense else [])
+    duplicates = sorted(n for n, count in Counter(expected_inputs + list(dense)).items() if count > 1)
+    if duplicates:
+        raise ManifestError(f"schema field names collide: {duplicates}")
+    inputs = tuple(_str(i, "name", "manifest inputs") for i in _list_of_objects(raw, "inputs", required=True))
+    if list(inputs) != expected_inputs:
+        raise ManifestError(f"manifest inputs {list(inputs)} do not match the schema's input order {expected_inputs}")
+    outputs = tuple(_str(o, "name", "manifest outputs") for o in _list_of_objects(raw, "outputs", required=True))
+    if "prob" not in outputs:
+        raise ManifestError(f"manifest outputs {list(outputs)} have no 'prob'")
+
+    sizes = schema.get("vocab_sizes")
+    if not isinstance(sizes, dict) or not all(type(v) is int for v in sizes.values()):
+        raise ManifestError("schema vocab_sizes must map vocabulary names to integers")
+    vocab_files = raw.get("vocab_files")
+    if not isinstance(vocab_files, dict):
+        raise ManifestError("manifest has no 'vocab_files' object")
+    vocabs = {}
+    for name in dict.fromkeys([s.vocab for s in sparse] + [b.vocab for b in behaviour]):
+        if name not in sizes:
+            raise ManifestError(f"vocabulary {name!r} has no size in schema vocab_sizes")
+        if name not in vocab_files:
+            raise ManifestError(f"vocabulary {name!r} has no file in manifest vocab_files")
+        vocabs[name] = _load_vocab(root, name, vocab_files[name], sizes[name])
+    _check_input_entries(raw["inputs"], sparse, behaviour, dense)
+
+    return Manifest(
+        model_dir=root, model_file=model_file, sha256=sha, max_len=max_len, group=group, sparse=sparse,
+        behaviour=behaviour, dense=dense, vocab_sizes=MappingProxyType(dict(sizes)),
+        vocabs=MappingProxyType({k: MappingProxyType(v) for k, v in vocabs.items()}),
+        inputs=inputs, outputs=outputs, raw=MappingProxyType(raw),
+    )
+
+
+def _read_manifest(root: Path) -> dict:
+    if not root.exists():
+        raise ModelDirError(f"model directory {root} does not exist")
+    if not root.is_dir():
+        raise ModelDirError(f"{root} is not a directory; pass the model directory written by `din-export export`")
+    try:
+        names = sorted(p.name for p in root.iterdir())
+    except OSError as e:
+        raise ModelDirError(f"cannot list model directory {root}: {e.strerror}") from e
+    if not names:
+        raise ModelDirError(f"model directory {root} is empty; write one with `din-export export`")
+    if MANIFEST_FILE not in names:
+        hint = next((why for marker, why in _OTHER_DIRS.items() if marker in names),
+                    "write a model directory with `din-export export`")
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        raise ModelDirError(f"{root} is not a din model directory (no {MANIFEST_FILE}; it holds {shown}): {hint}")
+    path = root / MANIFEST_FILE
+    try:
+        raw = json.loads(path.read_bytes())
+    except OSError as e:
+        raise ModelDirError(f"cannot read {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path} must hold a JSON object, got {type(raw).__name__}")
+    if raw.get("format") != FORMAT:
+        raise ModelDirError(f"{root} is not a din model directory: {MANIFEST_FILE} has format "
+                            f"{raw.get('format')!r}, expected {FORMAT!r}")
+    return raw
+
+
+def _str(obj: Any, key: str, where: str) -> str:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if not isinstance(value, str) or not value:
+        raise ManifestError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _list_of_objects(obj: dict, key: str, required: bool) -> list[dict]:
+    if key not in obj and not required:
+        return []
+    value = obj.get(key)
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ManifestError(f"{key!r} must be a list of objects, got {value!r:.80}")
+    return value
+
+
+def _inside(root: Path, rel: str, what: str) -> Path:
+    """The regular file `rel` names inside `root`; ManifestError if it is absolute, climbs out, or links out."""
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or "\\" in rel or ".." in pure.parts:
+        raise ManifestError(f"manifest {what} {rel!r} must be a relative path inside the model directory")
+    path = root / pure
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError) as e:
+        raise ManifestError(f"manifest {what} {rel!r}: {path} does not exist") from e
+    if not resolved.is_relative_to(root.resolve()):
+        raise ManifestError(f"manifest {what} {rel!r} resolves to {resolved}, outside the model directory")
+    if not resolved.is_file():
+        raise ManifestError(f"manifest {what} {rel!r} is not a regular file")
+    return resolved
+
+
+def _load_vocab(root: Path, name: str, rel: Any, size: int) -> dict[str, int]:
+    if not isinstance(rel, str):
+        raise ManifestError(f"manifest vocab_files[{name!r}] must be a path string, got {rel!r}")
+    path = _inside(root, rel, f"vocab_files[{name!r}]")
+    try:
+        ids = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(f"vocabulary file {path} is not valid JSON: {e}") from e
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ManifestError(f"vocabulary file {path} must be a JSON list of strings")
+    lookup = {raw_id: index for index, raw_id in enumerate(ids, start=FIRST_KNOWN_INDEX)}
+    if len(lookup) != len(ids):
+        dup = next(raw_id for raw_id, count in Counter(ids).items() if count > 1)
+        raise ManifestError(f"vocabulary file {path} lists {dup!r} twice")
+    if len(ids) + FIRST_KNOWN_INDEX != size:
+        raise ManifestError(f"vocabulary {name!r} has {len(ids)} ids, so its size is {len(ids) + FIRST_KNOWN_INDEX} "
+                            f"with padding and OOV, but schema vocab_sizes says {size}")
+    return lookup
+
+
+def _check_input_entries(entries: list[dict], sparse: tuple[Sparse, ...], behaviour: tuple[Behaviour, ...],
+                         dense: tuple[str, ...]) -> None:
+    """Optional 'vocab' / 'columns' details of manifest inputs must agree with the schema."""
+    vocab_by_field = {s.name: s.vocab for s in sparse}
+    for b in behaviour:
+        vocab_by_field[b.target] = vocab_by_field[b.history] = b.vocab
+    for entry in entries:
+        name = entry["name"]
+        if "vocab" in entry and entry["vocab"] != vocab_by_field.get(name):
+            raise ManifestError(f"manifest input {name!r} uses vocabulary {entry['vocab']!r}, "
+                                f"the schema says {vocab_by_field.get(name)!r}")
+        if name == "dense" and "columns" in entry and list(entry["columns"]) != list(dense):
+            raise ManifestError(f"manifest dense columns {entry['columns']} differ from schema dense {list(dense)}")

@@ -1,0 +1,335 @@
+"""Scorer: load a model directory, check it is the model the manifest describes, and score requests.
+
+The model bytes are read once, hashed, checked for external data and handed to onnxruntime from memory,
+so the file that was verified is the file that runs. Arrays are range-checked before `run()`: onnxruntime
+on CUDA reads out-of-range embedding rows silently. A Scorer is immutable after `load`, and
+onnxruntime's `run` is thread-safe, so one Scorer may serve many threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from din_runtime.encode import Encoded, _as_rows, column, encode_dense, encode_histories, encode_ids, encode_rows
+from din_runtime.errors import DeviceError, DinRuntimeError, InputError, IntegrityError
+from din_runtime.manifest import Manifest, load_manifest
+
+log = logging.getLogger("din_runtime")
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+GPU_INSTALL = "pip uninstall -y onnxruntime && pip install 'din-toolkit[gpu]'"
+_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
+           "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise DinRuntimeError("scoring needs onnxruntime: pip install 'din-toolkit[cpu]' "
+                              "(or 'din-toolkit[gpu]' for CUDA)") from e
+    return onnxruntime
+
+
+class Scorer:
+    """Scores DIN requests with an exported model. Build it with `Scorer.load(model_dir)`."""
+
+    __slots__ = ("_manifest", "_session", "_device", "_dtypes", "_outputs")
+
+    def __init__(self, manifest: Manifest, session: Any, device: str) -> None:
+        self._manifest = manifest
+        self._session = session
+        self._device = device
+        self._dtypes = {i.name: _DTYPES.get(i.type) for i in session.get_inputs()}
+        self._outputs = tuple(o.name for o in session.get_outputs())
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str = "cpu", threads: int | None = None) -> Scorer:
+        """Load MODEL_DIR on "cpu", "cuda" or "auto" (CUDA if usable, else CPU with a warning)."""
+        ort = _import_onnxruntime()
+        if device not in ("cpu", "cuda", "auto"):
+            raise DeviceError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+        if threads is not None and (type(threads) is not int or threads < 1):
+            raise DinRuntimeError(f"threads must be a positive integer, got {threads!r}")
+        manifest = load_manifest(model_dir)
+        data = _read_verified(manifest)
+
+        want_cuda = device == "cuda" or (device == "auto" and CUDA in ort.get_available_providers())
+        if device == "cuda" and CUDA not in ort.get_available_providers():
+            raise DeviceError(f"device 'cuda' needs the CUDAExecutionProvider, which this onnxruntime lacks "
+                              f"(it has {ort.get_available_providers()}); install the GPU build: {GPU_INSTALL}")
+        if device == "auto" and not want_cuda:
+            log.warning("no CUDAExecutionProvider in this onnxruntime; scoring on CPU")
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        try:
+            session = ort.InferenceSession(data, sess_options=options, providers=[CUDA, CPU] if want_cuda else [CPU])
+        except Exception as e:  # onnxruntime raises its own pybind exception types
+            raise IntegrityError(f"onnxruntime cannot load {manifest.model_path}: {e}") from e
+        actual = "cuda" if CUDA in session.get_providers() else "cpu"
+        if want_cuda and actual == "cpu":
+            if device == "cuda":
+                raise DeviceError("the CUDAExecutionProvider failed to start (see onnxruntime's log: CUDA or "
+                                  "cuDNN libraries missing?); use --device cpu or fix the CUDA install")
+            log.warning("the CUDAExecutionProvider failed to start; scoring on CPU")
+        _check_graph(manifest, session)
+        return cls(manifest, session, actual)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self._manifest.inputs
+
+    @property
+    def device(self) -> str:
+        """"cpu" or "cuda": where the session actually runs."""
+        return self._device
+
+    def encode(self, rows: Sequence[Mapping[str, Any]]) -> Encoded:
+        """Request rows -> model inputs and OOV counts (see din_runtime.encode)."""
+        return encode_rows(self._manifest, rows)
+
+    def score(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Click probabilities of request rows, in order."""
+        return self._run(self.encode(rows).arrays, "prob")
+
+    def score_arrays(self, arrays: Mapping[str, Any] | None = None, /, **named: Any) -> np.ndarray:
+        """Probabilities for already-encoded inputs (a mapping, keywords, or both), validated and cast."""
+        return self._run(self._check_arrays({**(arrays or {}), **named}), "prob")
+
+    def score_candidates(self, user: Mapping[str, Any], history: Mapping[str, Sequence[Any]],
+                         candidates: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Probabilities of N candidates for one user, encoding the user's side once.
+
+        `user`: the sparse profile fields and dense fields; `history`: each behaviour history field ->
+        list of ids (oldest first); `candidates`: one mapping per candidate with the behaviour targets,
+        which may also override any sparse or dense field of `user` (item-side or context features).
+        Equals `score` of rows {**user, **history, **candidate}.
+        """
+        return self._run(self._candidate_arrays(user, history, candidates), "prob")
+
+    def explain(self, rows: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
+        """Attention weight of each kept history item, per row (models exported with attention)."""
+        if "attention" not in self._outputs:
+            raise DinRuntimeError("this model has no 'attention' output; export it with --with-attention")
+        arrays = self.encode(rows).arrays
+        weights = self._run(arrays, "attention")
+        return [weights[i, :n] for i, n in enumerate(arrays["hist_len"])]
+
+    def _run(self, arrays: Mapping[str, np.ndarray], output: str) -> np.ndarray:
+        if len(arrays["hist_len"]) == 0:
+            return np.zeros((0,) if output == "prob" else (0, 0), dtype=np.float32)
+        feeds = {name: np.ascontiguousarray(arrays[name], dtype=self._dtypes[name]) for name in self.input_names}
+        try:
+            (result,) = self._session.run([output], feeds)
+        except Exception as e:  # onnxruntime raises its own pybind exception types
+            raise DinRuntimeError(f"onnxruntime failed to score the batch: {e}") from e
+        return result.astype(np.float32) if result.dtype == np.float16 else result
+
+    def _check_arrays(self, given: dict[str, Any]) -> dict[str, np.ndarray]:
+        m = self._manifest
+        unknown = sorted(set(given) - set(m.inputs))
+        if unknown:
+            raise InputError(f"not an input of this model (inputs: {', '.join(m.inputs)})", field=unknown[0])
+        checked: dict[str, np.ndarray] = {}
+        for name in m.inputs:
+            if name not in given:
+                raise InputError("missing input array", field=name)
+            a = np.asarray(given[name])
+            history = name in m.histories
+            ndim = 2 if history or name == "dense" else 1
+            if a.ndim != ndim:
+                raise InputError(f"expected {ndim} dimensions, got shape {a.shape}", field=name)
+            if name == "dense":
+                if a.dtype.kind not in "iuf" or a.shape[1] != len(m.dense):
+                    raise InputError(f"expected numbers of shape (batch, {len(m.dense)}), got {a.dtype} {a.shape}",
+                                     field=name)
+                with np.errstate(over="ignore"):
+                    narrow = a.astype(self._dtypes[name])
+                _first_bad(~np.isfinite(narrow), name, f"is not finite as {narrow.dtype}")
+            else:
+                if a.dtype.kind not in "iu":
+                    raise InputError(f"ids must be integers (floats lose ids above 2**24), got {a.dtype}", field=name)
+                vocab = m.vocab_of(name)
+                limit = m.vocab_sizes[vocab] if vocab else None
+                if name == "hist_len":
+                    width = checked[m.histories[0]].shape[1]
+                    _first_bad((a < 0) | (a > width), name, f"must lie in [0, {width}], the history width")
+                else:
+                    _first_bad((a < 0) | (a >= limit), name, f"index outside [0, {limit}) of vocabulary {vocab!r}")
+            batch = len(checked[m.inputs[0]]) if checked else len(a)
+            if len(a) != batch:
+                raise InputError(f"batch size {len(a)} differs from {m.inputs[0]!r}'s {batch}", field=name)
+            if history and a.shape[1] != checked.get(m.histories[0], a).shape[1]:
+                raise InputError(f"width {a.shape[1]} differs from {m.histories[0]!r}'s", field=name)
+            checked[name] = a
+        return checked
+
+    def _candidate_arrays(self, user: Mapping[str, Any], history: Mapping[str, Sequence[Any]],
+                          candidates: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        m = self._manifest
+        for what, value in (("user", user), ("history", history)):
+            if not isinstance(value, Mapping):
+                raise InputError(f"{what} must be a mapping of field -> value, got {type(value).__name__}")
+        candidates = _as_rows(candidates)
+        n = len(candidates)
+        for i, candidate in enumerate(candidates):
+            misplaced = next((h for h in m.histories if h in candidate), None)
+            if misplaced:
+                raise InputError("histories belong in `history`, not in a candidate", row=i, field=misplaced)
+        missing = next((h for h in m.histories if h not in history), None)
+        if missing:
+            raise InputError("missing from `history`", field=missing)
+        try:
+            one = encode_histories(m, {h: [history[h]] for h in m.histories})[0]
+        except InputError as e:
+            raise InputError(f"history: {e.reason}", field=e.field) from None
+        arrays = {name: np.repeat(a, n, axis=0) for name, a in one.items()}
+        for s in m.sparse:
+            arrays[s.name] = self._per_candidate(
+                s.name, user, candidates, lambda v, s=s: encode_ids(v, m.vocabs[s.vocab], s.name)[0])
+        for b in m.behaviour:
+            arrays[b.target] = encode_ids(column(candidates, b.target), m.vocabs[b.vocab], b.target)[0]
+        if m.dense:
+            arrays["dense"] = np.stack([self._per_candidate(d, user, candidates, lambda v, d=d: encode_dense(v, d))
+                                        for d in m.dense], axis=1)
+        return arrays
+
+    @staticmethod
+    def _per_candidate(name: str, user: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]],
+                       encode: Callable[[list[Any]], np.ndarray]) -> np.ndarray:
+        """A user-side field, encoded once and repeated, unless some candidate overrides it."""
+        if any(name in c for c in candidates):
+            values = []
+            for i, c in enumerate(candidates):
+                if name not in c and name not in user:
+                    raise InputError("missing from the candidate and from `user`", row=i, field=name)
+                values.append(c[name] if name in c else user[name])
+            return encode(values)
+        if name not in user:
+            raise InputError("missing from `user`", field=name)
+        try:
+            one = encode([user[name]])
+        except InputError as e:
+            raise InputError(f"user: {e.reason}", field=name) from None
+        return np.repeat(one, len(candidates), axis=0)
+
+
+def _first_bad(bad: np.ndarray, field: str, reason: str) -> None:
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise InputError(reason, row=row, field=field)
+
+
+def _read_verified(manifest: Manifest) -> bytes:
+    path = manifest.model_path
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise IntegrityError(f"cannot read {path}: {e.strerror}") from e
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest.sha256:
+        raise IntegrityError(f"{path} has SHA-256 {digest}, the manifest says {manifest.sha256}: the file was "
+                             f"changed or damaged after export")
+    try:
+        external = external_data_tensors(data)
+    except ValueError as e:
+        raise IntegrityError(f"{path} is not a valid ONNX model: {e}") from e
+    if external:
+        raise IntegrityError(f"{path} keeps tensors in external data files ({', '.join(external[:5])}); model "
+                             f"directories must be self-contained: re-export it (external data is refused because "
+                             f"its paths can reach files outside the directory)")
+    return data
+
+
+def _check_graph(manifest: Manifest, session: Any) -> None:
+    inputs = session.get_inputs()
+    names = tuple(i.name for i in inputs)
+    if names != manifest.inputs:
+        raise IntegrityError(f"model.onnx inputs {list(names)} differ from the manifest's {list(manifest.inputs)}")
+    for i in inputs:
+        kinds = ("tensor(float)", "tensor(float16)", "tensor(double)") if i.name == "dense" else \
+            ("tensor(int64)", "tensor(int32)")
+        if i.type not in kinds:
+            raise IntegrityError(f"model.onnx input {i.name!r} has type {i.type}, expected one of {kinds}")
+    outputs = [o.name for o in session.get_outputs()]
+    if "prob" not in outputs:
+        raise IntegrityError(f"model.onnx has no 'prob' output (outputs: {outputs})")
+
+
+# Protobuf field numbers (onnx.proto) of the messages that can hold a TensorProto, per message kind.
+_CHILDREN: dict[str, dict[int, str]] = {
+    "model": {7: "graph", 20: "training", 25: "function"},
+    "training": {1: "graph", 2: "graph"},
+    "function": {7: "node", 11: "attribute"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+    "tensor": {},
+}
+_TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _EXTERNAL = 8, 13, 14, 1
+
+
+def external_data_tensors(data: bytes) -> list[str]:
+    """Names of the tensors of a serialized ONNX model whose data lives outside it.
+
+    Walks the protobuf wire format directly, because onnx is not a runtime dependency and onnxruntime,
+    given bytes, would look for external files relative to the current directory.
+    """
+    view = memoryview(data)
+    found = []
+    stack = [(0, len(view), "model")]
+    while stack:
+        pos, end, kind = stack.pop()
+        children = _CHILDREN[kind]
+        name, external = "", False
+        while pos < end:
+            tag, pos = _varint(view, pos, end)
+            field, wire = tag >> 3, tag & 7
+            if wire == 0:
+                value, pos = _varint(view, pos, end)
+                external |= kind == "tensor" and field == _TENSOR_DATA_LOCATION and value == _EXTERNAL
+            elif wire == 2:
+                length, pos = _varint(view, pos, end)
+                if pos + length > end:
+                    raise ValueError("truncated protobuf field")
+                if field in children:
+                    stack.append((pos, pos + length, children[field]))
+                elif kind == "tensor" and field == _TENSOR_EXTERNAL_DATA:
+                    external = True
+                elif kind == "tensor" and field == _TENSOR_NAME:
+                    name = bytes(view[pos:pos + length]).decode("utf-8", "replace")
+                pos += length
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            else:
+                raise ValueError(f"unexpected protobuf wire type {wire}")
+        if pos != end:
+            raise ValueError("truncated protobuf message")
+        if external:
+            found.append(name or "<unnamed tensor>")
+    return found
+
+
+def _varint(view: memoryview, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise ValueError("truncated or oversized varint")
+        byte = view[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
