@@ -1,0 +1,508 @@
+"""`din-export export`: a trained run -> a verified, self-contained ONNX model directory.
+
+    run dir --load_run--> torch DIN --inference_module--> ONNX (dynamo) --checks--> [fp16 | int8]
+            --> temp model dir --verify (through din_runtime)--> renamed into place [--> Triton repo]
+
+Everything about the graph's interface comes from one declaration, `graph_spec(schema)`: the wrapper's
+argument order, the dynamic shapes, the manifest's "inputs"/"outputs", the graph checks and the Triton
+config. The model directory only appears once verification passed, so a failed export leaves nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import Tensor, nn
+
+from din_export import __version__
+from din_export.schema import OOV_INDEX, PAD_INDEX, Schema, write_bytes_atomic, write_json_atomic
+from din_export.triton import NAME_PATTERN, TritonError, write_triton_model
+from din_export.verify import format_report, resolve_data_dir, verify_model_dir
+
+DEFAULT_OPSET = 18
+MANIFEST_VERSION = 1
+MODEL_FILE = "model.onnx"
+# ONNX ops that would make the graph slow (per-row control flow) or unportable; see docs/export.md.
+FORBIDDEN_OPS = frozenset({"Loop", "Scan", "If"})
+FORBIDDEN_PREFIXES = ("Sequence", "ConcatFromSequence", "SplitToSequence")
+# Example sizes the graph is traced with: both >= 3 so they cannot be confused with axis constants,
+# different from each other, and never the sizes verification checks.
+EXAMPLE_BATCH = 3
+EXAMPLE_SEQ = 7
+
+
+class ExportError(click.ClickException):
+    """The export could not produce a model directory; the message says which step failed."""
+
+
+class GraphCheckError(ExportError):
+    """The exported graph breaks one of the checks of `check_graph` (ops, dims, constants, validity)."""
+
+
+# --- The one declaration of the graph's interface ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output. dims: a name for a dynamic axis ("batch", "seq"), an int for a fixed one."""
+
+    name: str
+    dtype: str
+    dims: tuple[str | int, ...]
+    vocab: str | None = None
+    columns: tuple[str, ...] | None = None
+
+    def to_manifest(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "dims": list(self.dims)}
+        if self.vocab is not None:
+            entry["vocab"] = self.vocab
+        if self.columns is not None:
+            entry["columns"] = list(self.columns)
+        return entry
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    @property
+    def with_attention(self) -> bool:
+        return "attention" in self.output_names
+
+    def dynamic_shapes(self) -> tuple[dict[int, torch.export.Dim], ...]:
+        axes = {name: torch.export.Dim(name) for t in self.inputs for name in t.dims if isinstance(name, str)}
+        return tuple({i: axes[d] for i, d in enumerate(t.dims) if isinstance(d, str)} for t in self.inputs)
+
+    def example(self, schema: Schema, sizes: dict[str, int], seed: int = 0) -> tuple[Tensor, ...]:
+        """Random valid inputs with the dynamic axes at `sizes`; every history position real or not."""
+        g = torch.Generator().manual_seed(seed)
+        args = []
+        for t in self.inputs:
+            shape = tuple(sizes[d] if isinstance(d, str) else d for d in t.dims)
+            if t.vocab is not None:
+                args.append(torch.randint(0, schema.vocab_sizes[t.vocab], shape, generator=g))
+            elif t.name == "hist_len":
+                args.append(torch.randint(0, sizes["seq"] + 1, shape, generator=g))
+            else:
+                args.append(torch.randn(shape, generator=g))
+        return tuple(args)
+
+
+def graph_spec(schema: Schema, with_attention: bool = False) -> GraphSpec:
+    """The graph's inputs and outputs in docs/design.md's order ("Model inputs")."""
+    inputs = [TensorSpec(s.name, "int64", ("batch",), vocab=s.vocab) for s in schema.sparse]
+    inputs += [TensorSpec(b.target, "int64", ("batch",), vocab=b.vocab) for b in schema.behaviour]
+    inputs += [TensorSpec(b.history, "int64", ("batch", "seq"), vocab=b.vocab) for b in schema.behaviour]
+    inputs.append(TensorSpec("hist_len", "int64", ("batch",)))
+    if schema.dense:
+        inputs.append(TensorSpec("dense", "float32", ("batch", len(schema.dense)), columns=schema.dense_names))
+    outputs = [TensorSpec("logit", "float32", ("batch",)), TensorSpec("prob", "float32", ("batch",))]
+    if with_attention:
+        outputs.append(TensorSpec("attention", "float32", ("batch", "seq")))
+    spec = GraphSpec(tuple(inputs), tuple(outputs))
+    if spec.input_names != schema.input_names():
+        raise AssertionError(f"graph spec inputs {spec.input_names} differ from the schema's {schema.input_names()}")
+    return spec
+
+
+class GraphWrapper(nn.Module):
+    """Positional inputs in spec order -> (logit, prob[, attention]): the signature the ONNX graph gets."""
+
+    def __init__(self, model: nn.Module, spec: GraphSpec) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        x = dict(zip(self.spec.input_names, inputs, strict=True))
+        if self.spec.with_attention:
+            logits, attention = self.model(x, return_attention=True)
+            return logits, torch.sigmoid(logits), attention
+        logits = self.model(x)
+        return logits, torch.sigmoid(logits)
+
+
+# --- torch -> ONNX -----------------------------------------------------------------------------------
+
+
+def to_onnx(model: nn.Module, schema: Schema, spec: GraphSpec, opset: int = DEFAULT_OPSET,
+            example: tuple[int, int] = (EXAMPLE_BATCH, EXAMPLE_SEQ)) -> onnx.ModelProto:
+    """Trace `model` (eval mode) with torch's dynamo exporter; batch and seq stay symbolic."""
+    wrapper = GraphWrapper(model, spec).eval()
+    args = spec.example(schema, {"batch": example[0], "seq": example[1]})
+    # The exporter reports every skipped torchvision op and its own internal deprecations; none concern us.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r".*axis name.*will not be used", category=UserWarning)
+        try:
+            program = torch.onnx.export(
+                wrapper, args, dynamo=True, dynamic_shapes=(spec.dynamic_shapes(),),
+                input_names=spec.input_names, output_names=spec.output_names, opset_version=opset,
+                external_data=False, verbose=False,
+            )
+        except Exception as e:  # the exporter raises many unrelated types; all mean "no graph"
+            raise ExportError(f"torch.onnx.export failed at opset {opset}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    return program.model_proto
+
+
+def set_metadata(model: onnx.ModelProto, schema: Schema) -> None:
+    """The schema travels inside the graph too, so a bare model.onnx still says what it expects."""
+    onnx.helper.set_model_props(model, {
+        "din.schema": json.dumps(schema.to_dict(), sort_keys=True),
+        "din.manifest_version": str(MANIFEST_VERSION),
+    })
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """fp16 weights and arithmetic, fp32 inputs/outputs, Softmax kept in fp32 (docs/export.md).
+
+    The converter clamps constants to fp16's finite range, so the attention mask's float32 lowest
+    becomes -65504 (checked by `check_graph`: no infinite fp16 constant may remain).
+    """
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    half = convert_float_to_float16(model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, "Softmax"])
+    topological_sort(half.graph)
+    return half
+
+
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so each comes after its producers (the fp16 converter appends its Casts at the end,
+    which onnxruntime tolerates but the ONNX checker rightly rejects). Stable: a sorted graph is unchanged."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        waiting = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
+            raise GraphCheckError(f"graph has a cycle or a missing input at node {waiting[0].name!r}")
+        pending = waiting
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def gemm_to_matmul(model: onnx.ModelProto) -> int:
+    """Rewrite Gemm(A, W, b) with a constant W as MatMul(A, W') + b in place; returns how many.
+
+    onnxruntime's dynamic quantiser only has an integer MatMul, so without this the final MLP's Gemms
+    would stay fp32. Exact: Gemm computes alpha * A' W' + beta * b with the transposes as flagged.
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes: list[onnx.NodeProto] = []
+    rewritten = 0
+    for node in model.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        weight = inits[node.input[1]]
+        if attrs.get("transB", 0):
+            transposed = numpy_helper.from_array(numpy_helper.to_array(weight).T.copy(), f"{weight.name}_t")
+            model.graph.initializer.append(transposed)
+            weight = transposed
+        product = f"{node.output[0]}_matmul"
+        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], weight.name],
+                                           [product if len(node.input) > 2 else node.output[0]]))
+        if len(node.input) > 2:
+            nodes.append(onnx.helper.make_node("Add", [product, node.input[2]], [node.output[0]]))
+        rewritten += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {name for n in model.graph.node for name in n.input}
+    kept = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return rewritten
+
+
+def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Dynamic int8 quantisation of the MatMul/Gemm weights (activations quantised per batch at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    gemm_to_matmul(model)
+    root = logging.getLogger()
+    level = root.level
+    with tempfile.TemporaryDirectory(prefix="din-int8-") as tmp:
+        out = Path(tmp) / MODEL_FILE
+        # quantize_dynamic logs a hint about pre-processing meant for conv nets through the root logger
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(model, out, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
+        return onnx.load(out)
+
+
+# --- Graph checks ------------------------------------------------------------------------------------
+
+
+def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                nodes.extend(_all_nodes(sub))
+    return nodes
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[str | int | None]:
+    dims: list[str | int | None] = []
+    for d in value.type.tensor_type.shape.dim:
+        dims.append(d.dim_param if d.HasField("dim_param") else d.dim_value if d.HasField("dim_value") else None)
+    return dims
+
+
+def _constants(model: onnx.ModelProto) -> list[tuple[str, np.ndarray]]:
+    found = [(i.name, numpy_helper.to_array(i)) for i in model.graph.initializer]
+    for node in _all_nodes(model.graph):
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    found.append((node.output[0], numpy_helper.to_array(attr.t)))
+    return found
+
+
+ONNX_DTYPES = {"int64": onnx.TensorProto.INT64, "float32": onnx.TensorProto.FLOAT}
+
+
+def check_graph(model: onnx.ModelProto, spec: GraphSpec, example: tuple[int, int] | None = None) -> None:
+    """Validity, strict shape inference, op set, symbolic interface dims, no traced-in example size.
+
+    `example`: the (batch, seq) the graph was traced with; an int64 shape-like constant equal to one of
+    them (when >= 3, so not an axis index) means a dynamic size was frozen during tracing.
+    """
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise GraphCheckError(f"exported graph is not valid ONNX: {str(e).splitlines()[0]}") from e
+    if any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer):
+        raise GraphCheckError("exported graph refers to external data; it must be self-contained")
+    nodes = _all_nodes(model.graph) + [n for f in model.functions for n in f.node]
+    bad = sorted({n.op_type for n in nodes if n.op_type in FORBIDDEN_OPS or n.op_type.startswith(FORBIDDEN_PREFIXES)})
+    if bad:
+        raise GraphCheckError(f"exported graph contains control-flow/sequence ops {bad}; DIN needs none")
+    interface = (("input", spec.inputs, model.graph.input), ("output", spec.outputs, model.graph.output))
+    for kind, declared, values in interface:
+        got = {v.name: v for v in values}
+        if list(got) != [t.name for t in declared]:
+            raise GraphCheckError(f"graph {kind}s are {list(got)}, expected {[t.name for t in declared]}")
+        for t in declared:
+            dims = _dims(got[t.name])
+            if dims != list(t.dims):
+                raise GraphCheckError(f"graph {kind} {t.name!r} has dims {dims}, expected {list(t.dims)} "
+                                      "(a dynamic axis was frozen or renamed)")
+            if got[t.name].type.tensor_type.elem_type != ONNX_DTYPES[t.dtype]:
+                raise GraphCheckError(f"graph {kind} {t.name!r} has element type "
+                                      f"{onnx.TensorProto.DataType.Name(got[t.name].type.tensor_type.elem_type)}, "
+                                      f"expected {t.dtype}")
+    suspicious = {size for size in (example or ()) if size >= 3}
+    for name, value in _constants(model):
+        if value.dtype == np.float16 and not np.isfinite(value).all():
+            raise GraphCheckError(f"fp16 constant {name!r} is not finite: a mask or bias overflowed fp16")
+        if value.dtype.kind == "i" and value.size <= 8 and suspicious & set(value.ravel().tolist()):
+            raise GraphCheckError(f"constant {name!r} = {value.tolist()} holds the traced example size "
+                                  f"{sorted(suspicious & set(value.ravel().tolist()))}: a dynamic axis was frozen")
+
+
+def has_external_data(model_dir: Path) -> list[str]:
+    """Files beside model.onnx that external data would use, plus initializers that point outside."""
+    stray = [p.name for p in model_dir.iterdir() if p.name.startswith(MODEL_FILE) and p.name != MODEL_FILE]
+    model = onnx.load(model_dir / MODEL_FILE, load_external_data=False)
+    return stray + [i.name for i in model.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
+
+
+# --- The model directory -----------------------------------------------------------------------------
+
+
+def vocab_names(schema: Schema) -> list[str]:
+    return list(dict.fromkeys([s.vocab for s in schema.sparse] + [b.vocab for b in schema.behaviour]))
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {"din_toolkit": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def build_manifest(model_bytes: bytes, schema: Schema, spec: GraphSpec, config: dict, metrics: dict, *,
+                   opset: int, precision: str, quantize: str | None, optimized: bool,
+                   example: tuple[int, int]) -> dict[str, Any]:
+    model_cfg = dict(config.get("model", {}))
+    return {
+        "format": "din-model", "format_version": MANIFEST_VERSION,
+        "model_file": MODEL_FILE, "sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "schema": schema.to_dict(),
+        "vocab_files": {v: f"vocab/{v}.json" for v in vocab_names(schema)},
+        "padding_index": PAD_INDEX, "oov_index": OOV_INDEX,
+        "inputs": [t.to_manifest() for t in spec.inputs],
+        "outputs": [t.to_manifest() for t in spec.outputs],
+        "model": {"name": model_cfg.pop("model", "din"), **model_cfg},
+        "opset": opset, "precision": precision, "quantize": quantize, "optimized": optimized,
+        "example_sizes": {"batch": example[0], "seq": example[1]},
+        "versions": versions(),
+        "metrics": metrics,
+    }
+
+
+def write_model_dir(model_dir: Path, model_bytes: bytes, manifest: dict, data_dir: Path, schema: Schema) -> None:
+    write_bytes_atomic(model_dir / MODEL_FILE, model_bytes)
+    for vocab in vocab_names(schema):
+        source = data_dir / "vocab" / f"{vocab}.json"
+        if not source.is_file():
+            raise ExportError(f"vocabulary {vocab!r} is missing from the dataset directory: {source}")
+        (model_dir / "vocab").mkdir(exist_ok=True)
+        shutil.copyfile(source, model_dir / "vocab" / f"{vocab}.json")
+    write_json_atomic(model_dir / "manifest.json", manifest)
+
+
+def replace_dir(tmp: Path, out: Path, force: bool) -> None:
+    """Move the finished `tmp` to `out`; an existing `out` is replaced only with `force`."""
+    if out.exists():
+        if not force:
+            raise ExportError(f"{out} already exists; pass --force to replace it")
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, trash / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(trash)
+    else:
+        os.replace(tmp, out)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ExportError(f"cannot read {path}: {e}") from e
+
+
+def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, precision: str = "fp32",
+               quantize: str | None = None, with_attention: bool = False, optimize: bool = True,
+               tolerance: float | None = None, triton_repo: str | Path | None = None, triton_name: str = "din",
+               force: bool = False, example: tuple[int, int] = (EXAMPLE_BATCH, EXAMPLE_SEQ)) -> dict[str, Any]:
+    """Export, check, write to a temporary sibling of `out`, verify there, then rename; returns the manifest."""
+    from din_export.train import load_run
+
+    run_dir, out = Path(run_dir), Path(out)
+    if precision == "fp16" and quantize:
+        raise click.UsageError("--precision fp16 and --quantize int8 are alternatives; pick one")
+    if out.exists() and not force:
+        raise ExportError(f"{out} already exists; pass --force to replace it")
+    if triton_repo is not None:
+        if not NAME_PATTERN.fullmatch(triton_name):
+            raise click.BadParameter(f"{triton_name!r} must match {NAME_PATTERN.pattern}", param_hint="--triton-name")
+        if (Path(triton_repo) / triton_name).exists() and not force:
+            raise ExportError(f"{Path(triton_repo) / triton_name} already exists; pass --force to replace it")
+    try:
+        model, schema, config = load_run(run_dir)
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ExportError(f"cannot load the run {run_dir}: {e}") from e
+    data_dir = resolve_data_dir(run_dir, config)
+    metrics_path = run_dir / "metrics.json"
+    metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
+
+    spec = graph_spec(schema, with_attention)
+    traced = model
+    if optimize:
+        from din_export.optimize import inference_module
+
+        traced = inference_module(model)
+    graph = to_onnx(traced, schema, spec, opset, example)
+    check_graph(graph, spec, example)
+    if precision == "fp16":
+        graph = to_fp16(graph)
+    elif quantize == "int8":
+        graph = to_int8(graph)
+    set_metadata(graph, schema)
+    check_graph(graph, spec, example)
+    model_bytes = graph.SerializeToString()
+    manifest = build_manifest(model_bytes, schema, spec, config, metrics, opset=opset, precision=precision,
+                              quantize=quantize, optimized=optimize, example=example)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write_model_dir(tmp, model_bytes, manifest, data_dir, schema)
+        stray = has_external_data(tmp)
+        if stray:
+            raise GraphCheckError(f"model.onnx is not self-contained: {stray}")
+        report = verify_model_dir(tmp, model, schema, data_dir, tolerance=tolerance)
+        manifest["parity"] = report
+        manifest["variant"] = report["variant"]
+        write_json_atomic(tmp / "manifest.json", manifest)
+        replace_dir(tmp, out, force)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    if triton_repo is not None:
+        try:
+            write_triton_model(Path(triton_repo), triton_name, model_bytes, manifest["inputs"], manifest["outputs"],
+                               force=force)
+        except (TritonError, OSError) as e:
+            raise ExportError(f"wrote {out}, but not the Triton model: {e}") from e
+    return manifest
+
+
+@click.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+@click.option("--opset", default=DEFAULT_OPSET, show_default=True, type=click.IntRange(18, 23),
+              help="ONNX opset (18: see docs/export.md).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16: half-precision weights and arithmetic (for GPUs), fp32 inputs and outputs.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Dynamic int8 quantisation of the MLP weights (CPU).")
+@click.option("--with-attention", is_flag=True, help="Add the attention weights output (batch, seq).")
+@click.option("--triton", "triton_repo", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write REPO/NAME/1/model.onnx and REPO/NAME/config.pbtxt for Triton.")
+@click.option("--triton-name", default="din", show_default=True, help="Model name in the Triton repository.")
+@click.option("--no-optimize", is_flag=True, help="Export the plain model instead of the exact inference rewrite.")
+@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Max abs probability difference vs torch (default: 1e-5 fp32, 1e-3 fp16, int8 policy).")
+@click.option("--force", is_flag=True, help="Replace an existing model directory / Triton model.")
+def export_command(run_dir: Path, out: Path, opset: int, precision: str, quantize: str | None, with_attention: bool,
+                   triton_repo: Path | None, triton_name: str, no_optimize: bool, tolerance: float | None,
+                   force: bool) -> None:
+    """Export RUN_DIR to an ONNX model directory, verified against torch before it is written."""
+    manifest = export_run(run_dir, out, opset=opset, precision=precision, quantize=quantize,
+                          with_attention=with_attention, optimize=not no_optimize, tolerance=tolerance,
+                          triton_repo=triton_repo, triton_name=triton_name, force=force)
+    click.echo(format_report(manifest["parity"]))
+    click.echo(f"wrote {out} (sha256 {manifest['sha256'][:16]}...)")
+    if triton_repo is not None:
+        click.echo(f"wrote {Path(triton_repo) / triton_name}")

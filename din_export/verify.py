@@ -1,0 +1,351 @@
+"""`din-export verify`: prove an exported model directory scores like the torch model it came from.
+
+Probabilities go through `din_runtime.Scorer.score_arrays`, the path users score with (hash check,
+range checks, casts). The logit and attention outputs, which the Scorer does not return, come from a
+plain onnxruntime session over the same verified bytes. The torch side is always the ORIGINAL model in
+eval mode, never the inference rewrite that was exported.
+
+Shapes checked: batch {1, 3, 64, 257} x history {0, 1, 7, max_len, 2 max_len} with random ids (padded
+positions hold random ids too, so masking is exercised), ragged lengths and an all-padded row, then
+the validation split in batches trimmed to their longest history. Failures raise one named error:
+ShapeError (an output has the wrong shape), DynamicAxisError (an interface dim is fixed, or the model
+fails at some size), ToleranceError (a difference above the variant's tolerance, see POLICY).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from din_runtime import Scorer
+from din_runtime.errors import DinRuntimeError
+from din_runtime.metrics import auc
+from torch import nn
+
+from din_export.data import DataError, load_split
+from din_export.schema import Schema, write_json_atomic
+
+GRID_BATCHES = (1, 3, 64, 257)
+VALID_BATCH = 1024
+DEFAULT_VALID_ROWS = 20000
+# Per variant: the max abs probability difference, the max relative logit (and attention) difference
+# |a - ref| / (1 + |ref|), which catches saturated probabilities, and the most the validation AUC may
+# drop. None: not judged. int8 is lossy by design, so it is judged by its effect on ranking, with a
+# loose probability bound that only a broken graph exceeds; see docs/export.md.
+POLICY: dict[str, dict[str, float | None]] = {
+    "fp32": {"prob": 1e-5, "logit_rel": 1e-5, "auc_drop": None},
+    "fp16": {"prob": 1e-3, "logit_rel": 1e-2, "auc_drop": None},
+    "int8": {"prob": 5e-2, "logit_rel": None, "auc_drop": 5e-3},
+}
+
+
+class VerifyError(click.ClickException):
+    """The model directory does not score like the torch model. `report` holds what was measured."""
+
+    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{type(self).__name__}: {message}")
+        self.report = report
+
+
+class ShapeError(VerifyError):
+    """An output of the exported model has the wrong shape at some (batch, seq)."""
+
+
+class DynamicAxisError(VerifyError):
+    """A dim that must be dynamic is fixed in the graph, or the model fails to run at some size."""
+
+
+class ToleranceError(VerifyError):
+    """The exported model's outputs differ from torch's by more than the tolerance (or are not finite)."""
+
+
+def resolve_data_dir(run_dir: Path, config: dict) -> Path:
+    """The run's dataset directory (config.json "data_dir"; a relative path is tried from the run dir too)."""
+    raw = config.get("data_dir")
+    if not raw:
+        raise click.ClickException(f"{run_dir / 'config.json'} has no data_dir: cannot find the dataset")
+    for candidate in (Path(raw), run_dir / raw):
+        if (candidate / "schema.json").is_file():
+            return candidate
+    raise click.ClickException(f"dataset directory {raw!r} named by {run_dir / 'config.json'} is not there "
+                               "(no schema.json); its vocabularies and validation split are needed")
+
+
+def variant_of(manifest: dict) -> str:
+    return "int8" if manifest.get("quantize") == "int8" else manifest.get("precision", "fp32")
+
+
+def grid_seqs(max_len: int) -> list[int]:
+    return list(dict.fromkeys((0, 1, 7, max_len, 2 * max_len)))
+
+
+def random_inputs(inputs: list[dict], schema: Schema, batch: int, seq: int,
+                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Valid random arrays for the manifest's `inputs`; row 0 all-padded when batch > 1, others ragged."""
+    sizes = {"batch": batch, "seq": seq}
+    arrays: dict[str, np.ndarray] = {}
+    for entry in inputs:
+        shape = tuple(sizes[d] if isinstance(d, str) else d for d in entry["dims"])
+        if "vocab" in entry:
+            arrays[entry["name"]] = rng.integers(0, schema.vocab_sizes[entry["vocab"]], shape, dtype=np.int64)
+        elif entry["name"] == "hist_len":
+            lengths = rng.integers(0, seq + 1, shape, dtype=np.int64) if batch > 1 else np.full(shape, seq)
+            if batch > 1:
+                lengths[0] = 0
+            arrays["hist_len"] = lengths
+        else:
+            mean = np.array([d.mean for d in schema.dense], dtype=np.float32)
+            std = np.array([d.std or 1.0 for d in schema.dense], dtype=np.float32)
+            arrays[entry["name"]] = (mean + std * rng.standard_normal(shape)).astype(np.float32)
+    return arrays
+
+
+def torch_outputs(model: nn.Module, arrays: dict[str, np.ndarray], with_attention: bool) -> dict[str, np.ndarray]:
+    x = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    with torch.no_grad():
+        if with_attention:
+            logits, attention = model(x, return_attention=True)
+        else:
+            logits, attention = model(x), None
+    out = {"logit": logits.numpy(), "prob": torch.sigmoid(logits).numpy()}
+    if attention is not None:
+        out["attention"] = attention.numpy()
+    return out
+
+
+class ExportedModel:
+    """The model directory's two views: Scorer (probabilities) and a bare session (all outputs)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        try:
+            self.scorer = Scorer.load(model_dir)
+        except DinRuntimeError as e:
+            raise VerifyError(f"din_runtime cannot load {model_dir}: {e}") from e
+        self.manifest = dict(self.scorer.manifest.raw)
+        data = (model_dir / self.scorer.manifest.model_file).read_bytes()
+        self.graph = onnx.load_from_string(data)
+        self.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def check_dims(self) -> None:
+        """Every dim the manifest names (batch, seq) must be symbolic in the graph, not a traced size."""
+        graph_inputs = {v.name: v for v in self.graph.graph.input}
+        for entry in self.manifest["inputs"]:
+            value = graph_inputs.get(entry["name"])
+            if value is None:
+                raise DynamicAxisError(f"graph has no input {entry['name']!r}")
+            dims = value.type.tensor_type.shape.dim
+            for axis, want in enumerate(entry["dims"]):
+                if isinstance(want, str) and dims[axis].HasField("dim_value"):
+                    raise DynamicAxisError(f"input {entry['name']!r} axis {axis} ({want}) is fixed to "
+                                           f"{dims[axis].dim_value} in the graph")
+
+    def run(self, arrays: dict[str, np.ndarray], batch: int, seq: int) -> dict[str, np.ndarray]:
+        try:
+            prob = self.scorer.score_arrays(arrays)
+            rest = self.session.run([o for o in self.outputs if o != "prob"], arrays)
+        except DinRuntimeError as e:
+            raise DynamicAxisError(f"the model fails at batch {batch}, seq {seq}: {e}") from e
+        except Exception as e:  # onnxruntime's pybind errors have no common public base class
+            raise DynamicAxisError(f"the model fails at batch {batch}, seq {seq}: {e}") from e
+        out = dict(zip([o for o in self.outputs if o != "prob"], rest, strict=True))
+        out["prob"] = prob
+        for name, want in (("prob", (batch,)), ("logit", (batch,)), ("attention", (batch, seq))):
+            if name in out and out[name].shape != want:
+                raise ShapeError(f"output {name!r} has shape {out[name].shape} at batch {batch}, seq {seq}; "
+                                 f"expected {want}")
+        return out
+
+
+def max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    """NaN if either side has a non-finite value: such a difference must never pass a tolerance."""
+    if a.size == 0:
+        return 0.0
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return math.nan
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+
+
+def max_rel(a: np.ndarray, reference: np.ndarray) -> float:
+    """max |a - ref| / (1 + |ref|): logits and raw attention scores are unbounded, so the gate is relative."""
+    if a.size == 0:
+        return 0.0
+    if not (np.isfinite(a).all() and np.isfinite(reference).all()):
+        return math.nan
+    ref = reference.astype(np.float64)
+    return float((np.abs(a.astype(np.float64) - ref) / (1.0 + np.abs(ref))).max())
+
+
+def compare(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, float]:
+    row = {"prob": max_abs(ours["prob"], ref["prob"]), "logit": max_abs(ours["logit"], ref["logit"]),
+           "logit_rel": max_rel(ours["logit"], ref["logit"])}
+    if "attention" in ours:
+        row["attention"] = max_abs(ours["attention"], ref["attention"])
+        row["attention_rel"] = max_rel(ours["attention"], ref["attention"])
+    return row
+
+
+def within(row: dict[str, float], policy: dict[str, float | None]) -> bool:
+    limits = {"prob": policy["prob"], "logit_rel": policy["logit_rel"], "attention_rel": policy["logit_rel"]}
+    # `<=` is False for NaN, so a non-finite output fails even where the difference is not judged
+    return all(row[k] <= limit if limit is not None else not math.isnan(row[k])
+               for k, limit in limits.items() if k in row)
+
+
+def validation_rows(data_dir: Path, schema: Schema, limit: int) -> dict[str, np.ndarray]:
+    try:
+        split = load_split(data_dir, "valid", schema)
+    except DataError as e:
+        raise click.ClickException(f"cannot read the validation split: {e}") from e
+    return {k: v[:limit] for k, v in split.items()}
+
+
+def verify_model_dir(model_dir: str | Path, model: nn.Module, schema: Schema, data_dir: str | Path,
+                     tolerance: float | None = None, valid_rows: int = DEFAULT_VALID_ROWS,
+                     seed: int = 0) -> dict[str, Any]:
+    """Compare MODEL_DIR with the torch `model` (eval mode); returns the report or raises a VerifyError.
+
+    Every shape is scored before any tolerance is judged, so a failing report still shows them all.
+    """
+    model_dir = Path(model_dir)
+    exported = ExportedModel(model_dir)
+    manifest = exported.manifest
+    if Schema.from_dict(manifest["schema"]) != schema:
+        raise VerifyError(f"{model_dir} was exported with a different schema than this run's")
+    variant = variant_of(manifest)
+    policy = dict(POLICY[variant])
+    if tolerance is not None:
+        policy["prob"] = tolerance
+    with_attention = "attention" in exported.outputs
+    report: dict[str, Any] = {"model_dir": str(model_dir), "variant": {"name": variant}, "tolerance": policy,
+                              "shapes": [], "passed": False}
+    model = model.eval()
+    try:
+        exported.check_dims()
+        rng = np.random.default_rng(seed)
+        for batch in GRID_BATCHES:
+            for seq in grid_seqs(schema.max_len):
+                arrays = random_inputs(manifest["inputs"], schema, batch, seq, rng)
+                outputs = exported.run(arrays, batch, seq)
+                report["shapes"].append({"batch": batch, "seq": seq,
+                                         **compare(outputs, torch_outputs(model, arrays, with_attention))})
+        valid = validation_rows(Path(data_dir), schema, valid_rows)
+        v = report["validation"] = validate(exported, model, schema, valid, with_attention)
+        rows = report["shapes"] + [v]
+        report["max_abs_diff"] = {k: max((r[k] for r in rows), key=_nan_high) for k in ("prob", "logit")}
+        report["variant"] = {"name": variant, "precision": manifest.get("precision", "fp32"),
+                             "quantize": manifest.get("quantize"),
+                             "max_abs_diff_prob": report["max_abs_diff"]["prob"],
+                             "max_abs_diff_logit": report["max_abs_diff"]["logit"], "valid_rows": v["rows"],
+                             "valid_auc_torch_fp32": v["auc_torch"], "valid_auc": v["auc_model"],
+                             "auc_change": v["auc_change"]}
+        judge(report, policy)
+    except VerifyError as e:
+        report["error"] = e.message
+        e.report = report
+        raise
+    report["passed"] = True
+    return report
+
+
+def judge(report: dict[str, Any], policy: dict[str, float | None]) -> None:
+    """Raise ToleranceError for the first shape (then the validation split) over the policy's limits."""
+    for row in report["shapes"] + [report["validation"]]:
+        if not within(row, policy):
+            where = "on the validation split" if "rows" in row else f"at batch {row['batch']}, seq {row['seq']}"
+            raise ToleranceError(f"{where}: {describe(row)} exceeds the tolerance (probability {policy['prob']:g}, "
+                                 f"relative logit {policy['logit_rel']})")
+    v = report["validation"]
+    if policy["auc_drop"] is not None and not math.isnan(v["auc_torch"]) and not v["auc_change"] >= -policy["auc_drop"]:
+        raise ToleranceError(f"validation AUC drops by {-v['auc_change']:.3g} ({v['auc_torch']:.5f} -> "
+                             f"{v['auc_model']:.5f}) > allowed {policy['auc_drop']:g}")
+
+
+def _nan_high(x: float) -> float:
+    return math.inf if math.isnan(x) else x
+
+
+def describe(row: dict[str, float]) -> str:
+    text = f"max abs diff prob {row['prob']:.3g}, logit {row['logit']:.3g} (relative {row['logit_rel']:.3g})"
+    if "attention" in row:
+        text += f", attention {row['attention']:.3g} (relative {row['attention_rel']:.3g})"
+    return text
+
+
+def validate(exported: ExportedModel, model: nn.Module, schema: Schema, valid: dict[str, np.ndarray],
+             with_attention: bool) -> dict[str, Any]:
+    """Score the validation rows in batches cut to their longest history; diffs and AUC of both sides."""
+    names = schema.input_names()
+    n = len(valid["label"])
+    ours, refs = [], []
+    for start in range(0, n, VALID_BATCH):
+        rows = slice(start, min(start + VALID_BATCH, n))
+        width = int(valid["hist_len"][rows].max())
+        arrays = {k: valid[k][rows][:, :width] if k in schema.histories else valid[k][rows] for k in names}
+        ours.append(exported.run(arrays, len(arrays["hist_len"]), width))
+        refs.append(torch_outputs(model, arrays, with_attention))
+    cat = {k: np.concatenate([o[k] for o in ours]) for k in ("prob", "logit")}
+    ref = {k: np.concatenate([r[k] for r in refs]) for k in ("prob", "logit")}
+    row = compare(cat, ref)
+    row.pop("attention", None)
+    labels = valid["label"]
+    both = 0 < labels.sum() < len(labels)
+    auc_torch = auc(labels, ref["prob"]) if both else math.nan
+    auc_model = auc(labels, cat["prob"]) if both and np.isfinite(cat["prob"]).all() else math.nan
+    return {"rows": n, **row, "auc_torch": auc_torch, "auc_model": auc_model, "auc_change": auc_model - auc_torch}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The per-shape differences as a table, then the validation line."""
+    has_attention = any("attention" in r for r in report["shapes"])
+    head = f"{'batch':>6} {'seq':>5} {'prob':>10} {'logit':>10}" + (f" {'attention':>10}" if has_attention else "")
+    lines = [f"variant {report['variant']['name']}, tolerance {report['tolerance']['prob']:g} (probability)", head]
+    for r in report["shapes"]:
+        line = f"{r['batch']:>6} {r['seq']:>5} {r['prob']:>10.2e} {r['logit']:>10.2e}"
+        lines.append(line + (f" {r['attention']:>10.2e}" if has_attention else ""))
+    v = report.get("validation")
+    if v:
+        lines.append(f"validation: {v['rows']} rows, max abs diff prob {v['prob']:.2e}, logit {v['logit']:.2e}; "
+                     f"AUC torch {v['auc_torch']:.5f}, exported {v['auc_model']:.5f} ({v['auc_change']:+.2e})")
+    lines.append("PASSED" if report.get("passed") else f"FAILED: {report.get('error', '')}")
+    return "\n".join(lines)
+
+
+@click.command("verify")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Max abs probability difference (default: 1e-5 fp32, 1e-3 fp16, 5e-2 int8).")
+@click.option("--valid-rows", type=click.IntRange(min=1), default=DEFAULT_VALID_ROWS, show_default=True,
+              help="Validation rows to score (the first N).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report as JSON here.")
+def verify_command(model_dir: Path, run_dir: Path, tolerance: float | None, valid_rows: int,
+                   report_path: Path | None) -> None:
+    """Check MODEL_DIR against the torch model of RUN_DIR at many shapes and on the validation split."""
+    from din_export.train import load_run
+
+    try:
+        model, schema, config = load_run(run_dir)
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise click.ClickException(f"cannot load the run {run_dir}: {e}") from e
+    data_dir = resolve_data_dir(run_dir, config)
+    try:
+        report = verify_model_dir(model_dir, model, schema, data_dir, tolerance=tolerance, valid_rows=valid_rows)
+    except VerifyError as e:
+        if e.report is not None:
+            click.echo(format_report(e.report))
+            if report_path is not None:
+                write_json_atomic(report_path, e.report)
+        raise
+    click.echo(format_report(report))
+    if report_path is not None:
+        write_json_atomic(report_path, report)
+    click.echo(json.dumps(report["variant"]))
