@@ -77,8 +77,8 @@ def main(model_dir: Path, input_path: str, output: str, input_format: str, outpu
     if errors_path == "-" or metrics_out == "-":
         raise click.UsageError("--errors and --metrics-out need file paths (stdout carries the scores)")
     try:
-        in_fmt = format_of(input_path, input_format, INPUT_FORMATS, "jsonl")
-        out_fmt = format_of(output, output_format, OUTPUT_FORMATS, "jsonl")
+        in_fmt = format_of(input_path, input_format, INPUT_FORMATS, "jsonl", "--format")
+        out_fmt = format_of(output, output_format, OUTPUT_FORMATS, "jsonl", "--output-format")
         scorer = Scorer.load(model_dir, device=device, threads=threads)
         _Run(scorer, in_fmt, out_fmt, list_sep, batch_size, id_field, label_field, on_error).run(
             input_path, output, errors_path, metrics_out)

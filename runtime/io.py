@@ -46,7 +46,7 @@ class Record:
         return json.dumps(self.row, default=str, ensure_ascii=False)
 
 
-def format_of(path: str, given: str, table: dict[str, str], default_for_dash: str) -> str:
+def format_of(path: str, given: str, table: dict[str, str], default_for_dash: str, option: str) -> str:
     """The format named by `given`, else by the file extension ("-" means stdin/stdout)."""
     if given != "auto":
         return given
@@ -54,7 +54,7 @@ def format_of(path: str, given: str, table: dict[str, str], default_for_dash: st
         return default_for_dash
     suffix = Path(path).suffix.lower()
     if suffix not in table:
-        raise InputFileError(f"cannot tell the format of {path!r} from its extension; name it with a format option "
+        raise InputFileError(f"cannot tell the format of {path!r} from its extension; name it with {option} "
                              f"(known extensions: {', '.join(sorted(table))})")
     return table[suffix]
 

@@ -1,0 +1,294 @@
+"""din-score: formats, stdin/stdout, atomic output, stop and skip modes, label metrics, file errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+from click.testing import CliRunner
+from din_runtime import Scorer, auc, gauc, logloss
+from din_runtime.cli import main
+from runtime_fixtures import build_model_dir, request
+
+HAS_CUDA = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return build_model_dir(tmp_path_factory.mktemp("model") / "m")
+
+
+@pytest.fixture(scope="module")
+def scorer(model_dir) -> Scorer:
+    return Scorer.load(model_dir)
+
+
+def requests(n: int = 30) -> list[dict]:
+    return [request(i, hist=i % 7, rid=f"r{i}") for i in range(n)]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_csv(path: Path, rows: list[dict], sep: str = "|") -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: sep.join(v) if isinstance(v, list) else v for k, v in r.items()})
+    return path
+
+
+def run(*args: object, input: bytes | None = None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input)
+
+
+def read_scores(path: Path) -> tuple[list, np.ndarray]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r.get("rid") for r in lines], np.array([r["score"] for r in lines], dtype=np.float32)
+
+
+def test_jsonl_to_jsonl_in_order_with_ids(model_dir, scorer, tmp_path):
+    rows = requests()
+    out = tmp_path / "scores.jsonl"
+    result = run(model_dir, write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, "--id-field", "rid",
+                 "--batch-size", 7)
+    assert result.exit_code == 0, result.output
+    ids, scores = read_scores(out)
+    assert ids == [r["rid"] for r in rows]
+    np.testing.assert_array_equal(scores, scorer.score(rows))
+    assert "30 rows read, 30 scored, 0 rejected" in result.stderr
+
+
+def test_csv_in_csv_out_with_list_separator(model_dir, scorer, tmp_path):
+    rows = requests(12)
+    out = tmp_path / "scores.csv"
+    result = run(model_dir, write_csv(tmp_path / "in.csv", rows, sep=";"), "-o", out, "--list-sep", ";",
+                 "--id-field", "rid")
+    assert result.exit_code == 0, result.output
+    with out.open() as f:
+        table = list(csv.DictReader(f))
+    assert [t["rid"] for t in table] == [r["rid"] for r in rows]
+    np.testing.assert_array_equal(np.array([t["score"] for t in table], dtype=np.float32), scorer.score(rows))
+
+
+def test_csv_empty_history_cell_is_an_empty_list(model_dir, scorer, tmp_path):
+    rows = [request(0, hist=0), request(1, hist=2)]
+    result = run(model_dir, write_csv(tmp_path / "in.csv", rows), "-o", tmp_path / "s.jsonl")
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(read_scores(tmp_path / "s.jsonl")[1], scorer.score(rows))
+
+
+def test_parquet_input(model_dir, scorer, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = requests(20)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet", row_group_size=6)
+    result = run(model_dir, tmp_path / "in.parquet", "-o", tmp_path / "s.jsonl", "--batch-size", 4)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(read_scores(tmp_path / "s.jsonl")[1], scorer.score(rows))
+
+
+def test_parquet_without_pyarrow_says_how_to_install(model_dir, tmp_path, monkeypatch):
+    (tmp_path / "in.parquet").write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    result = run(model_dir, tmp_path / "in.parquet")
+    assert result.exit_code == 1
+    assert "din-toolkit[parquet]" in result.output
+
+
+def test_stdin_to_stdout(model_dir, scorer):
+    rows = requests(5)
+    result = run(model_dir, "-", input="".join(json.dumps(r) + "\n" for r in rows).encode())
+    assert result.exit_code == 0, result.output
+    scores = [json.loads(line)["score"] for line in result.stdout.splitlines()]
+    np.testing.assert_array_equal(np.array(scores, dtype=np.float32), scorer.score(rows))
+
+
+def test_csv_from_stdin_needs_format(model_dir, scorer, tmp_path):
+    rows = requests(4)
+    data = write_csv(tmp_path / "in.csv", rows).read_bytes()
+    result = run(model_dir, "-", "--format", "csv", "--output-format", "csv", input=data)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "score"
+    np.testing.assert_array_equal(np.array(lines[1:], dtype=np.float32), scorer.score(rows))
+
+
+def test_failing_run_leaves_no_output(model_dir, tmp_path):
+    rows = requests(10)
+    rows[6]["age"] = "old"
+    out = tmp_path / "out" / "s.jsonl"
+    out.parent.mkdir()
+    result = run(model_dir, write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, "--batch-size", 4)
+    assert result.exit_code == 1
+    assert "line 7, field 'age'" in result.output
+    assert "Traceback" not in result.output
+    assert list(out.parent.iterdir()) == []
+
+
+def test_failing_run_keeps_the_previous_output(model_dir, tmp_path):
+    out = tmp_path / "s.jsonl"
+    out.write_text("previous\n")
+    rows = requests(3)
+    del rows[2]["gender"]
+    result = run(model_dir, write_jsonl(tmp_path / "in.jsonl", rows), "-o", out)
+    assert result.exit_code == 1 and "line 3, field 'gender': missing" in result.output
+    assert out.read_text() == "previous\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "s.jsonl"]
+
+
+def test_stop_mode_reports_the_earliest_problem(model_dir, tmp_path):
+    lines = [json.dumps(r) for r in requests(6)]
+    lines[4] = "{not json"
+    rows3 = requests(6)[2]
+    rows3["item_id"] = True
+    lines[2] = json.dumps(rows3)
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    result = run(model_dir, tmp_path / "in.jsonl")
+    assert result.exit_code == 1
+    assert "line 3, field 'item_id'" in result.output
+
+
+def test_skip_mode_accounts_for_every_row(model_dir, scorer, tmp_path):
+    rows = requests(25)
+    lines = [json.dumps(r) for r in rows]
+    bad = {3: "{broken", 9: json.dumps({**rows[9], "age": float("nan")}), 10: "[1, 2]",
+           17: json.dumps({k: v for k, v in rows[17].items() if k != "cate_id"}),
+           18: json.dumps({**rows[18], "hist_cate_id": ["Drama"]})}
+    for i, text in bad.items():
+        lines[i] = text
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    out, errors = tmp_path / "s.jsonl", tmp_path / "errors.jsonl"
+    result = run(model_dir, tmp_path / "in.jsonl", "-o", out, "--on-error", "skip", "--errors", errors,
+                 "--id-field", "rid", "--batch-size", 8)
+    assert result.exit_code == 0, result.output
+    assert "25 rows read, 20 scored, 5 rejected" in result.stderr
+    rejected = [json.loads(line) for line in errors.read_text().splitlines()]
+    assert [r["line"] for r in rejected] == [i + 1 for i in sorted(bad)]
+    assert [r["raw"] for r in rejected] == [bad[i] for i in sorted(bad)]
+    assert rejected[1]["field"] == "age" and "not finite" in rejected[1]["error"]
+    assert rejected[3]["field"] == "cate_id" and rejected[4]["field"] == "hist_cate_id"
+    ids, scores = read_scores(out)
+    kept = [r for i, r in enumerate(rows) if i not in bad]
+    assert ids == [r["rid"] for r in kept]
+    np.testing.assert_array_equal(scores, scorer.score(kept))
+
+
+def test_skip_needs_an_errors_file(model_dir, tmp_path):
+    result = run(model_dir, write_jsonl(tmp_path / "in.jsonl", requests(2)), "--on-error", "skip")
+    assert result.exit_code == 2 and "--errors" in result.output
+
+
+def test_label_metrics(model_dir, scorer, tmp_path):
+    rows = [request(i, hist=i % 5, label=int(i % 4 < 2), user_id=f"u{1 + i % 3}") for i in range(60)]
+    metrics = tmp_path / "metrics.json"
+    result = run(model_dir, write_jsonl(tmp_path / "in.jsonl", rows), "-o", tmp_path / "s.jsonl",
+                 "--label-field", "label", "--metrics-out", metrics)
+    assert result.exit_code == 0, result.output
+    probs = scorer.score(rows).astype(np.float64)
+    labels = [r["label"] for r in rows]
+    report = json.loads(metrics.read_text())
+    assert report["rows"] == 60 and report["positives"] == sum(labels)
+    assert report["gauc"] is not None
+    assert report["auc"] == pytest.approx(auc(labels, probs))
+    assert report["gauc"] == pytest.approx(gauc(labels, probs, [r["user_id"] for r in rows]))
+    assert report["logloss"] == pytest.approx(logloss(labels, probs))
+    assert f"AUC {report['auc']:.4f}" in result.stderr
+
+
+def test_bad_label_is_a_row_error(model_dir, tmp_path):
+    rows = requests(3)
+    rows[1]["label"] = 2
+    result = run(model_dir, write_jsonl(tmp_path / "in.jsonl", rows), "--label-field", "label")
+    assert result.exit_code == 1 and "line 2, field 'label'" in result.output
+
+
+def test_oov_counts_in_summary(model_dir, tmp_path):
+    rows = requests(3)
+    rows[0]["item_id"] = "never-seen"
+    result = run(model_dir, write_jsonl(tmp_path / "in.jsonl", rows), "-o", tmp_path / "s.jsonl")
+    assert result.exit_code == 0 and "OOV ids: item_id 1" in result.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty"),
+    (b"\n\n", "empty"),
+    (b'{"a": 1}\n\x00\x01\x02binary', "line 2 .*binary"),
+    (b'{"user_id": "u1"}\n{"user_id": "caf\xe9"}\n', "line 2 is not UTF-8"),
+    (b'{"user_id": "u1", "gender": "M"', "line 1: malformed JSON.*truncated"),
+    (b'[1, 2]\n', "line 1: expected a JSON object"),
+])
+def test_jsonl_file_errors(model_dir, tmp_path, content, message):
+    (tmp_path / "in.jsonl").write_bytes(content)
+    result = run(model_dir, tmp_path / "in.jsonl", "-o", tmp_path / "s.jsonl")
+    assert result.exit_code == 1, result.output
+    assert re.search(message, result.output), result.output
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty"),
+    (b"user_id,gender\n", "header but no rows"),
+    (b"user_id,user_id\nu1,u2\n", "twice"),
+    (b"user_id,gender\nu1,M,extra\n", "line 2: has 3 fields"),
+    (b'user_id,age\nu1,"unterminated\n', "line 2: malformed CSV"),
+])
+def test_csv_file_errors(model_dir, tmp_path, content, message):
+    (tmp_path / "in.csv").write_bytes(content)
+    result = run(model_dir, tmp_path / "in.csv")
+    assert result.exit_code == 1, result.output
+    assert re.search(message, result.output), result.output
+
+
+def test_csv_non_number_dense(model_dir, tmp_path):
+    rows = requests(3)
+    rows[2]["age"] = "forty"
+    result = run(model_dir, write_csv(tmp_path / "in.csv", rows))
+    assert result.exit_code == 1 and "line 4, field 'age'" in result.output
+
+
+def test_model_dir_errors_are_clean(tmp_path):
+    (tmp_path / "in.jsonl").write_text(json.dumps(request(0)) + "\n")
+    result = run(tmp_path / "missing", tmp_path / "in.jsonl")
+    assert result.exit_code == 1 and "does not exist" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_unknown_extension_needs_a_format(model_dir, tmp_path):
+    (tmp_path / "in.txt").write_text(json.dumps(request(0)) + "\n")
+    result = run(model_dir, tmp_path / "in.txt")
+    assert result.exit_code == 1 and "--format" in result.output
+    assert run(model_dir, tmp_path / "in.txt", "--format", "jsonl").exit_code == 0
+    result = run(model_dir, tmp_path / "in.txt", "--format", "jsonl", "-o", tmp_path / "scores.out")
+    assert result.exit_code == 1 and "--output-format" in result.output
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has CUDA")
+def test_cuda_device_without_provider(model_dir, tmp_path):
+    result = run(model_dir, write_jsonl(tmp_path / "in.jsonl", requests(1)), "--device", "cuda")
+    assert result.exit_code == 1 and "din-toolkit[gpu]" in result.output
+
+
+def test_console_script_end_to_end(model_dir, scorer, tmp_path):
+    rows = requests(5)
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    done = subprocess.run([sys.executable, "-m", "din_runtime", str(model_dir), str(src), "--threads", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    scores = [json.loads(line)["score"] for line in io.StringIO(done.stdout)]
+    np.testing.assert_array_equal(np.array(scores, dtype=np.float32), scorer.score(rows))
+    bad = subprocess.run([sys.executable, "-m", "din_runtime", str(tmp_path / "nope"), str(src)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and "does not exist" in bad.stderr
