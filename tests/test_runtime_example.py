@@ -1,0 +1,29 @@
+"""examples/embed.py runs against a model directory and ranks its candidates by score."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from runtime_fixtures import build_model_dir
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "embed.py"
+
+
+def test_embed_example(tmp_path):
+    model_dir = build_model_dir(tmp_path / "m")
+    done = subprocess.run([sys.executable, str(EXAMPLE), str(model_dir)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("p(click | item_id=")
+    assert lines[2] == "top 5 of 21 candidates for user_id=u1:"
+    ranked = [float(line.split()[-1]) for line in lines[3:8]]
+    assert ranked == sorted(ranked, reverse=True)
+
+
+def test_embed_example_reports_errors(tmp_path):
+    done = subprocess.run([sys.executable, str(EXAMPLE), str(tmp_path / "missing")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1 and "does not exist" in done.stderr and "Traceback" not in done.stderr
