@@ -20,7 +20,7 @@ import ast
 import gzip
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -330,7 +330,7 @@ def _ends_with_newline(path: Path) -> bool:
 
 
 def _taobao_row_ok(row: pd.Series) -> bool:
-    if row.isna().any() or row["behavior"] not in TAOBAO_BEHAVIOURS:
+    if row.drop("extra").isna().any() or row.notna()["extra"] or row["behavior"] not in TAOBAO_BEHAVIOURS:
         return False
     return all(str(row[c]).lstrip("-").isdigit() for c in ("user", "item", "category", "timestamp"))
 
@@ -348,11 +348,12 @@ def read_taobao(path: str | Path, behaviours: Sequence[str] = ("pv",),
     if unknown:
         raise SourceError(f"unknown Taobao behaviours {sorted(unknown)}; known: {TAOBAO_BEHAVIOURS}")
     names = ["user", "item", "category", "behavior", "timestamp"]
+    # a sixth column catches lines with too many fields (pandas would otherwise make one an index)
     unterminated = not _ends_with_newline(path)
     stats = {"rows_read": 0, "truncated_final_line": 0, "incomplete_rows": 0, "out_of_window": 0,
              "other_behaviours": 0}
     parts: dict[str, list[np.ndarray]] = {n: [] for n in ("user", "item", "category", "timestamp")}
-    reader = pd.read_csv(path, header=None, names=names, dtype=str, keep_default_na=False,
+    reader = pd.read_csv(path, header=None, names=[*names, "extra"], dtype=str, keep_default_na=False,
                          na_values=[""], skip_blank_lines=False, chunksize=chunk_rows)
     line0 = 1
     chunks = iter(reader)
@@ -363,6 +364,9 @@ def read_taobao(path: str | Path, behaviours: Sequence[str] = ("pv",),
         if following is None and unterminated and n_lines and not _taobao_row_ok(chunk.iloc[-1]):
             chunk = chunk.iloc[:-1]
             stats["truncated_final_line"] = 1
+        extra = chunk.pop("extra").notna().to_numpy()
+        if extra.any():
+            raise SourceError(f"{path}: line {line0 + _first(extra)}: more than 5 fields")
         stats["rows_read"] += len(chunk)
         incomplete = chunk.isna().any(axis=1).to_numpy()
         stats["incomplete_rows"] += int(incomplete.sum())
@@ -407,7 +411,7 @@ def _next_chunk(chunks: Iterator[pd.DataFrame], path: Path) -> pd.DataFrame | No
     except pd.errors.EmptyDataError:
         raise SourceError(f"{path}: the file is empty") from None
     except pd.errors.ParserError as e:
-        raise SourceError(f"{path}: not a 5-field CSV ({e})") from None
+        raise SourceError(f"{path}: not a 5-field CSV ({e.args[0].split(': ')[-1]})") from None
 
 
 def _int_ids(arr: np.ndarray) -> pd.Categorical:
@@ -564,48 +568,43 @@ def _event_chunks(path: Path, columns: list[str], chunk_rows: int) -> Iterator[p
         raise SourceError(f"{path}: malformed CSV ({e})") from None
 
 
-def _require_columns(path: Path, present: Sequence[str], wanted: Sequence[str]) -> None:
+def _require_columns(path: object, present: Sequence[str], wanted: Sequence[str]) -> None:
     missing = [c for c in wanted if c not in present]
     if missing:
         raise SourceError(f"{path}: missing column(s) {missing}; the file has {list(present)}")
 
 
-def read_events(path: str | Path, sparse: str | Sequence[str] | None = None,
-                dense: str | Sequence[str] | None = None, source: str = "events",
-                chunk_rows: int = CHUNK_ROWS) -> Events:
-    """CSV/TSV (with header) or Parquet with user, item, category, timestamp, optional label and the
-    declared extra columns (`sparse`: categorical, `dense`: numeric). Other columns are ignored."""
-    path = Path(path)
-    _check_file(path, "events file")
+def _declared(sparse: str | Sequence[str] | None, dense: str | Sequence[str] | None,
+              where: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
     sparse_cols, dense_cols = _split_names(sparse), _split_names(dense)
     declared = [*sparse_cols, *dense_cols]
     clash = sorted(set(declared) & RESERVED_NAMES)
     if clash:
-        raise SourceError(f"feature column(s) {clash} use reserved names; rename them in {path}")
+        raise SourceError(f"feature column(s) {clash} use reserved names; rename them in {where}")
     if len(set(declared)) != len(declared):
         raise SourceError(f"a column is declared twice in --sparse-features/--dense-features: {declared}")
-    base = list(REQUIRED_EVENT_COLUMNS)
-    has_label = _has_column(path, "label")
-    columns = base + (["label"] if has_label else []) + declared
+    return sparse_cols, dense_cols
+
+
+def _collect_events(chunks: Iterable[pd.DataFrame], where: object, line0: int, has_label: bool,
+                    sparse_cols: tuple[str, ...], dense_cols: tuple[str, ...], source: str) -> Events:
+    """Check and convert the chunks of an events table; `line0` numbers the first row in messages."""
     ids: dict[str, list[pd.Categorical]] = {c: [] for c in ("user", "item", "category", *sparse_cols)}
     nums: dict[str, list[np.ndarray]] = {c: [] for c in ("timestamp", "label", *dense_cols)}
-    # error messages count file lines for CSV (line 1 is the header) and rows from 1 for Parquet
-    line0 = 2 if path.suffix.lower() not in (".parquet", ".pq") else 1
     n_rows = 0
-    for chunk in _event_chunks(path, columns, chunk_rows):
+    for chunk in chunks:
         chunk = chunk.reset_index(drop=True)
-        lines = np.arange(line0, line0 + len(chunk))
+        lines = np.arange(line0 + n_rows, line0 + n_rows + len(chunk))
         for c in ids:
-            ids[c].append(_ids(chunk[c], path, c, lines))
-        nums["timestamp"].append(_ints(chunk["timestamp"], path, "timestamp", lines))
+            ids[c].append(_ids(chunk[c], where, c, lines))
+        nums["timestamp"].append(_ints(chunk["timestamp"], where, "timestamp", lines))
         if has_label:
-            nums["label"].append(_labels(chunk["label"], path, "label", lines))
+            nums["label"].append(_labels(chunk["label"], where, "label", lines))
         for c in dense_cols:
-            nums[c].append(_floats(chunk[c], path, c, lines))
-        line0 += len(chunk)
+            nums[c].append(_floats(chunk[c], where, c, lines))
         n_rows += len(chunk)
     if n_rows == 0:
-        raise SourceError(f"{path}: no rows")
+        raise SourceError(f"{where}: no rows")
     frame = pd.DataFrame({c: _concat_ids(ids[c]) for c in ("user", "item", "category")})
     frame["timestamp"] = np.concatenate(nums["timestamp"])
     if has_label:
@@ -617,6 +616,33 @@ def read_events(path: str | Path, sparse: str | Sequence[str] | None = None,
     return Events(frame=frame, source=source, sparse=sparse_cols, dense=dense_cols,
                   stats={"rows_read": n_rows},
                   notes={"category": "category column", "label": "label column" if has_label else "implicit"})
+
+
+def read_events(path: str | Path, sparse: str | Sequence[str] | None = None,
+                dense: str | Sequence[str] | None = None, source: str = "events",
+                chunk_rows: int = CHUNK_ROWS) -> Events:
+    """CSV/TSV (with header) or Parquet with user, item, category, timestamp, optional label and the
+    declared extra columns (`sparse`: categorical, `dense`: numeric). Other columns are ignored."""
+    path = Path(path)
+    _check_file(path, "events file")
+    sparse_cols, dense_cols = _declared(sparse, dense, path)
+    has_label = _has_column(path, "label")
+    columns = [*REQUIRED_EVENT_COLUMNS, *(["label"] if has_label else []), *sparse_cols, *dense_cols]
+    # error messages count file lines for CSV (line 1 is the header) and rows from 1 for Parquet
+    line0 = 1 if path.suffix.lower() in (".parquet", ".pq") else 2
+    return _collect_events(_event_chunks(path, columns, chunk_rows), path, line0, has_label,
+                           sparse_cols, dense_cols, source)
+
+
+def events_from_frame(frame: pd.DataFrame, sparse: str | Sequence[str] | None = None,
+                      dense: str | Sequence[str] | None = None, source: str = "events") -> Events:
+    """An in-memory table with the columns `read_events` expects; error messages count rows from 1."""
+    where = f"{source} table"
+    sparse_cols, dense_cols = _declared(sparse, dense, where)
+    has_label = "label" in frame.columns
+    columns = [*REQUIRED_EVENT_COLUMNS, *(["label"] if has_label else []), *sparse_cols, *dense_cols]
+    _require_columns(where, list(frame.columns), columns)
+    return _collect_events([frame[columns]], where, 1, has_label, sparse_cols, dense_cols, source)
 
 
 def _has_column(path: Path, name: str) -> bool:

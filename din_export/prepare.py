@@ -1,0 +1,581 @@
+"""`din-export prepare`: an events table -> a dataset directory (docs/design.md, protocols in docs/data.md).
+
+Two protocols, both deterministic under the seed:
+- implicit (every event a positive; Taobao, Amazon, events without label): the official Amazon
+  build_dataset rule. Per user, the positives in (timestamp, file row) order give one sample per
+  position i >= 1 (history = items[:i], target = items[i], label 1) plus one negative (an item the
+  user never touched, label 0, same history); the last position is test, the one before validation.
+- explicit (MovieLens, events with label): users split at random into train/valid/test; every event
+  at position i >= 1 is a sample whose history is the user's clicks strictly before it.
+
+Samples are built one block of users at a time and written into memory-mapped arrays in raw-code
+space; the vocabularies (train split only) then map those codes to indices in place. Memory stays at
+the sorted events table plus one block (docs/data.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+
+from din_export.schema import (
+    OOV_INDEX,
+    PAD_INDEX,
+    Behaviour,
+    DenseField,
+    Schema,
+    SparseField,
+    write_json_atomic,
+)
+from din_export.sources import (
+    TAOBAO_BEHAVIOURS,
+    Events,
+    SourceError,
+    read_amazon,
+    read_events,
+    read_movielens,
+    read_taobao,
+)
+
+IMPLICIT = "implicit-leave-last-out"
+EXPLICIT = "explicit-user-split"
+SPLITS = ("train", "valid", "test")
+MIN_POSITIVES = 3  # implicit: one train-or-history item, one validation target, one test target
+BLOCK_EVENTS = 200_000
+REMAP_ROWS = 1_000_000
+ITEM, CATE, USER = "item_id", "cate_id", "user_id"
+HIST_ITEM, HIST_CATE = "hist_item_id", "hist_cate_id"
+
+
+class PrepareError(ValueError):
+    """The events cannot make a dataset (too few users, a full user, an output dir in the way)."""
+
+
+@dataclass
+class _Table:
+    """Events sorted by (user, timestamp, file row); ids as int codes into `names`."""
+
+    user: np.ndarray
+    item: np.ndarray
+    label: np.ndarray | None
+    sparse: dict[str, np.ndarray]
+    dense: np.ndarray  # (n, n_dense) float64
+    starts: np.ndarray  # user block i is rows starts[i]:starts[i+1]
+    cate_of_item: np.ndarray  # item code -> category code (of the item's first row in the file)
+    names: dict[str, np.ndarray]  # vocabulary name -> raw id string of each code
+
+    @property
+    def n_users(self) -> int:
+        return len(self.starts) - 1
+
+    def take(self, keep: np.ndarray) -> _Table:
+        kept_per_user = np.add.reduceat(keep.astype(np.int64), self.starts[:-1]) if len(keep) else []
+        starts = np.concatenate([[0], np.cumsum(kept_per_user)]).astype(np.int64)
+        nonempty = np.diff(starts) > 0
+        starts = np.concatenate([[0], starts[1:][nonempty]]).astype(np.int64)
+        return _Table(
+            user=self.user[keep], item=self.item[keep],
+            label=None if self.label is None else self.label[keep],
+            sparse={k: v[keep] for k, v in self.sparse.items()}, dense=self.dense[keep],
+            starts=starts, cate_of_item=self.cate_of_item, names=self.names,
+        )
+
+
+def _codes(cat: object) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, raw ids) with the ids in string order, so that the user split and the negatives do not
+    depend on how a reader happened to order its categories (ints read as ints or as text)."""
+    names = np.asarray(cat.categories, dtype=object)
+    order = np.argsort(names.astype(str), kind="stable")
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    return rank[np.asarray(cat.codes)], names[order]
+
+
+def _sorted_table(events: Events, stats: dict) -> _Table:
+    f = events.frame
+    if len(f) == 0:
+        raise PrepareError("no events left to prepare")
+    user, user_names = _codes(f["user"].array)
+    item, item_names = _codes(f["item"].array)
+    cate, cate_names = _codes(f["category"].array)
+    ts = f["timestamp"].to_numpy(np.int64)
+    # lexsort is stable, and the file row is the last key anyway: equal timestamps keep file order
+    order = np.lexsort((np.arange(len(f)), ts, user))
+    # an item's category is the one on its first row in the file; other rows are counted, not trusted
+    cate_of_item = np.full(len(item_names), -1, dtype=np.int32)
+    first_items, first_rows = np.unique(item, return_index=True)
+    cate_of_item[first_items] = cate[first_rows]
+    stats["category_conflicts"] = int((cate != cate_of_item[item]).sum())
+    sparse, names = {}, {USER: user_names, ITEM: item_names, CATE: cate_names}
+    for name in events.sparse:
+        sparse[name], names[name] = _codes(f[name].array)
+        sparse[name] = sparse[name][order]
+    dense = (np.stack([f[c].to_numpy(np.float64)[order] for c in events.dense], axis=1)
+             if events.dense else np.zeros((len(f), 0)))
+    user = user[order]
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(user)) + 1, [len(user)]]).astype(np.int64)
+    return _Table(
+        user=user, item=item[order],
+        label=f["label"].to_numpy(np.int8)[order] if events.explicit else None,
+        sparse=sparse, dense=dense, starts=starts, cate_of_item=cate_of_item, names=names,
+    )
+
+
+def _implicit_filter(table: _Table, stats: dict) -> _Table:
+    """Keep each user's first event per item, then users with at least MIN_POSITIVES of them."""
+    key = table.user.astype(np.int64) * len(table.names[ITEM]) + table.item
+    _, first = np.unique(key, return_index=True)  # rows are time-sorted: this is the earliest
+    keep = np.zeros(len(key), dtype=bool)
+    keep[first] = True
+    stats["duplicate_events_dropped"] = int(len(key) - len(first))
+    table = table.take(keep)
+    counts = np.diff(table.starts)
+    short = counts < MIN_POSITIVES
+    stats["users_dropped_too_few_positives"] = int(short.sum())
+    stats["events_of_dropped_users"] = int(counts[short].sum())
+    return table.take(np.repeat(~short, counts))
+
+
+def _assign_user_splits(table: _Table, rng: np.random.Generator, valid_fraction: float,
+                        test_fraction: float, stats: dict) -> np.ndarray:
+    """Explicit protocol: user block -> split (0 train, 1 valid, 2 test); users with one event -> -1."""
+    counts = np.diff(table.starts)
+    eligible = np.flatnonzero(counts >= 2)  # a user's first event is never a sample
+    stats["users_without_samples"] = int(len(counts) - len(eligible))
+    n = len(eligible)
+    n_test, n_valid = round(n * test_fraction), round(n * valid_fraction)
+    if min(n_test, n_valid, n - n_test - n_valid) < 1:
+        raise PrepareError(f"{n} users with at least 2 events cannot be split into train/valid/test "
+                           f"with fractions valid={valid_fraction}, test={test_fraction}")
+    split = np.full(len(counts), -1, dtype=np.int8)
+    perm = eligible[rng.permutation(n)]
+    split[perm[:n_test]] = 2
+    split[perm[n_test:n_test + n_valid]] = 1
+    split[perm[n_test + n_valid:]] = 0
+    return split
+
+
+def _split_sizes(table: _Table, user_split: np.ndarray | None) -> dict[str, int]:
+    counts = np.diff(table.starts)
+    if user_split is None:  # implicit: (n - 3) train positions, one valid, one test; each with a negative
+        return {"train": int(2 * (counts - 3).sum()), "valid": 2 * len(counts), "test": 2 * len(counts)}
+    return {s: int((counts[user_split == i] - 1).sum()) for i, s in enumerate(SPLITS)}
+
+
+def _blocks(table: _Table) -> Iterator[tuple[int, int]]:
+    """Consecutive user ranges holding about BLOCK_EVENTS events each."""
+    b0 = 0
+    while b0 < table.n_users:
+        b1 = int(np.searchsorted(table.starts, table.starts[b0] + BLOCK_EVENTS, side="right")) - 1
+        b1 = min(max(b1, b0 + 1), table.n_users)
+        yield b0, b1
+        b0 = b1
+
+
+@dataclass
+class _Plan:
+    """What a block of users needs to make its samples."""
+
+    table: _Table
+    max_len: int
+    rng: np.random.Generator
+    pool: np.ndarray | None = None  # implicit: the items negatives are drawn from
+    user_split: np.ndarray | None = None  # explicit: user block -> split
+    clicks_before: np.ndarray | None = None  # explicit: clicks in the sorted table before each row
+
+
+def _negatives(table: _Table, pool: np.ndarray, rows: np.ndarray, block: tuple[int, int],
+               rng: np.random.Generator) -> np.ndarray:
+    """One item per row that the row's user never touched, uniform over `pool`."""
+    lo, hi = table.starts[block[0]], table.starts[block[1]]
+    n_items = len(table.names[ITEM])
+    touched = np.unique(table.user[lo:hi].astype(np.int64) * n_items + table.item[lo:hi])
+    out = np.empty(len(rows), dtype=np.int64)
+    todo = np.arange(len(rows))
+    owner = table.user[rows].astype(np.int64) * n_items
+    while len(todo):
+        out[todo] = pool[rng.integers(0, len(pool), size=len(todo))]
+        todo = todo[np.isin(owner[todo] + out[todo], touched)]
+    return out
+
+
+def _block_samples(plan: _Plan, block: tuple[int, int]) -> dict[str, dict[str, np.ndarray]]:
+    """The samples of one block of users, per split: source row, target, label, history window."""
+    table, max_len = plan.table, plan.max_len
+    b0, b1 = block
+    counts = np.diff(table.starts[b0:b1 + 1])
+    rows = np.arange(table.starts[b0], table.starts[b1])
+    owner = np.repeat(np.arange(b0, b1), counts)
+    pos = rows - table.starts[owner]
+    sample = pos >= 1
+    rows, owner, pos = rows[sample], owner[sample], pos[sample]
+    if plan.user_split is None:
+        n = counts[owner - b0]
+        split = np.where(pos == n - 1, 2, np.where(pos == n - 2, 1, 0))
+        h_len = np.minimum(pos, max_len)
+        h_end = rows
+        # each positive is followed by its negative, which shares the history
+        negs = _negatives(table, plan.pool, rows, block, plan.rng)
+        rows, split, h_len, h_end = (np.repeat(a, 2) for a in (rows, split, h_len, h_end))
+        target = np.empty(len(rows), dtype=np.int64)
+        target[0::2], target[1::2] = table.item[rows[0::2]], negs
+        label = np.tile(np.array([1, 0], dtype=np.int8), len(negs))
+    else:
+        split = plan.user_split[owner]
+        h_end = plan.clicks_before[rows]  # index into the click list, which is in the same sorted order
+        h_len = np.minimum(h_end - plan.clicks_before[table.starts[owner]], max_len)
+        target = table.item[rows].astype(np.int64)
+        label = table.label[rows]
+    return {s: {"row": rows[split == i], "target": target[split == i], "label": label[split == i],
+                "h_end": h_end[split == i], "h_len": h_len[split == i]}
+            for i, s in enumerate(SPLITS)}
+
+
+def _materialise(table: _Table, hist_src: np.ndarray, smp: dict[str, np.ndarray], max_len: int,
+                 with_user: bool) -> dict[str, np.ndarray]:
+    """Sample specs -> the npz arrays, still in code space (histories padded with -1)."""
+    rows, h_len = smp["row"], smp["h_len"]
+    steps = np.arange(max_len)
+    real = steps[None, :] < h_len[:, None]
+    idx = np.where(real, smp["h_end"][:, None] - h_len[:, None] + steps[None, :], 0)
+    hist_item = np.where(real, hist_src[idx] if len(hist_src) else 0, -1).astype(np.int64)
+    hist_cate = np.where(real, table.cate_of_item[np.maximum(hist_item, 0)], -1).astype(np.int64)
+    out = {USER: table.user[rows].astype(np.int64)} if with_user else {}
+    out.update({name: codes[rows].astype(np.int64) for name, codes in table.sparse.items()})
+    out.update({
+        ITEM: smp["target"], CATE: table.cate_of_item[smp["target"]].astype(np.int64),
+        HIST_ITEM: hist_item, HIST_CATE: hist_cate, "hist_len": h_len.astype(np.int64),
+        "label": smp["label"].astype(np.float32), "group": table.user[rows].astype(np.int64),
+    })
+    if table.dense.shape[1]:
+        out["dense"] = table.dense[rows].astype(np.float32)
+    return out
+
+
+def _json_number(v: float) -> int | float:
+    return int(v) if float(v).is_integer() else float(v)
+
+
+def _requests(table: _Table, arrays: dict[str, np.ndarray], dense_names: tuple[str, ...]) -> Iterator[str]:
+    """Valid/test samples as raw requests (docs/design.md, Request format), one JSON line each."""
+    names = table.names
+    cols = {USER: names[USER][arrays["group"]]}  # the group (GAUC) field, a feature or a pass-through
+    cols.update({name: names[name][arrays[name]] for name in table.sparse})
+    items, cates = names[ITEM], names[CATE]
+    dense = arrays.get("dense")
+    for i in range(len(arrays["label"])):
+        n = int(arrays["hist_len"][i])
+        req: dict[str, object] = {k: str(v[i]) for k, v in cols.items()}
+        for j, name in enumerate(dense_names):
+            req[name] = _json_number(dense[i, j])
+        req[ITEM] = str(items[arrays[ITEM][i]])
+        req[CATE] = str(cates[arrays[CATE][i]])
+        req[HIST_ITEM] = items[arrays[HIST_ITEM][i, :n]].tolist()
+        req[HIST_CATE] = cates[arrays[HIST_CATE][i, :n]].tolist()
+        req["label"] = int(arrays["label"][i])
+        yield json.dumps(req, ensure_ascii=False)
+
+
+class _SplitArrays:
+    """Memory-mapped .npy files of one split, filled block by block, zipped into <split>.npz at the end."""
+
+    def __init__(self, folder: Path, n: int, spec: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
+        folder.mkdir(parents=True)
+        self.n, self.offset, self.folder = n, 0, folder
+        self.arrays = {k: np.lib.format.open_memmap(folder / f"{k}.npy", mode="w+", dtype=dt, shape=(n, *tail))
+                       for k, (dt, tail) in spec.items()}
+
+    def append(self, block: dict[str, np.ndarray]) -> None:
+        m = len(block["label"])
+        for k, arr in self.arrays.items():
+            arr[self.offset:self.offset + m] = block[k]
+        self.offset += m
+
+    def remap(self, key: str, lut: np.ndarray) -> int:
+        """codes (-1 = padding) -> indices through `lut` (indexed by code + 1); returns the OOV count."""
+        arr, oov = self.arrays[key], 0
+        for a in range(0, self.n, REMAP_ROWS):
+            chunk = lut[arr[a:a + REMAP_ROWS] + 1]
+            oov += int((chunk == OOV_INDEX).sum())
+            arr[a:a + REMAP_ROWS] = chunk
+        return oov
+
+    def save(self, path: Path) -> None:
+        assert self.offset == self.n, f"split filled {self.offset} of {self.n} rows"
+        for arr in self.arrays.values():
+            arr.flush()
+        # np.savez streams each array in 16 MiB pieces, so the memmaps are never copied whole
+        np.savez(path, **self.arrays)
+        self.arrays.clear()
+        shutil.rmtree(self.folder)
+
+
+class _Moments:
+    """Mean and std of the dense columns over the train samples, accumulated block by block."""
+
+    def __init__(self, d: int) -> None:
+        self.n, self.shift, self.s, self.ss = 0, None, np.zeros(d), np.zeros(d)
+
+    def add(self, x: np.ndarray) -> None:
+        if not len(x):
+            return
+        x = x.astype(np.float64)
+        if self.shift is None:
+            self.shift = x[0].copy()  # shifted sums keep the variance exact for large offsets
+        x = x - self.shift
+        self.n, self.s, self.ss = self.n + len(x), self.s + x.sum(0), self.ss + (x * x).sum(0)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = self.s / self.n
+        std = np.sqrt(np.maximum(self.ss / self.n - mean**2, 0.0))
+        return mean + self.shift, np.where(std > 0, std, 1.0)  # a constant column is left unscaled
+
+
+def _vocab_keys(with_user: bool, sparse: tuple[str, ...]) -> dict[str, str]:
+    """npz key -> vocabulary name."""
+    keys = {USER: USER} if with_user else {}
+    keys.update({name: name for name in sparse})
+    keys.update({ITEM: ITEM, HIST_ITEM: ITEM, CATE: CATE, HIST_CATE: CATE})
+    return keys
+
+
+def _build_vocab(names: np.ndarray, counts: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Ids seen in train, most frequent first (ties by id): (vocab, code->index lut, index frequencies)."""
+    seen = np.flatnonzero(counts)
+    order = seen[np.lexsort((names[seen].astype(str), -counts[seen]))]
+    lut = np.full(len(names) + 1, OOV_INDEX, dtype=np.int64)
+    lut[0] = PAD_INDEX
+    lut[order + 1] = np.arange(2, len(order) + 2)
+    freq = np.concatenate([[0, 0], counts[order]]).astype(np.int64)
+    return [str(v) for v in names[order]], lut, freq
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise PrepareError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise PrepareError(f"--out {out} exists and is not empty; pass --force to replace it")
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Swap the finished temporary directory in; the old one (with --force) is removed afterwards."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{time.time_ns()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0,
+            valid_fraction: float = 0.1, test_fraction: float = 0.1, force: bool = False) -> dict:
+    """Write the dataset directory `out` from `events`; returns the stats also saved in stats.json."""
+    out = Path(out)
+    if max_len < 1:
+        raise PrepareError(f"max_len must be >= 1, got {max_len}")
+    _check_out(out, force)
+    rng = np.random.default_rng(seed)
+    protocol = EXPLICIT if events.explicit else IMPLICIT
+    ev_stats = {**events.stats, "rows_kept_by_reader": len(events.frame)}
+    table = _sorted_table(events, ev_stats)
+    if protocol == IMPLICIT:
+        table = _implicit_filter(table, ev_stats)
+        if table.n_users == 0:
+            raise PrepareError(f"no user has {MIN_POSITIVES} or more distinct positive items")
+        pool = np.flatnonzero(table.cate_of_item >= 0)
+        full = np.diff(table.starts) >= len(pool)
+        if full.any():
+            who = table.names[USER][table.user[table.starts[np.flatnonzero(full)[0]]]]
+            raise PrepareError(f"user {who!r} touched every item: no negative can be sampled")
+        plan = _Plan(table, max_len, rng, pool=pool)
+    else:
+        user_split = _assign_user_splits(table, rng, valid_fraction, test_fraction, ev_stats)
+        clicks_before = np.concatenate([[0], np.cumsum(table.label, dtype=np.int64)])
+        plan = _Plan(table, max_len, rng, user_split=user_split, clicks_before=clicks_before)
+    ev_stats["events_used"] = len(table.item)
+    sizes = _split_sizes(table, plan.user_split)
+    if sizes["train"] == 0:
+        raise PrepareError("the protocol leaves no training sample (each user needs "
+                           f"{MIN_POSITIVES + 1}+ distinct items for the implicit protocol)")
+    with_user = protocol == IMPLICIT  # explicit test users are never in train: user_id would be all OOV
+    hist_src = table.item if table.label is None else table.item[table.label == 1]
+    keys = _vocab_keys(with_user, tuple(table.sparse))
+    spec = {k: (np.dtype(np.int64), (max_len,) if k in (HIST_ITEM, HIST_CATE) else ()) for k in keys}
+    spec.update({"hist_len": (np.dtype(np.int64), ()), "label": (np.dtype(np.float32), ()),
+                 "group": (np.dtype(np.int64), ())})
+    if table.dense.shape[1]:
+        spec["dense"] = (np.dtype(np.float32), (table.dense.shape[1],))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a plain mkdir (not mkdtemp's 0700) so the published directory gets the user's usual permissions
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir()
+    try:
+        splits = {s: _SplitArrays(tmp / ".arrays" / s, sizes[s], spec) for s in SPLITS}
+        counts = {v: np.zeros(len(table.names[v]), dtype=np.int64) for v in set(keys.values())}
+        moments = _Moments(table.dense.shape[1])
+        dense_names = tuple(events.dense)
+        with open(tmp / "valid_requests.jsonl", "w", encoding="utf-8") as fv, \
+                open(tmp / "test_requests.jsonl", "w", encoding="utf-8") as ft:
+            for block in _blocks(table):
+                for split, smp in _block_samples(plan, block).items():
+                    arrays = _materialise(table, hist_src, smp, max_len, with_user)
+                    splits[split].append(arrays)
+                    if split == "train":
+                        for key, vocab in keys.items():
+                            codes = arrays[key].ravel()
+                            counts[vocab] += np.bincount(codes[codes >= 0], minlength=len(counts[vocab]))
+                        moments.add(arrays.get("dense", np.zeros((0, 0))))
+                    else:
+                        f = fv if split == "valid" else ft
+                        for line in _requests(table, arrays, dense_names):
+                            f.write(line + "\n")
+
+        vocab_sizes, oov = {}, {s: {} for s in SPLITS}
+        luts = {}
+        for vocab in sorted(counts):
+            ids, luts[vocab], freq = _build_vocab(table.names[vocab], counts[vocab])
+            vocab_sizes[vocab] = len(ids) + 2
+            write_json_atomic(tmp / "vocab" / f"{vocab}.json", ids)
+            (tmp / "freq").mkdir(exist_ok=True)
+            np.save(tmp / "freq" / f"{vocab}.npy", freq)
+        for s in SPLITS:
+            for key, vocab in keys.items():
+                oov[s][key] = splits[s].remap(key, luts[vocab])
+            splits[s].save(tmp / f"{s}.npz")
+        (tmp / ".arrays").rmdir()
+
+        mean, std = moments.result() if dense_names else ((), ())
+        schema = Schema(
+            max_len=max_len,
+            behaviour=(Behaviour(ITEM, HIST_ITEM, ITEM), Behaviour(CATE, HIST_CATE, CATE)),
+            vocab_sizes=vocab_sizes,
+            sparse=tuple(SparseField(k, v) for k, v in keys.items() if k not in (ITEM, HIST_ITEM, CATE, HIST_CATE)),
+            dense=tuple(DenseField(n, float(m), float(sd)) for n, m, sd in zip(dense_names, mean, std, strict=True)),
+            group=USER, source=events.source, protocol=protocol,
+            extra={"seed": seed, **events.notes},
+        )
+        schema.save(tmp / "schema.json")
+        stats = _stats(events, protocol, seed, max_len, ev_stats, table, plan.user_split, tmp, vocab_sizes, oov)
+        write_json_atomic(tmp / "stats.json", stats)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return stats
+
+
+def _stats(events: Events, protocol: str, seed: int, max_len: int, ev_stats: dict, table: _Table,
+           user_split: np.ndarray | None, tmp: Path, vocab_sizes: dict, oov: dict) -> dict:
+    samples, positives, users = {}, {}, {}
+    for s in SPLITS:
+        with np.load(tmp / f"{s}.npz", allow_pickle=False) as z:
+            label, group = z["label"], z["group"]
+            samples[s], positives[s] = len(label), int(label.sum())
+            users[s] = int(len(np.unique(group)))
+    return {
+        "source": events.source, "protocol": protocol, "seed": seed, "max_len": max_len,
+        "events": ev_stats,
+        "users": {"total": table.n_users if user_split is None else int((user_split >= 0).sum()), **users},
+        "samples": samples, "positives": positives,
+        "positive_rate": {s: round(positives[s] / samples[s], 4) if samples[s] else None for s in SPLITS},
+        "vocab_sizes": vocab_sizes,
+        "oov": {s: oov[s] for s in ("valid", "test")},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI
+
+SOURCES = ("movielens", "taobao", "amazon", "events", "synthetic")
+FRACTION = click.FloatRange(0, 1, min_open=True, max_open=True)
+
+
+def load_source(source: str, path: Path | None, *, meta: Path | None = None, all_behaviours: bool = False,
+                sparse_features: str = "", dense_features: str = "", seed: int = 0) -> Events:
+    """The events of `source` at `path` (see `din-export prepare --help`)."""
+    if source != "synthetic" and path is None:
+        raise click.UsageError(f"--source {source} needs a PATH")
+    if (meta is not None) != (source == "amazon"):
+        raise click.UsageError("--meta FILE is required with --source amazon and used by no other source")
+    if all_behaviours and source != "taobao":
+        raise click.UsageError("--all-behaviours only applies to --source taobao")
+    if (sparse_features or dense_features) and source != "events":
+        raise click.UsageError("--sparse-features/--dense-features only apply to --source events")
+    if source == "movielens":
+        return read_movielens(path)
+    if source == "taobao":
+        return read_taobao(path, TAOBAO_BEHAVIOURS if all_behaviours else ("pv",))
+    if source == "amazon":
+        return read_amazon(path, meta)
+    if source == "events":
+        return read_events(path, sparse_features, dense_features)
+    from din_export import synthetic
+
+    return synthetic.load(path, seed=seed)
+
+
+def _summary(out: Path, stats: dict) -> str:
+    s, u, r = stats["samples"], stats["users"], stats["positive_rate"]
+    ev = stats["events"]
+    dropped = {k: v for k, v in ev.items() if v and k not in ("rows_read", "rows_kept_by_reader", "events_used")}
+    lines = [
+        f"prepared {stats['source']} ({stats['protocol']}, max_len {stats['max_len']}, seed {stats['seed']}) -> {out}",
+        f"  events: {ev.get('rows_read', ev['rows_kept_by_reader']):,} read, {ev['events_used']:,} used"
+        + (f"; {', '.join(f'{k} {v:,}' for k, v in dropped.items())}" if dropped else ""),
+        f"  users: {u['total']:,} (with samples in train {u['train']:,}, valid {u['valid']:,}, test {u['test']:,})",
+        "  samples: " + ", ".join(f"{k} {s[k]:,} (positive rate {r[k]})" for k in SPLITS),
+        "  vocab sizes: " + ", ".join(f"{k} {v:,}" for k, v in stats["vocab_sizes"].items()),
+    ]
+    return "\n".join(lines)
+
+
+@click.command("prepare")
+@click.option("--source", type=click.Choice(SOURCES), required=True, help="Kind of raw data at PATH.")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Dataset directory to write (made in a temporary sibling, then renamed).")
+@click.option("--max-len", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Keep the most recent N behaviours of each history.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed for negatives, the user split and the synthetic generator.")
+@click.option("--meta", type=click.Path(path_type=Path), help="amazon: the metadata JSON-lines file.")
+@click.option("--all-behaviours", is_flag=True, help="taobao: use pv, cart, fav and buy (default: pv only).")
+@click.option("--sparse-features", default="", metavar="COL,COL",
+              help="events: extra categorical columns (user profile or context), comma separated.")
+@click.option("--dense-features", default="", metavar="COL,COL", help="events: extra numeric columns.")
+@click.option("--valid-fraction", default=0.1, show_default=True, type=FRACTION,
+              help="explicit protocol: share of users held out for validation.")
+@click.option("--test-fraction", default=0.1, show_default=True, type=FRACTION,
+              help="explicit protocol: share of users held out for test.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out directory.")
+def prepare_command(source: str, path: Path | None, out: Path, max_len: int, seed: int, meta: Path | None,
+                    all_behaviours: bool, sparse_features: str, dense_features: str,
+                    valid_fraction: float, test_fraction: float, force: bool) -> None:
+    """Turn raw events at PATH into a dataset directory (docs/data.md).
+
+    \b
+    movielens  PATH = ml-100k or ml-1m directory            explicit: rating >= 4 is a click
+    taobao     PATH = UserBehavior.csv                      implicit: pv behaviours
+    amazon     PATH = reviews JSON lines, --meta metadata   implicit
+    events     PATH = CSV/TSV/Parquet: user,item,category,timestamp[,label][,features]
+    synthetic  PATH = optional events file from `python -m din_export.synthetic`; none: generate
+    """
+    try:
+        _check_out(out, force)
+        events = load_source(source, path, meta=meta, all_behaviours=all_behaviours,
+                             sparse_features=sparse_features, dense_features=dense_features, seed=seed)
+        stats = prepare(events, out, max_len=max_len, seed=seed, valid_fraction=valid_fraction,
+                        test_fraction=test_fraction, force=force)
+    except (SourceError, PrepareError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(_summary(out, stats))

@@ -1,0 +1,171 @@
+"""Synthetic shoppers: a small events table on which attention over the history pays off.
+
+The story (docs/data.md has the long form):
+- `items` items, each in one of `categories` categories, with a price and an appeal.
+- Each user has 2 or 3 interest categories, a gender and an age.
+- A user sees a stream of impressions; each shows an item from one of the user's interests
+  (`interest_share` of them) or from any category.
+- Whether the user clicks depends mostly on the impression's relation to what the user clicked
+  recently: the more of the last `memory` clicks share the item's category, the likelier the click.
+  The item's appeal and price and a small gender x category taste add to it.
+So the label hangs on which parts of the history match the target, the relation DIN's attention
+computes and sum pooling blurs. Explicit labels: prepare uses the explicit (user split) protocol,
+with clicks (label 1) as history. Everything is drawn from one seeded numpy Generator.
+
+`python -m din_export.synthetic OUT.csv|OUT.parquet [--users N ...]` writes the table;
+`din-export prepare --source synthetic [OUT]` prepares it (or the default table when OUT is omitted).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import pandas as pd
+
+from din_export.sources import Events, SourceError, events_from_frame, read_events
+
+SPARSE = ("gender",)
+DENSE = ("age", "price")
+START_TIME = 1_700_000_000  # 2023-11-14, only so the timestamps look like epoch seconds
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    users: int = 2000
+    items: int = 1000
+    categories: int = 20
+    min_events: int = 20  # impressions per user, uniform in [min_events, max_events]
+    max_events: int = 60
+    interest_share: float = 0.7  # share of impressions drawn from the user's own interests
+    memory: int = 10  # how many recent clicks the user weighs a new impression against
+    base_logit: float = -2.0
+    match_weight: float = 1.5  # added per recent click in the impression's category, up to 3 of them
+    price_weight: float = 0.5  # per standard deviation of log price (dearer: less likely)
+    taste_weight: float = 0.5  # gender x category taste
+
+    def __post_init__(self) -> None:
+        if min(self.users, self.items, self.categories, self.min_events, self.memory) < 1:
+            raise ValueError(f"synthetic sizes must be >= 1: {self}")
+        if self.categories < 3 or self.items < self.categories:
+            raise ValueError("synthetic data needs at least 3 categories and one item per category")
+        if self.max_events < self.min_events:
+            raise ValueError("max_events must be >= min_events")
+        if not 0 <= self.interest_share <= 1:
+            raise ValueError("interest_share must be in [0, 1]")
+
+
+def generate(config: SyntheticConfig | None = None, seed: int = 0) -> pd.DataFrame:
+    """The events table: user, item, category, timestamp, label, gender, age, price (time order)."""
+    c = config or SyntheticConfig()
+    rng = np.random.default_rng(seed)
+    # every category gets one item, the rest are spread at random
+    item_cat = np.concatenate([np.arange(c.categories), rng.integers(0, c.categories, c.items - c.categories)])
+    rng.shuffle(item_cat)
+    cat_items = np.argsort(item_cat, kind="stable")  # items grouped by category
+    cat_count = np.bincount(item_cat, minlength=c.categories)
+    cat_first = np.concatenate([[0], np.cumsum(cat_count)[:-1]])
+    log_price = rng.normal(3.0, 0.3, c.categories)[item_cat] + rng.normal(0, 0.5, c.items)
+    price = np.round(np.exp(log_price), 2)
+    price_z = (log_price - log_price.mean()) / log_price.std()
+    appeal = rng.normal(0, 0.5, c.items)
+    taste = rng.choice([-1.0, 1.0], c.categories)  # +1: women like it more, -1: men
+
+    n_int = rng.integers(2, 4, c.users)
+    interests = np.stack([rng.permutation(c.categories)[:3] for _ in range(c.users)])
+    female = rng.random(c.users) < 0.5
+    age = rng.integers(18, 71, c.users)
+    length = rng.integers(c.min_events, c.max_events + 1, c.users)
+    clock = START_TIME + rng.integers(0, 30 * 86400, c.users)
+
+    recent = np.full((c.users, c.memory), -1)  # categories of the last clicks, newest last
+    rows = []
+    for t in range(c.max_events):
+        u = np.flatnonzero(length > t)
+        own = rng.random(len(u)) < c.interest_share
+        cat = np.where(own, interests[u, (rng.random(len(u)) * n_int[u]).astype(int)],
+                       rng.integers(0, c.categories, len(u)))
+        item = cat_items[cat_first[cat] + (rng.random(len(u)) * cat_count[cat]).astype(int)]
+        match = np.minimum((recent[u] == cat[:, None]).sum(1), 3)
+        logit = (c.base_logit + c.match_weight * match + appeal[item] - c.price_weight * price_z[item]
+                 + c.taste_weight * taste[cat] * np.where(female[u], 1, -1))
+        click = rng.random(len(u)) < 1 / (1 + np.exp(-logit))
+        clicked = u[click]
+        recent[clicked] = np.concatenate([recent[clicked, 1:], cat[click, None]], axis=1)
+        clock[u] += rng.integers(1, 3600, len(u))
+        rows.append(pd.DataFrame({"user": u + 1, "item": item + 1, "category": cat, "timestamp": clock[u],
+                                  "label": click.astype(np.int8)}))
+    ev = pd.concat(rows, ignore_index=True)
+    ev = ev.sort_values(["timestamp", "user"], kind="stable", ignore_index=True)
+    ev["category"] = np.char.add("c", ev["category"].to_numpy().astype(str))
+    ev["gender"] = np.where(female[ev["user"] - 1], "F", "M")
+    ev["age"] = age[ev["user"] - 1]
+    ev["price"] = price[ev["item"] - 1]
+    return ev
+
+
+def to_events(frame: pd.DataFrame) -> Events:
+    events = events_from_frame(frame, SPARSE, DENSE, source="synthetic")
+    events.notes.update({"category": "generated", "label": "generated click"})
+    return events
+
+
+def load(path: str | Path | None, seed: int = 0) -> Events:
+    """The events of a file written by `write_events`, or the default table when `path` is None."""
+    if path is None:
+        return to_events(generate(SyntheticConfig(), seed))
+    path = Path(path)
+    if path.is_dir():
+        raise SourceError(f"{path} is a directory: pass the events file written by "
+                          "`python -m din_export.synthetic`")
+    events = read_events(path, SPARSE, DENSE, source="synthetic")
+    if not events.explicit:
+        raise SourceError(f"{path}: no label column; not a synthetic events file")
+    return events
+
+
+def write_events(frame: pd.DataFrame, path: str | Path) -> None:
+    """CSV or Parquet (by suffix), written to a temporary file and renamed."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise ValueError(f"{path}: use a .csv or .parquet file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@click.command()
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--users", default=SyntheticConfig.users, show_default=True, type=click.IntRange(min=1))
+@click.option("--items", default=SyntheticConfig.items, show_default=True, type=click.IntRange(min=3))
+@click.option("--categories", default=SyntheticConfig.categories, show_default=True, type=click.IntRange(min=3))
+@click.option("--min-events", default=SyntheticConfig.min_events, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-events", default=SyntheticConfig.max_events, show_default=True, type=click.IntRange(min=1))
+def main(out: Path, seed: int, **sizes: int) -> None:
+    """Write a synthetic shoppers events table to OUT (.csv or .parquet)."""
+    try:
+        frame = generate(SyntheticConfig(**sizes), seed)
+        write_events(frame, out)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {len(frame):,} events of {frame['user'].nunique():,} users to {out} "
+               f"(click rate {frame['label'].mean():.3f})")
+
+
+if __name__ == "__main__":
+    main()
