@@ -14,9 +14,8 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, NamedTuple
 
 from din_runtime.errors import DinRuntimeError
 
@@ -30,8 +29,7 @@ class InputFileError(DinRuntimeError):
     """The input file as a whole cannot be read (binary, not UTF-8, empty, bad header, unreadable)."""
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """One input row: `line` is its 1-based line (row number for Parquet); `row` is None if `error` is set."""
 
     line: int
