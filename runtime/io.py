@@ -203,7 +203,10 @@ class AtomicText:
             self.file: IO[str] = sys.stdout
             return
         target = Path(path)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+        try:
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, path) from e  # name the file asked for, not the temporary one
         # mkstemp creates the file 0600; give the result the mode an ordinary open() would have.
         umask = os.umask(0)
         os.umask(umask)

@@ -138,6 +138,11 @@ def test_failing_run_leaves_no_output(model_dir, tmp_path):
     assert list(out.parent.iterdir()) == []
 
 
+def test_output_in_a_missing_directory(model_dir, tmp_path):
+    result = run(model_dir, write_jsonl(tmp_path / "in.jsonl", requests(2)), "-o", tmp_path / "no" / "s.jsonl")
+    assert result.exit_code == 1 and f"{tmp_path / 'no' / 's.jsonl'}: No such file" in result.output
+
+
 def test_failing_run_keeps_the_previous_output(model_dir, tmp_path):
     out = tmp_path / "s.jsonl"
     out.write_text("previous\n")
