@@ -1,7 +1,7 @@
 """Tiny dataset directories written with numpy exactly as docs/design.md describes (no `prepare`).
 
-Each user likes two of six categories; a row is a click with probability 0.85 when the target's
-category is one the user likes and 0.15 otherwise, and histories are drawn from the liked categories,
+Each user likes two of six categories; a row is a click with probability 0.9 when the target's
+category is one the user likes and 0.1 otherwise, and histories are drawn from the liked categories,
 so attention over the history has something to find.
 """
 
@@ -47,7 +47,7 @@ def make_rows(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         hist[r, : hist_len[r]] = items + 2
         hist_cate[r, : hist_len[r]] = item_cate[items] + 2
     likes = (liked[user] == item_cate[target][:, None]).any(axis=1)
-    label = (rng.random(n) < np.where(likes, 0.85, 0.15)).astype(np.float32)
+    label = (rng.random(n) < np.where(likes, 0.9, 0.1)).astype(np.float32)
     return {
         "user_id": user + 2, "gender": (user % 2) + 2, "item_id": target + 2, "cate_id": item_cate[target] + 2,
         "hist_item_id": hist, "hist_cate_id": hist_cate, "hist_len": hist_len.astype(np.int64),
