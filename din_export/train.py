@@ -374,7 +374,7 @@ def train(data_dir: str | Path, run_dir: str | Path, model_cfg: ModelConfig, cfg
     state_file = run_dir / "state" / "last.safetensors"
     if resume and state_file.is_file():
         check_resume(run_dir, model_cfg, cfg, schema)
-    elif (run_dir / "config.json").exists() or (run_dir / "state").exists():
+    elif not resume and ((run_dir / "config.json").exists() or (run_dir / "state").exists()):
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
     splits = {s: load_split(data_dir, s, schema) for s in ("train", "valid", "test")}
     sizes = {s: len(a["label"]) for s, a in splits.items()}
