@@ -8,8 +8,11 @@ rejected. Summary, OOV counts and (with `--label-field`) AUC, GAUC and logloss g
 from __future__ import annotations
 
 import io
+import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -76,6 +79,9 @@ def main(model_dir: Path, input_path: str, output: str, input_format: str, outpu
         raise click.UsageError("INPUT, --output, --errors and --metrics-out must be different files")
     if errors_path == "-" or metrics_out == "-":
         raise click.UsageError("--errors and --metrics-out need file paths (stdout carries the scores)")
+    # `kill` (SIGTERM) should unwind like an error, so the temporary output files are removed.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         in_fmt = format_of(input_path, input_format, INPUT_FORMATS, "jsonl", "--format")
         out_fmt = format_of(output, output_format, OUTPUT_FORMATS, "jsonl", "--output-format")
@@ -90,6 +96,13 @@ def main(model_dir: Path, input_path: str, output: str, input_format: str, outpu
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"{e.filename or 'I/O'}: {e.strerror or e}") from None
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 class _Run:
@@ -182,13 +195,21 @@ class _Run:
         return good, encoded, bad
 
     def _passthrough_problem(self, row: dict[str, Any]) -> tuple[str, str] | None:
-        if self.id_field and self.id_field not in row:
-            return self.id_field, "missing (named by --id-field)"
+        if self.id_field:
+            if self.id_field not in row:
+                return self.id_field, "missing (named by --id-field)"
+            # The id is copied into UTF-8 JSON or CSV output, so it must survive that.
+            try:
+                json.dumps(row[self.id_field], ensure_ascii=False, allow_nan=False, default=str).encode("utf-8")
+            except UnicodeEncodeError:
+                return self.id_field, "holds a lone surrogate (e.g. \\ud800), which UTF-8 output cannot carry"
+            except ValueError:
+                return self.id_field, "holds NaN or an infinity, which JSON output cannot carry"
         if self.label_field:
             label = row.get(self.label_field)
             if label is None:
                 return self.label_field, "missing (named by --label-field)"
-            if not isinstance(label, (int, float)) or label not in (0, 1):
+            if isinstance(label, bool) or not isinstance(label, (int, float)) or label not in (0, 1):
                 return self.label_field, f"label must be 0 or 1, got {label!r:.40}"
             if self.scorer.manifest.group not in row:
                 return self.scorer.manifest.group, "missing (the group field for GAUC)"

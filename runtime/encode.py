@@ -190,12 +190,26 @@ def encode_dense(values: list[Any], field: str) -> np.ndarray:
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
                 got = "null" if value is None else f"{type(value).__name__} {value!r:.40}"
                 raise InputError(f"expected a number, got {got}", row=i, field=field)
-    wide = np.array(values, dtype=np.float64)
+    try:
+        wide = np.array(values, dtype=np.float64)
+    except OverflowError:
+        # An integer beyond float64 (JSON allows any number of digits): find it to name its row.
+        i = next(i for i, v in enumerate(values) if not _fits_float64(v))
+        digits = int(int(values[i]).bit_length() * math.log10(2)) + 1  # repr() fails past 4300 digits
+        raise InputError(f"an integer of about {digits} digits overflows float32", row=i, field=field) from None
     with np.errstate(over="ignore"):
         narrow = wide.astype(np.float32)
     bad = np.flatnonzero(~np.isfinite(narrow))
     if len(bad):
         i = int(bad[0])
         why = "is not finite" if not np.isfinite(wide[i]) else "overflows float32"
-        raise InputError(f"{wide[i]!r} {why}", row=i, field=field)
+        raise InputError(f"{float(wide[i])!r} {why}", row=i, field=field)
     return narrow
+
+
+def _fits_float64(value: Any) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True

@@ -9,6 +9,8 @@ rename at the end, so a failed run leaves no half-written file.
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import os
 import sys
@@ -23,6 +25,7 @@ INPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv"
                  ".parquet": "parquet", ".pq": "parquet"}
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
 PARQUET_INSTALL = "pip install 'din-toolkit[parquet]'"
+_CSV_FIELD_LIMIT = 2**31 - 1  # the largest value the csv module accepts on every platform (a C long)
 
 
 class InputFileError(DinRuntimeError):
@@ -68,6 +71,27 @@ def _decode(raw: bytes, line: int) -> str:
     return text.removeprefix("\ufeff") if line == 1 else text
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of repeated keys silently; a row saying two things is refused instead.
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return row
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
 def read_jsonl(stream: BinaryIO) -> Iterator[Record]:
     """One JSON object per line; blank lines are skipped."""
     rows = 0
@@ -78,10 +102,19 @@ def read_jsonl(stream: BinaryIO) -> Iterator[Record]:
         rows += 1
         clean = text.rstrip("\r\n")
         try:
-            row = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
-            reason = f"malformed JSON ({getattr(e, 'msg', 'nested too deeply')}"
-            reason += f" at column {e.colno})" if isinstance(e, json.JSONDecodeError) else ")"
+            row = _DECODER.decode(text)
+        except _DuplicateKey as e:
+            yield Record(line, None, "the key appears twice in the object; which value is meant is ambiguous",
+                         field=e.key, raw=clean)
+            continue
+        except (ValueError, RecursionError) as e:
+            # ValueError besides JSONDecodeError: an integer literal over Python's 4300-digit limit.
+            if isinstance(e, json.JSONDecodeError):
+                reason = f"malformed JSON ({e.msg} at column {e.colno})"
+            elif isinstance(e, RecursionError):
+                reason = "malformed JSON (nested too deeply)"
+            else:
+                reason = f"malformed JSON ({e})"
             if not raw.endswith(b"\n"):
                 reason += "; it is the last line and has no newline: was the file truncated?"
             yield Record(line, None, reason, raw=clean)
@@ -110,6 +143,9 @@ def read_csv(stream: BinaryIO, list_fields: Iterable[str], number_fields: Iterab
             consumed.append(text)
             yield text
 
+    # The csv module refuses fields over 128 KiB by default, which a long history cell exceeds; the line
+    # is already in memory whole, so the limit protects nothing here. (The limit is process-wide.)
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
     reader = csv.reader(lines(), strict=True)
     header: list[str] | None = None
     rows = 0
@@ -178,6 +214,10 @@ def read_parquet(source: str | BinaryIO, batch_size: int) -> Iterator[Record]:
         raise InputFileError(f"reading Parquet needs pyarrow: {PARQUET_INSTALL}") from None
     try:
         table = pyarrow.parquet.ParquetFile(source)
+        names = table.schema_arrow.names
+        repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if repeated is not None:
+            raise InputFileError(f"the Parquet input has two columns named {repeated!r}")
         batches = table.iter_batches(batch_size=batch_size)
         rows = 0
         for batch in batches:
@@ -191,9 +231,10 @@ def read_parquet(source: str | BinaryIO, batch_size: int) -> Iterator[Record]:
 
 
 class AtomicText:
-    """A text file written to a temporary file beside `path` and renamed over it only by `commit()`.
+    """A UTF-8 text file written to a temporary file beside `path` and renamed over it only by `commit()`.
 
-    `path` "-" writes straight to stdout instead (streamed, so nothing to undo).
+    `path` "-" writes straight to stdout instead (streamed, so nothing to undo), as UTF-8 whatever the
+    locale: JSONL and CSV output must not depend on the terminal's encoding.
     """
 
     def __init__(self, path: str) -> None:
@@ -201,8 +242,12 @@ class AtomicText:
         self._tmp: str | None = None
         if path == "-":
             self.file: IO[str] = sys.stdout
+            if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.encoding.lower() not in ("utf-8", "utf8"):
+                sys.stdout.reconfigure(encoding="utf-8")
             return
         target = Path(path)
+        if target.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", path)
         try:
             fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         except OSError as e:
@@ -217,10 +262,14 @@ class AtomicText:
         if self._tmp is None:
             self.file.flush()
             return
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self._tmp, self.path)
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self._tmp, self.path)
+        except OSError as e:
+            self.discard()
+            raise OSError(e.errno, e.strerror, self.path) from e
         self._tmp = None
 
     def discard(self) -> None:

@@ -23,6 +23,7 @@ FORMAT_VERSION = 1
 PAD_INDEX = 0
 OOV_INDEX = 1
 FIRST_KNOWN_INDEX = 2
+_INT64_MAX = 2**63 - 1
 
 # Files that identify the other kinds of directory this project writes, for a helpful error.
 _OTHER_DIRS = {
@@ -90,12 +91,13 @@ def load_manifest(model_dir: str | Path) -> Manifest:
     root = Path(model_dir)
     raw = _read_manifest(root)
     version = raw.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         raise ManifestError(f"{root / MANIFEST_FILE}: format_version {version!r} is not supported by this "
                             f"runtime (it reads version {FORMAT_VERSION}); use the din-toolkit that exported it")
     for key, expected in (("padding_index", PAD_INDEX), ("oov_index", OOV_INDEX)):
-        if raw.get(key, expected) != expected:
-            raise ManifestError(f"manifest {key} is {raw[key]!r}; this runtime needs {expected}")
+        value = raw.get(key, expected)
+        if type(value) is not int or value != expected:
+            raise ManifestError(f"manifest {key} is {value!r}; this runtime needs {expected}")
 
     model_file = _str(raw, "model_file", "manifest")
     _inside(root, model_file, "model_file")
@@ -107,8 +109,8 @@ def load_manifest(model_dir: str | Path) -> Manifest:
     if not isinstance(schema, dict):
         raise ManifestError("manifest has no 'schema' object")
     max_len = schema.get("max_len")
-    if type(max_len) is not int or max_len < 1:
-        raise ManifestError(f"schema max_len must be an integer >= 1, got {max_len!r}")
+    if type(max_len) is not int or not 1 <= max_len <= _INT64_MAX:
+        raise ManifestError(f"schema max_len must be an integer in [1, 2**63), got {max_len!r:.40}")
     sparse = tuple(Sparse(_str(s, "name", "schema sparse"), _str(s, "vocab", "schema sparse"))
                    for s in _list_of_objects(schema, "sparse", required=False))
     behaviour = tuple(Behaviour(_str(b, "target", "schema behaviour"), _str(b, "history", "schema behaviour"),
@@ -172,21 +174,32 @@ def _read_manifest(root: Path) -> dict:
                     "write a model directory with `din-export export`")
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         raise ModelDirError(f"{root} is not a din model directory (no {MANIFEST_FILE}; it holds {shown}): {hint}")
-    path = root / MANIFEST_FILE
+    path = _inside(root, MANIFEST_FILE, "file")
     try:
-        raw = json.loads(path.read_bytes())
+        raw = _parse_json(path.read_bytes())
     except OSError as e:
         raise ModelDirError(f"cannot read {path}: {e.strerror}") from e
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+    except ValueError as e:
+        raise ManifestError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(raw, dict):
         raise ManifestError(f"{path} must hold a JSON object, got {type(raw).__name__}")
     if raw.get("format") != FORMAT:
         raise ModelDirError(f"{root} is not a din model directory: {MANIFEST_FILE} has format "
                             f"{raw.get('format')!r}, expected {FORMAT!r}")
     return raw
+
+
+def _parse_json(data: bytes) -> Any:
+    """JSON from bytes; every failure is a ValueError, including nesting deeper than the parser's stack."""
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{e.msg} at line {e.lineno} column {e.colno}") from e
+    except RecursionError as e:
+        raise ValueError("nested too deeply") from e
+    # any other ValueError (an integer literal over Python's 4300-digit limit) passes as it is
 
 
 def _str(obj: Any, key: str, where: str) -> str:
@@ -208,7 +221,7 @@ def _list_of_objects(obj: dict, key: str, required: bool) -> list[dict]:
 def _inside(root: Path, rel: str, what: str) -> Path:
     """The regular file `rel` names inside `root`; ManifestError if it is absolute, climbs out, or links out."""
     pure = PurePosixPath(rel)
-    if pure.is_absolute() or "\\" in rel or ".." in pure.parts:
+    if pure.is_absolute() or "\\" in rel or "\0" in rel or ".." in pure.parts:
         raise ManifestError(f"manifest {what} {rel!r} must be a relative path inside the model directory")
     path = root / pure
     try:
@@ -227,8 +240,10 @@ def _load_vocab(root: Path, name: str, rel: Any, size: int) -> dict[str, int]:
         raise ManifestError(f"manifest vocab_files[{name!r}] must be a path string, got {rel!r}")
     path = _inside(root, rel, f"vocab_files[{name!r}]")
     try:
-        ids = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        ids = _parse_json(path.read_bytes())
+    except OSError as e:
+        raise ManifestError(f"cannot read vocabulary file {path}: {e.strerror}") from e
+    except ValueError as e:
         raise ManifestError(f"vocabulary file {path} is not valid JSON: {e}") from e
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise ManifestError(f"vocabulary file {path} must be a JSON list of strings")
@@ -253,5 +268,5 @@ def _check_input_entries(entries: list[dict], sparse: tuple[Sparse, ...], behavi
         if "vocab" in entry and entry["vocab"] != vocab_by_field.get(name):
             raise ManifestError(f"manifest input {name!r} uses vocabulary {entry['vocab']!r}, "
                                 f"the schema says {vocab_by_field.get(name)!r}")
-        if name == "dense" and "columns" in entry and list(entry["columns"]) != list(dense):
+        if name == "dense" and "columns" in entry and entry["columns"] != list(dense):
             raise ManifestError(f"manifest dense columns {entry['columns']} differ from schema dense {list(dense)}")

@@ -134,6 +134,12 @@ class Scorer:
             (result,) = self._session.run([output], feeds)
         except Exception as e:  # onnxruntime raises its own pybind exception types
             raise DinRuntimeError(f"onnxruntime failed to score the batch: {e}") from e
+        batch = len(arrays["hist_len"])
+        expected = (batch,) if output == "prob" else (batch, arrays[self._manifest.histories[0]].shape[1])
+        if result.shape != expected:
+            # The graph is the one the manifest hashed, but nothing else vouches for what it computes.
+            raise IntegrityError(f"model.onnx returned {output!r} of shape {result.shape} for inputs of batch "
+                                 f"{batch}; expected {expected}: this is not a DIN model directory's graph")
         return result.astype(np.float32) if result.dtype == np.float16 else result
 
     def _check_arrays(self, given: dict[str, Any]) -> dict[str, np.ndarray]:
