@@ -34,6 +34,7 @@ from din_export.triton import NAME_PATTERN, TritonError, write_triton_model
 from din_export.verify import format_report, resolve_data_dir, verify_model_dir
 
 DEFAULT_OPSET = 18
+MIN_OPSET = 16  # lowest opset the exporter's down-conversion was checked at (docs/export.md)
 MANIFEST_VERSION = 1
 MODEL_FILE = "model.onnx"
 # ONNX ops that would make the graph slow (per-row control flow) or unportable; see docs/export.md.
@@ -437,6 +438,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
     metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
 
     spec = graph_spec(schema, with_attention)
+    # int8 always quantises the plain graph: the inference rewrite feeds raw dense features and embeddings
+    # into one matrix, which a per-tensor int8 scale cannot hold (docs/export.md has the measurements)
+    optimize = optimize and quantize is None
     traced = model
     if optimize:
         from din_export.optimize import inference_module
@@ -481,8 +485,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
 @click.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
-@click.option("--opset", default=DEFAULT_OPSET, show_default=True, type=click.IntRange(18, 23),
-              help="ONNX opset (18: see docs/export.md).")
+@click.option("--opset", default=DEFAULT_OPSET, show_default=True,
+              type=click.IntRange(MIN_OPSET, onnx.defs.onnx_opset_version()),
+              help="ONNX opset (why 18: docs/export.md).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="fp16: half-precision weights and arithmetic (for GPUs), fp32 inputs and outputs.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,

@@ -6,7 +6,11 @@ initial values (an export that ignored them would still match an untrained model
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +95,38 @@ def make_run(root: Path, attention_norm: str = "softmax", dense: bool = True, mo
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(run / "model.safetensors"))
     (run / "metrics.json").write_text(json.dumps({"best_epoch": 1, "test": {"auc": 0.5}}))
     return run
+
+
+_ROOT = Path(tempfile.mkdtemp(prefix="din-export-tests-"))
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+
+
+@functools.cache
+def run_dir(attention_norm: str = "softmax") -> Path:
+    """One tiny trained run per attention mode, shared by the test modules of a session."""
+    return make_run(_ROOT / f"run-{attention_norm}", attention_norm=attention_norm)
+
+
+@functools.cache
+def exported(name: str) -> Path:
+    """Model directories exported once per session from `run_dir()`; see EXPORTS."""
+    from din_export.export import export_run
+
+    out = _ROOT / "models" / name
+    export_run(run_dir(), out, triton_repo=_ROOT / "triton" if name == "fp32" else None, **EXPORTS[name])
+    return out
+
+
+# fp32: the optimized graph traced at (2, 5) with attention and a Triton copy; plain: the same without the
+# inference rewrite; fp16 / int8: the variants.
+EXPORTS: dict[str, dict] = {
+    "fp32": {"example": (2, 5), "with_attention": True},
+    "plain": {"example": (2, 5), "optimize": False},
+    "fp16": {"precision": "fp16", "with_attention": True},
+    "int8": {"quantize": "int8"},
+}
+
+
+def triton_repo() -> Path:
+    exported("fp32")
+    return _ROOT / "triton"

@@ -1,0 +1,280 @@
+"""`din-export export`: scores at sizes never traced, masking, batch invariance, fp16 masking, int8, the
+model directory (manifest, sha256, metadata, no external data), graph checks, refusal on failure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from din_runtime import Scorer
+from din_runtime.manifest import load_manifest
+from export_helpers import VALID_ROWS, exported, make_run, run_dir
+from onnx import helper, numpy_helper
+
+from din_export.cli import main
+from din_export.export import (
+    FORBIDDEN_OPS,
+    MODEL_FILE,
+    GraphCheckError,
+    check_graph,
+    export_run,
+    gemm_to_matmul,
+    graph_spec,
+)
+from din_export.train import load_run
+from din_export.verify import ToleranceError, random_inputs, torch_outputs
+
+
+def load(name: str) -> tuple[Scorer, dict, onnx.ModelProto]:
+    model_dir = exported(name)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    return Scorer.load(model_dir), manifest, onnx.load(model_dir / MODEL_FILE)
+
+
+def session(name: str) -> ort.InferenceSession:
+    return ort.InferenceSession(str(exported(name) / MODEL_FILE), providers=["CPUExecutionProvider"])
+
+
+def inputs(batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    _, schema, _ = load_run(run_dir())
+    manifest = json.loads((exported("fp32") / "manifest.json").read_text())
+    return random_inputs(manifest["inputs"], schema, batch, seq, np.random.default_rng(seed))
+
+
+def torch_probs(x: dict[str, np.ndarray]) -> np.ndarray:
+    return torch_outputs(load_run(run_dir())[0], x, with_attention=False)["prob"]
+
+
+@pytest.mark.parametrize("name", ["fp32", "plain"])
+@pytest.mark.parametrize(("batch", "seq"), [(1, 0), (1, 1), (513, 400)])
+def test_traced_at_2x5_scores_like_torch_at_other_sizes(name: str, batch: int, seq: int) -> None:
+    scorer, manifest, _ = load(name)
+    assert manifest["example_sizes"] == {"batch": 2, "seq": 5}
+    x = inputs(batch, seq, seed=batch + seq)
+    probs = scorer.score_arrays(x)
+    assert probs.shape == (batch,)
+    np.testing.assert_allclose(probs, torch_probs(x), rtol=0, atol=1e-5)
+
+
+def test_ids_at_padded_positions_change_nothing() -> None:
+    x = inputs(64, 12, seed=1)
+    padded = np.arange(12)[None, :] >= x["hist_len"][:, None]
+    assert padded.any() and (~padded).any()
+    y = dict(x)
+    rng = np.random.default_rng(2)
+    for h in ("hist_item_id", "hist_cate_id"):
+        y[h] = np.where(padded, rng.integers(0, 9, x[h].shape), x[h])
+        assert (y[h] != x[h]).any()
+    scorer, _, _ = load("fp32")
+    np.testing.assert_array_equal(scorer.score_arrays(x), scorer.score_arrays(y))
+    sess = session("fp32")
+    attention_x, attention_y = (sess.run(["attention"], a)[0] for a in (x, y))
+    np.testing.assert_array_equal(attention_x, attention_y)
+    assert (attention_x[padded] == 0).all()
+
+
+def test_batch_of_one_gives_the_same_scores_as_a_batch_of_512() -> None:
+    x = inputs(512, 9, seed=4)
+    scorer, _, _ = load("fp32")
+    together = scorer.score_arrays(x)
+    alone = np.concatenate([scorer.score_arrays({k: v[i:i + 1] for k, v in x.items()}) for i in range(512)])
+    np.testing.assert_allclose(alone, together, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "atol"), [("fp32", 1e-5), ("fp16", 1e-3)])
+def test_softmax_all_padded_rows_are_finite(name: str, atol: float) -> None:
+    _, _, config = load_run(run_dir())
+    assert config["model"]["attention_norm"] == "softmax"
+    x = inputs(32, 8, seed=5)
+    x["hist_len"][:16] = 0  # half the rows have no history at all
+    logit, prob, attention = session(name).run(["logit", "prob", "attention"], x)
+    assert np.isfinite(logit).all() and np.isfinite(prob).all() and np.isfinite(attention).all()
+    assert (attention[:16] == 0).all()
+    np.testing.assert_allclose(attention[16:].sum(axis=1)[x["hist_len"][16:] > 0], 1.0, atol=atol)
+    np.testing.assert_allclose(prob, torch_probs(x), rtol=0, atol=atol)
+
+
+def test_fp16_mask_constant_is_the_lowest_finite_half_and_softmax_runs_in_fp32() -> None:
+    _, manifest, graph = load("fp16")
+    assert manifest["precision"] == "fp16"
+    halves = [numpy_helper.to_array(i) for i in graph.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert halves and all(np.isfinite(h).all() for h in halves)
+    assert any((h == np.finfo(np.float16).min).any() for h in halves)
+    producers = {o: n for n in graph.graph.node for o in n.output}
+    softmax = [n for n in graph.graph.node if n.op_type == "Softmax"]
+    assert softmax
+    for node in softmax:
+        cast = producers[node.input[0]]
+        assert cast.op_type == "Cast" and helper.get_attribute_value(cast.attribute[0]) == onnx.TensorProto.FLOAT
+
+
+def test_metadata_props_carry_the_schema() -> None:
+    meta = session("fp32").get_modelmeta().custom_metadata_map
+    _, schema, _ = load_run(run_dir())
+    assert json.loads(meta["din.schema"]) == schema.to_dict()
+    assert meta["din.manifest_version"] == "1"
+
+
+@pytest.mark.parametrize("name", ["fp32", "fp16", "int8"])
+def test_manifest_describes_the_directory(name: str) -> None:
+    model_dir = exported(name)
+    _, manifest, _ = load(name)
+    assert manifest["sha256"] == hashlib.sha256((model_dir / MODEL_FILE).read_bytes()).hexdigest()
+    _, schema, config = load_run(run_dir())
+    spec = graph_spec(schema, with_attention="attention" in [o["name"] for o in manifest["outputs"]])
+    assert manifest["inputs"] == [t.to_manifest() for t in spec.inputs]
+    assert manifest["outputs"] == [t.to_manifest() for t in spec.outputs]
+    assert manifest["schema"] == schema.to_dict()
+    assert manifest["model"]["name"] == "din" and manifest["model"]["attention_norm"] == "softmax"
+    assert manifest["opset"] == 18 and manifest["metrics"] == {"best_epoch": 1, "test": {"auc": 0.5}}
+    for vocab, rel in manifest["vocab_files"].items():
+        assert (model_dir / rel).read_bytes() == (Path(config["data_dir"]) / "vocab" / f"{vocab}.json").read_bytes()
+    assert manifest["parity"]["passed"] and manifest["variant"] == manifest["parity"]["variant"]
+    assert manifest["variant"]["valid_rows"] == VALID_ROWS
+    assert set(manifest["versions"]) == {"din_toolkit", "torch", "onnx", "onnxruntime"}
+    assert load_manifest(model_dir).inputs == tuple(schema.input_names())
+
+
+@pytest.mark.parametrize("name", ["fp32", "plain", "fp16", "int8"])
+def test_directory_is_self_contained_and_graph_passes_its_checks(name: str) -> None:
+    model_dir = exported(name)
+    assert sorted(p.name for p in model_dir.iterdir()) == ["manifest.json", MODEL_FILE, "vocab"]
+    assert not list(model_dir.parent.glob(f".{name}.*")), "a temporary sibling was left behind"
+    _, manifest, graph = load(name)
+    assert all(i.data_location != onnx.TensorProto.EXTERNAL for i in graph.graph.initializer)
+    assert not {n.op_type for n in graph.graph.node} & FORBIDDEN_OPS
+    for value, entry in zip(graph.graph.input, manifest["inputs"], strict=True):
+        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        assert dims == entry["dims"]
+    _, schema, _ = load_run(run_dir())
+    spec = graph_spec(schema, with_attention=len(manifest["outputs"]) == 3)
+    check_graph(graph, spec, tuple(manifest["example_sizes"].values()))
+
+
+def test_int8_quantises_every_linear_and_keeps_ranking() -> None:
+    _, manifest, graph = load("int8")
+    ops = [n.op_type for n in graph.graph.node]
+    assert "MatMulInteger" in ops and "Gemm" not in ops and "MatMul" not in ops
+    assert manifest["quantize"] == "int8" and manifest["optimized"] is False
+    v = manifest["variant"]
+    assert v["name"] == "int8" and 0 < v["max_abs_diff_prob"] <= 0.05
+    assert abs(v["auc_change"]) <= 0.005 and v["valid_auc_torch_fp32"] > 0.6
+
+
+def test_gemm_to_matmul_is_exact() -> None:
+    graph = onnx.load(exported("plain") / MODEL_FILE)
+    assert "Gemm" in [n.op_type for n in graph.graph.node]
+    rewritten = onnx.ModelProto.FromString(graph.SerializeToString())
+    assert gemm_to_matmul(rewritten) == [n.op_type for n in graph.graph.node].count("Gemm")
+    assert "Gemm" not in [n.op_type for n in rewritten.graph.node]
+    x = inputs(40, 6, seed=6)
+    before, after = (ort.InferenceSession(g.SerializeToString(), providers=["CPUExecutionProvider"])
+                     .run(["logit"], x)[0] for g in (graph, rewritten))
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-6)
+
+
+def _spec_and_graph() -> tuple:
+    _, schema, _ = load_run(run_dir())
+    return graph_spec(schema, with_attention=True), onnx.load(exported("fp32") / MODEL_FILE)
+
+
+def test_check_graph_rejects_control_flow() -> None:
+    spec, graph = _spec_and_graph()
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["i"], ["scan"])],
+        "body",
+        [helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", onnx.TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("scan", onnx.TensorProto.INT64, [])],
+    )
+    graph.graph.initializer.extend([numpy_helper.from_array(np.array(3, dtype=np.int64), "trip"),
+                                    numpy_helper.from_array(np.array(True), "cond")])
+    graph.graph.node.append(helper.make_node("Loop", ["trip", "cond"], ["loop_scan"], body=body))
+    with pytest.raises(GraphCheckError, match=r"control-flow.*Loop"):
+        check_graph(graph, spec, (2, 5))
+
+
+def test_check_graph_rejects_a_fixed_interface_dim() -> None:
+    spec, graph = _spec_and_graph()
+    dim = graph.graph.input[spec.input_names.index("hist_item_id")].type.tensor_type.shape.dim[1]
+    dim.dim_value = 5
+    with pytest.raises(GraphCheckError, match=r"hist_item_id.*\['batch', 5\].*frozen"):
+        check_graph(graph, spec, (2, 5))
+
+
+def test_check_graph_rejects_a_shape_constant_equal_to_the_example() -> None:
+    spec, graph = _spec_and_graph()
+    check_graph(graph, spec, (2, 5))
+    graph.graph.initializer.append(numpy_helper.from_array(np.array([2, 5, -1], dtype=np.int64), "traced_shape"))
+    with pytest.raises(GraphCheckError, match="traced example size"):
+        check_graph(graph, spec, (2, 5))
+
+
+def test_check_graph_rejects_an_infinite_half_constant() -> None:
+    spec, graph = _spec_and_graph()
+    graph.graph.initializer.append(numpy_helper.from_array(np.array([-np.inf], dtype=np.float16), "mask_fill"))
+    with pytest.raises(GraphCheckError, match="fp16 constant 'mask_fill' is not finite"):
+        check_graph(graph, spec, (2, 5))
+
+
+def test_export_refuses_a_model_that_fails_verification_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    import din_export.export as export_module
+
+    real = export_module.set_metadata
+
+    def tamper(graph: onnx.ModelProto, schema) -> None:
+        """Stands for any exporter step going wrong after the graph checks: one weight changes."""
+        real(graph, schema)
+        weight = max(graph.graph.initializer, key=lambda i: numpy_helper.to_array(i).size)
+        values = numpy_helper.to_array(weight).copy()
+        values.flat[values.size // 2] += 1.0
+        weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+
+    monkeypatch.setattr(export_module, "set_metadata", tamper)
+    out = tmp_path / "models" / "din"
+    with pytest.raises(ToleranceError, match="exceeds the tolerance"):
+        export_run(run_dir(), out, optimize=False)
+    assert not out.exists()
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_cli_errors_are_clean(tmp_path: Path) -> None:
+    runner = CliRunner()
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    result = runner.invoke(main, ["export", str(not_a_run), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 1 and "cannot load the run" in result.output and "Traceback" not in result.output
+    result = runner.invoke(main, ["export", str(run_dir()), "--out", str(tmp_path / "m"),
+                                  "--precision", "fp16", "--quantize", "int8"])
+    assert result.exit_code == 2 and "pick one" in result.output
+    result = runner.invoke(main, ["export", str(run_dir()), "--out", str(exported("fp32"))])
+    assert result.exit_code == 1 and "already exists; pass --force" in result.output
+    result = runner.invoke(main, ["export", str(run_dir()), "--out", str(tmp_path / "m"), "--triton",
+                                  str(tmp_path / "repo"), "--triton-name", "../up"])
+    assert result.exit_code == 2 and "--triton-name" in result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_export_replaces_with_force_and_data_dir_may_be_relative(tmp_path: Path) -> None:
+    run = make_run(tmp_path, attention_norm="none", dense=False)
+    config = json.loads((run / "config.json").read_text())
+    config["data_dir"] = "../data"  # relative to the run directory
+    (run / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier export")
+    result = CliRunner().invoke(main, ["export", str(run), "--out", str(out), "--force", "--no-optimize"])
+    assert result.exit_code == 0, result.output
+    assert "PASSED" in result.output and not (out / "stale.txt").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["optimized"] is False and manifest["model"]["attention_norm"] == "none"
+    assert [i["name"] for i in manifest["inputs"]][-1] == "hist_len"  # no dense input without dense features
+    shutil.rmtree(out)
