@@ -49,8 +49,10 @@ IMPLICIT = "implicit-leave-last-out"
 EXPLICIT = "explicit-user-split"
 SPLITS = ("train", "valid", "test")
 MIN_POSITIVES = 3  # implicit: one train-or-history item, one validation target, one test target
-BLOCK_EVENTS = 200_000
-REMAP_ROWS = 1_000_000
+# working-set sizes, in int64 cells: a block of users makes about this many history cells, and the
+# in-place remap of the memory-mapped arrays goes this many cells at a time (~32 MB each)
+BLOCK_CELLS = 4_000_000
+REMAP_CELLS = 4_000_000
 ITEM, CATE, USER = "item_id", "cate_id", "user_id"
 HIST_ITEM, HIST_CATE = "hist_item_id", "hist_cate_id"
 
@@ -170,11 +172,12 @@ def _split_sizes(table: _Table, user_split: np.ndarray | None) -> dict[str, int]
     return {s: int((counts[user_split == i] - 1).sum()) for i, s in enumerate(SPLITS)}
 
 
-def _blocks(table: _Table) -> Iterator[tuple[int, int]]:
-    """Consecutive user ranges holding about BLOCK_EVENTS events each."""
+def _blocks(table: _Table, max_len: int) -> Iterator[tuple[int, int]]:
+    """Consecutive user ranges whose samples hold about BLOCK_CELLS history cells each."""
+    events = max(1, BLOCK_CELLS // (2 * max_len))  # up to two samples per event (implicit negatives)
     b0 = 0
     while b0 < table.n_users:
-        b1 = int(np.searchsorted(table.starts, table.starts[b0] + BLOCK_EVENTS, side="right")) - 1
+        b1 = int(np.searchsorted(table.starts, table.starts[b0] + events, side="right")) - 1
         b1 = min(max(b1, b0 + 1), table.n_users)
         yield b0, b1
         b0 = b1
@@ -197,13 +200,15 @@ def _negatives(table: _Table, pool: np.ndarray, rows: np.ndarray, block: tuple[i
     """One item per row that the row's user never touched, uniform over `pool`."""
     lo, hi = table.starts[block[0]], table.starts[block[1]]
     n_items = len(table.names[ITEM])
-    touched = np.unique(table.user[lo:hi].astype(np.int64) * n_items + table.item[lo:hi])
+    touched = np.sort(table.user[lo:hi].astype(np.int64) * n_items + table.item[lo:hi])
     out = np.empty(len(rows), dtype=np.int64)
     todo = np.arange(len(rows))
     owner = table.user[rows].astype(np.int64) * n_items
     while len(todo):
         out[todo] = pool[rng.integers(0, len(pool), size=len(todo))]
-        todo = todo[np.isin(owner[todo] + out[todo], touched)]
+        key = owner[todo] + out[todo]
+        hit = touched[np.minimum(np.searchsorted(touched, key), len(touched) - 1)] == key
+        todo = todo[hit]
     return out
 
 
@@ -302,10 +307,11 @@ class _SplitArrays:
     def remap(self, key: str, lut: np.ndarray) -> int:
         """codes (-1 = padding) -> indices through `lut` (indexed by code + 1); returns the OOV count."""
         arr, oov = self.arrays[key], 0
-        for a in range(0, self.n, REMAP_ROWS):
-            chunk = lut[arr[a:a + REMAP_ROWS] + 1]
+        step = max(1, REMAP_CELLS // max(1, arr[0].size if self.n else 1))
+        for a in range(0, self.n, step):
+            chunk = lut[arr[a:a + step] + 1]
             oov += int((chunk == OOV_INDEX).sum())
-            arr[a:a + REMAP_ROWS] = chunk
+            arr[a:a + step] = chunk
         return oov
 
     def save(self, path: Path) -> None:
@@ -426,7 +432,7 @@ def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0
         dense_names = tuple(events.dense)
         with open(tmp / "valid_requests.jsonl", "w", encoding="utf-8") as fv, \
                 open(tmp / "test_requests.jsonl", "w", encoding="utf-8") as ft:
-            for block in _blocks(table):
+            for block in _blocks(table, max_len):
                 for split, smp in _block_samples(plan, block).items():
                     arrays = _materialise(table, hist_src, smp, max_len, with_user)
                     splits[split].append(arrays)

@@ -329,10 +329,18 @@ def _ends_with_newline(path: Path) -> bool:
         return f.read(1) == b"\n"
 
 
+def _is_int(v: object) -> bool:
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return True
+    if isinstance(v, (float, np.floating)):
+        return bool(np.isfinite(v) and v == np.round(v))
+    return isinstance(v, str) and v.strip().lstrip("-").isdigit()
+
+
 def _taobao_row_ok(row: pd.Series) -> bool:
-    if row.drop("extra").isna().any() or row.notna()["extra"] or row["behavior"] not in TAOBAO_BEHAVIOURS:
+    if pd.notna(row["extra"]) or row["behavior"] not in TAOBAO_BEHAVIOURS:
         return False
-    return all(str(row[c]).lstrip("-").isdigit() for c in ("user", "item", "category", "timestamp"))
+    return all(_is_int(row[c]) for c in ("user", "item", "category", "timestamp"))
 
 
 def read_taobao(path: str | Path, behaviours: Sequence[str] = ("pv",),
@@ -353,7 +361,10 @@ def read_taobao(path: str | Path, behaviours: Sequence[str] = ("pv",),
     stats = {"rows_read": 0, "truncated_final_line": 0, "incomplete_rows": 0, "out_of_window": 0,
              "other_behaviours": 0}
     parts: dict[str, list[np.ndarray]] = {n: [] for n in ("user", "item", "category", "timestamp")}
-    reader = pd.read_csv(path, header=None, names=[*names, "extra"], dtype=str, keep_default_na=False,
+    # numeric columns are left to the C parser (fast); a bad value turns its column to text, which
+    # `_ints` then reports with its line
+    reader = pd.read_csv(path, header=None, names=[*names, "extra"], dtype={"behavior": str, "extra": str},
+                         keep_default_na=False,
                          na_values=[""], skip_blank_lines=False, chunksize=chunk_rows)
     line0 = 1
     chunks = iter(reader)
@@ -540,7 +551,7 @@ def read_amazon(reviews: str | Path, meta: str | Path, chunk_rows: int = CHUNK_R
 # generic events (CSV / Parquet)
 
 
-def _event_chunks(path: Path, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
+def _event_chunks(path: Path, columns: list[str], id_columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
@@ -562,8 +573,10 @@ def _event_chunks(path: Path, columns: list[str], chunk_rows: int) -> Iterator[p
         raise SourceError(f"{path}: the file is empty (expected a header row)") from None
     _require_columns(path, header, columns)
     try:
-        yield from pd.read_csv(path, sep=sep, usecols=columns, dtype=str, keep_default_na=False,
-                               na_values=[""], chunksize=chunk_rows)
+        # ids stay text ("007" is not 7); numbers are parsed by the C parser, and `_ints`/`_floats`
+        # report any value it could not parse
+        yield from pd.read_csv(path, sep=sep, usecols=columns, dtype={c: "category" for c in id_columns},
+                               keep_default_na=False, na_values=[""], chunksize=chunk_rows)
     except pd.errors.ParserError as e:
         raise SourceError(f"{path}: malformed CSV ({e})") from None
 
@@ -630,7 +643,8 @@ def read_events(path: str | Path, sparse: str | Sequence[str] | None = None,
     columns = [*REQUIRED_EVENT_COLUMNS, *(["label"] if has_label else []), *sparse_cols, *dense_cols]
     # error messages count file lines for CSV (line 1 is the header) and rows from 1 for Parquet
     line0 = 1 if path.suffix.lower() in (".parquet", ".pq") else 2
-    return _collect_events(_event_chunks(path, columns, chunk_rows), path, line0, has_label,
+    id_columns = ["user", "item", "category", *sparse_cols]
+    return _collect_events(_event_chunks(path, columns, id_columns, chunk_rows), path, line0, has_label,
                            sparse_cols, dense_cols, source)
 
 

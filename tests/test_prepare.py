@@ -166,9 +166,10 @@ def test_taobao_unterminated_last_line_dropped(tmp_path: Path, tail: str) -> Non
     assert ev.stats["truncated_final_line"] == 1 and ev.stats["rows_read"] == 1 and len(ev.frame) == 1
 
 
-def test_taobao_complete_unterminated_last_line_kept(tmp_path: Path) -> None:
+@pytest.mark.parametrize("before", ["", "2,13,102,pv\n"], ids=["clean", "after-incomplete-row"])
+def test_taobao_complete_unterminated_last_line_kept(tmp_path: Path, before: str) -> None:
     p = tmp_path / "ub.csv"
-    p.write_text(f"1,10,100,pv,{T0}\n1,11,100,pv,{T0 + 9}")
+    p.write_text(f"{before}1,10,100,pv,{T0}\n1,11,100,pv,{T0 + 9}")
     ev = read_taobao(p)
     assert ev.stats["truncated_final_line"] == 0 and len(ev.frame) == 2
 
@@ -582,3 +583,22 @@ def test_taobao_real(tmp_path: Path) -> None:
     assert Schema.load(tmp_path / "tb").sparse[0].name == "user_id"
     assert stats["events"]["events_used"] == len(ev.frame) - stats["events"]["duplicate_events_dropped"] \
         - stats["events"]["events_of_dropped_users"]
+
+
+def test_cli_amazon_end_to_end(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    reviews, meta = tmp_path / "reviews.json", tmp_path / "meta.json"
+    reviews.write_text("".join(
+        repr({"reviewerID": f"A{u}", "asin": f"B{i}", "unixReviewTime": int(t)}) + "\n"
+        for u in range(6) for t, i in enumerate(rng.choice(12, 5, replace=False))))
+    meta.write_text("".join(json.dumps({"asin": f"B{i}", "categories": [["Root", f"Leaf{i % 3}"]]}) + "\n"
+                            for i in range(12)))
+    out = tmp_path / "amz"
+    res = run(["--source", "amazon", str(reviews), "--meta", str(meta), "--out", str(out), "--max-len", "3"])
+    assert res.exit_code == 0, res.output
+    schema = Schema.load(out)
+    assert (schema.source, schema.protocol) == ("amazon", IMPLICIT)
+    test = requests(out, "test")
+    assert len(test) == 12 and {r["user_id"] for r in test} == {f"A{u}" for u in range(6)}
+    assert all(r["cate_id"] == f"Leaf{int(r['item_id'][1:]) % 3}" for r in test)
+    assert all(len(r["hist_item_id"]) == 3 for r in test)
