@@ -410,8 +410,8 @@ def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0
     ev_stats["events_used"] = len(table.item)
     sizes = _split_sizes(table, plan.user_split)
     if sizes["train"] == 0:
-        raise PrepareError("the protocol leaves no training sample (each user needs "
-                           f"{MIN_POSITIVES + 1}+ distinct items for the implicit protocol)")
+        raise PrepareError(f"no training sample: every user has exactly {MIN_POSITIVES} distinct items, "
+                           "which go to history, validation and test")
     with_user = protocol == IMPLICIT  # explicit test users are never in train: user_id would be all OOV
     hist_src = table.item if table.label is None else table.item[table.label == 1]
     keys = _vocab_keys(with_user, tuple(table.sparse))

@@ -156,6 +156,8 @@ def _concat_ids(parts: list[pd.Categorical]) -> pd.Categorical:
 
 
 def _check_file(path: Path, what: str) -> None:
+    if path.is_dir():
+        raise SourceError(f"{what} expected, but {path} is a directory")
     if not path.is_file():
         raise SourceError(f"{what} not found: {path}")
 
@@ -356,16 +358,15 @@ def read_taobao(path: str | Path, behaviours: Sequence[str] = ("pv",),
     if unknown:
         raise SourceError(f"unknown Taobao behaviours {sorted(unknown)}; known: {TAOBAO_BEHAVIOURS}")
     names = ["user", "item", "category", "behavior", "timestamp"]
-    # a sixth column catches lines with too many fields (pandas would otherwise make one an index)
     unterminated = not _ends_with_newline(path)
     stats = {"rows_read": 0, "truncated_final_line": 0, "incomplete_rows": 0, "out_of_window": 0,
              "other_behaviours": 0}
     parts: dict[str, list[np.ndarray]] = {n: [] for n in ("user", "item", "category", "timestamp")}
-    # numeric columns are left to the C parser (fast); a bad value turns its column to text, which
-    # `_ints` then reports with its line
+    # Numeric columns are left to the C parser (fast); a bad value turns its column to text, which
+    # `_ints` then reports with its line. A sixth column catches lines with too many fields (pandas
+    # would otherwise make the first field an index). Blank lines stay rows so line numbers hold.
     reader = pd.read_csv(path, header=None, names=[*names, "extra"], dtype={"behavior": str, "extra": str},
-                         keep_default_na=False,
-                         na_values=[""], skip_blank_lines=False, chunksize=chunk_rows)
+                         keep_default_na=False, na_values=[""], skip_blank_lines=False, chunksize=chunk_rows)
     line0 = 1
     chunks = iter(reader)
     chunk = _next_chunk(chunks, path)

@@ -257,6 +257,20 @@ def test_events_reader(tmp_path: Path, name: str) -> None:
     assert f["label"].tolist() == df["label"].tolist() and f["age"].tolist() == df["age"].tolist()
 
 
+def test_events_parquet_datetime_timestamps(tmp_path: Path) -> None:
+    df = explicit_frame().head(5)
+    df["timestamp"] = pd.to_datetime(df["timestamp"] + 1_600_000_000, unit="s")
+    ev = read_events(events_csv(tmp_path, df, "ev.parquet"))
+    assert ev.frame["timestamp"].tolist() == (explicit_frame().head(5)["timestamp"] + 1_600_000_000).tolist()
+
+
+def test_implicit_all_users_with_three_items(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"user": ["u"] * 3 + ["v"] * 3, "item": list("abcdef"), "category": ["k"] * 6,
+                          "timestamp": [0, 1, 2] * 2})
+    with pytest.raises(PrepareError, match="no training sample"):
+        prepare(events_from_frame(frame), tmp_path / "d")
+
+
 def test_events_csv_and_parquet_prepare_identically(tmp_path: Path) -> None:
     df = explicit_frame()
     outs = []
