@@ -148,19 +148,20 @@ class ExportedModel:
                                            f"{dims[axis].dim_value} in the graph")
 
     def run(self, arrays: dict[str, np.ndarray], batch: int, seq: int) -> dict[str, np.ndarray]:
+        """All outputs at one size: shapes from the bare session first (so a wrong shape is a ShapeError, not
+        the Scorer's generic refusal), then the probabilities that count from the Scorer."""
+        where = f"at batch {batch}, seq {seq}"
         try:
-            prob = self.scorer.score_arrays(arrays)
-            rest = self.session.run([o for o in self.outputs if o != "prob"], arrays)
-        except DinRuntimeError as e:
-            raise DynamicAxisError(f"the model fails at batch {batch}, seq {seq}: {e}") from e
+            out = dict(zip(self.outputs, self.session.run(self.outputs, arrays), strict=True))
         except Exception as e:  # onnxruntime's pybind errors have no common public base class
-            raise DynamicAxisError(f"the model fails at batch {batch}, seq {seq}: {e}") from e
-        out = dict(zip([o for o in self.outputs if o != "prob"], rest, strict=True))
-        out["prob"] = prob
+            raise DynamicAxisError(f"the model fails {where}: {e}") from e
         for name, want in (("prob", (batch,)), ("logit", (batch,)), ("attention", (batch, seq))):
             if name in out and out[name].shape != want:
-                raise ShapeError(f"output {name!r} has shape {out[name].shape} at batch {batch}, seq {seq}; "
-                                 f"expected {want}")
+                raise ShapeError(f"output {name!r} has shape {out[name].shape} {where}; expected {want}")
+        try:
+            out["prob"] = self.scorer.score_arrays(arrays)
+        except DinRuntimeError as e:
+            raise DynamicAxisError(f"din_runtime fails {where}: {e}") from e
         return out
 
 

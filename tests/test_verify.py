@@ -1,0 +1,178 @@
+"""`din-export verify`: the grid and validation report, and each named failure on a broken model directory."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from din_runtime import Scorer
+from export_helpers import MAX_LEN, VALID_ROWS, exported, make_run, run_dir
+from onnx import helper, numpy_helper
+
+from din_export.cli import main
+from din_export.export import MODEL_FILE, GraphWrapper, graph_spec
+from din_export.train import load_run
+from din_export.verify import (
+    GRID_BATCHES,
+    DynamicAxisError,
+    ExportedModel,
+    ShapeError,
+    ToleranceError,
+    VerifyError,
+    format_report,
+    grid_seqs,
+    random_inputs,
+    verify_model_dir,
+)
+
+
+def verify(model_dir: Path, **kwargs) -> dict:
+    model, schema, config = load_run(run_dir())
+    return verify_model_dir(model_dir, model, schema, config["data_dir"], **kwargs)
+
+
+def copy_with_graph(tmp_path: Path, graph: onnx.ModelProto, source: str = "fp32") -> Path:
+    """A copy of an exported directory holding `graph`, with the manifest's hash updated to match it
+    (so the runtime loads it: what must catch the change is the comparison with torch)."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported(source), model_dir)
+    data = graph.SerializeToString()
+    (model_dir / MODEL_FILE).write_bytes(data)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["sha256"] = hashlib.sha256(data).hexdigest()
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    return model_dir
+
+
+def graph_of(name: str = "fp32") -> onnx.ModelProto:
+    return onnx.load(exported(name) / MODEL_FILE)
+
+
+def test_report_covers_the_grid_and_the_validation_split() -> None:
+    report = verify(exported("fp32"))
+    assert report["passed"]
+    shapes = [(r["batch"], r["seq"]) for r in report["shapes"]]
+    assert shapes == list(itertools.product(GRID_BATCHES, (0, 1, 7, MAX_LEN, 2 * MAX_LEN)))
+    assert grid_seqs(7) == [0, 1, 7, 14]  # max_len 7 is not measured twice
+    assert all(r["prob"] <= 1e-5 and "attention" in r for r in report["shapes"])
+    v = report["validation"]
+    assert v["rows"] == VALID_ROWS and v["prob"] <= 1e-5 and abs(v["auc_change"]) < 1e-4
+    assert report["max_abs_diff"]["prob"] == max(r["prob"] for r in report["shapes"] + [v])
+    table = format_report(report)
+    assert table.splitlines()[1].split() == ["batch", "seq", "prob", "logit", "attention"]
+    assert "   257    12 " in table and table.endswith("PASSED")
+    json.dumps(report)  # the report goes into manifest.json as is
+
+
+def test_random_inputs_are_valid_ragged_and_include_an_all_padded_row() -> None:
+    _, schema, _ = load_run(run_dir())
+    manifest = json.loads((exported("fp32") / "manifest.json").read_text())
+    x = random_inputs(manifest["inputs"], schema, 64, 9, np.random.default_rng(0))
+    assert x["hist_len"][0] == 0 and len(set(x["hist_len"].tolist())) > 3 and x["hist_len"].max() <= 9
+    assert x["hist_item_id"].shape == (64, 9) and x["dense"].shape == (64, 1) and x["dense"].dtype == np.float32
+    assert 0 <= x["hist_item_id"].min() and x["hist_item_id"].max() < schema.vocab_sizes["item_id"]
+    one = random_inputs(manifest["inputs"], schema, 1, 9, np.random.default_rng(0))
+    assert one["hist_len"].tolist() == [9]  # a single row uses its whole history
+
+
+def test_a_changed_weight_raises_tolerance_error(tmp_path: Path) -> None:
+    graph = graph_of()
+    last_gemm = [n for n in graph.graph.node if n.op_type == "Gemm"][-1]
+    weight = next(i for i in graph.graph.initializer if i.name == last_gemm.input[1])
+    values = numpy_helper.to_array(weight).copy()
+    values.flat[0] += 0.5
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    with pytest.raises(ToleranceError, match=r"at batch 1, seq \d+: max abs diff prob") as caught:
+        verify(copy_with_graph(tmp_path, graph))
+    assert caught.value.report["passed"] is False and len(caught.value.report["shapes"]) == 20
+
+
+def test_probabilities_come_from_the_runtime_scorer(monkeypatch) -> None:
+    real = Scorer.score_arrays
+    monkeypatch.setattr(Scorer, "score_arrays", lambda self, arrays: real(self, arrays) + 1e-4)
+    with pytest.raises(ToleranceError, match="prob 0.0001"):
+        verify(exported("fp32"))
+
+
+def test_a_changed_file_without_a_new_hash_is_refused(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported("fp32"), model_dir)
+    with open(model_dir / MODEL_FILE, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(VerifyError, match="SHA-256"):
+        verify(model_dir)
+
+
+def frozen_graph() -> onnx.ModelProto:
+    """The run exported the way it goes wrong: no dynamic shapes, so (3, 7) is traced into the graph."""
+    model, schema, _ = load_run(run_dir())
+    spec = graph_spec(schema, with_attention=True)
+    args = spec.example(schema, {"batch": 3, "seq": 7})
+    with torch.no_grad():
+        program = torch.onnx.export(GraphWrapper(model, spec).eval(), args, dynamo=True, input_names=spec.input_names,
+                                    output_names=spec.output_names, opset_version=18, external_data=False)
+    return program.model_proto
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.export's own deprecation notices
+def test_a_frozen_dim_raises_dynamic_axis_error(tmp_path: Path, monkeypatch) -> None:
+    model_dir = copy_with_graph(tmp_path, frozen_graph())
+    with pytest.raises(DynamicAxisError, match=r"input 'user_id' axis 0 \(batch\) is fixed to 3"):
+        verify(model_dir)
+    # without the static check, running it at another size is what fails
+    monkeypatch.setattr(ExportedModel, "check_dims", lambda self: None)
+    with pytest.raises(DynamicAxisError, match=r"fails at batch 1, seq 0"):
+        verify(model_dir)
+
+
+def test_a_wrong_output_shape_raises_shape_error(tmp_path: Path) -> None:
+    graph = graph_of()
+    producer = next(n for n in graph.graph.node if "prob" in n.output)
+    producer.output[list(producer.output).index("prob")] = "prob_flat"
+    graph.graph.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axis_one"))
+    graph.graph.node.append(helper.make_node("Unsqueeze", ["prob_flat", "axis_one"], ["prob"]))
+    out = next(o for o in graph.graph.output if o.name == "prob")
+    out.type.tensor_type.shape.dim.add().dim_value = 1
+    with pytest.raises(ShapeError, match=r"output 'prob' has shape \(1, 1\) at batch 1, seq 0; expected \(1,\)"):
+        verify(copy_with_graph(tmp_path, graph))
+
+
+def test_a_model_dir_from_another_schema_is_refused(tmp_path: Path) -> None:
+    other = make_run(tmp_path, dense=False)
+    model, schema, config = load_run(other)
+    with pytest.raises(VerifyError, match="different schema"):
+        verify_model_dir(exported("fp32"), model, schema, config["data_dir"])
+
+
+def test_tolerance_override_and_variant_defaults() -> None:
+    fp16 = verify(exported("fp16"))
+    assert fp16["tolerance"]["prob"] == 1e-3 and 1e-6 < fp16["max_abs_diff"]["prob"] <= 1e-3
+    with pytest.raises(ToleranceError):
+        verify(exported("fp16"), tolerance=1e-6)
+    int8 = verify(exported("int8"))
+    assert int8["tolerance"] == {"prob": 5e-2, "logit_rel": None, "auc_drop": 5e-3}
+
+
+def test_cli_passes_and_writes_the_report(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["verify", str(exported("fp32")), str(run_dir()),
+                                       "--report", str(tmp_path / "parity.json")])
+    assert result.exit_code == 0, result.output
+    assert "PASSED" in result.output
+    assert json.loads((tmp_path / "parity.json").read_text())["passed"] is True
+
+
+def test_cli_fails_with_the_table_and_a_named_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["verify", str(exported("fp32")), str(run_dir()), "--tolerance", "1e-12",
+                                       "--report", str(tmp_path / "parity.json")])
+    assert result.exit_code == 1
+    assert "Error: ToleranceError:" in result.output and "Traceback" not in result.output
+    assert "   257    12 " in result.output
+    assert json.loads((tmp_path / "parity.json").read_text())["passed"] is False
