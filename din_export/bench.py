@@ -1,0 +1,734 @@
+"""`din-export bench`: torch, the ONNX variants and DeepCTR-Torch on the same weights, measured fairly.
+
+    prepare MovieLens-100K and Taobao -> train ours and DeepCTR-Torch's DIN (alternating epochs)
+      -> export the Taobao run: plain, optimised, optimised int8 -> engines on the same weights
+      -> latency, throughput, candidates, load, size, din-score memory -> table, JSON, PNG
+
+Fairness (docs/din-reference.md, "Benchmarking fairly"): every engine runs in this one process, warmed
+up, in alternating rounds (the order rotates each round), and the figures are medians and ratios of
+medians; malloc's mmap and trim thresholds are pinned for this process and for din-score's. The
+machine's load average is recorded at the start and the end: on a shared machine it moves everything.
+docs/bench.md holds the results and the exact commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+
+import din_export
+from din_export.model import DIN, Dice, ModelConfig
+from din_export.schema import Schema, write_bytes_atomic, write_json_atomic
+
+DATA_ROOT = Path(din_export.__file__).resolve().parents[2] / "shared" / "data"
+SOURCES = {"movielens": DATA_ROOT / "movielens-100k",
+           "taobao": DATA_ROOT / "taobao-userbehavior-head" / "UserBehavior.csv"}
+SPEED_DATASET = "taobao"  # its run is the model every speed workload uses (item vocabulary ~52k)
+# glibc reads these at start-up; the bench also applies them to itself with mallopt (below). The mmap
+# threshold is glibc's maximum on 64-bit, so large tensors come from the heap, not fresh page faults.
+MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_": 32 * 1024 * 1024, "MALLOC_TRIM_THRESHOLD_": 1024 * 1024 * 1024}
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers, glibc malloc.h
+ENGINES = ("torch", "torch-rewritten", "onnx-plain", "onnx-opt", "onnx-int8", "deepctr")
+EXPORTS = {"onnx-plain": {"optimize": False}, "onnx-opt": {"optimize": True},
+           "onnx-int8": {"optimize": True, "quantize": "int8"}}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one bench run measures; `quick` shrinks rounds and data so it finishes in about a minute."""
+
+    quick: bool
+    threads: tuple[int, ...]
+    device: str
+    epochs: int
+    train_rows: int | None  # rows of each training split used (None: all)
+    lengths: tuple[int, ...] = (20, 100, 500)
+    batch: int = 256
+    latency_rounds: int = 300
+    throughput_rounds: int = 10
+    candidates: int = 100
+    candidate_rounds: int = 50
+    load_rounds: int = 10
+    rss_rows: tuple[int, ...] = (100_000, 1_000_000)
+    train_batch: int = 256
+    lr: float = 1e-3
+
+
+def make_plan(quick: bool, threads: tuple[int, ...], device: str, epochs: int | None) -> Plan:
+    if quick:
+        return Plan(quick=True, threads=threads, device=device, epochs=epochs or 1, train_rows=1000,
+                    lengths=(20, 100), latency_rounds=30, throughput_rounds=3, candidate_rounds=5, load_rounds=3,
+                    rss_rows=(2_000, 8_000))
+    return Plan(quick=False, threads=threads, device=device, epochs=epochs or 3, train_rows=None)
+
+
+# --- Fair timing -------------------------------------------------------------------------------------
+
+
+def pin_malloc() -> dict[str, Any]:
+    """Pin malloc's thresholds for this process (mallopt) and for the processes it starts (environment)."""
+    os.environ.update({k: str(v) for k, v in MALLOC_SETTINGS.items()})
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        applied = bool(libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_SETTINGS["MALLOC_TRIM_THRESHOLD_"])
+                       and libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_SETTINGS["MALLOC_MMAP_THRESHOLD_"]))
+    except (OSError, AttributeError):  # not glibc: the environment variables are all we can set
+        applied = False
+    return {**MALLOC_SETTINGS, "applied_with_mallopt": applied}
+
+
+def alternate(thunks: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds of each call: every thunk warmed up, then `rounds` rounds, the order rotating each round."""
+    for thunk in thunks.values():
+        for _ in range(warmup):
+            thunk()
+    names = list(thunks)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            thunks[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def quantiles(seconds: list[float]) -> dict[str, float]:
+    a = np.asarray(seconds)
+    return {"p50_ms": float(np.median(a) * 1e3), "p99_ms": float(np.percentile(a, 99) * 1e3), "n": len(a)}
+
+
+# --- Data --------------------------------------------------------------------------------------------
+
+
+def prepare_dataset(source: str, path: Path, out: Path, train_rows: int | None) -> Path:
+    """`din-export prepare` of one source into `out`; with train_rows, a seeded subset of the train split."""
+    from din_export.prepare import load_source, prepare
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        prepare(load_source(source, path), out, max_len=50, seed=0)
+    if train_rows is not None:
+        with np.load(out / "train.npz", allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        n = len(arrays["label"])
+        if n > train_rows:
+            keep = np.sort(np.random.default_rng(0).choice(n, train_rows, replace=False))
+            buffer = io.BytesIO()
+            np.savez(buffer, **{k: v[keep] for k, v in arrays.items()})
+            write_bytes_atomic(out / "train.npz", buffer.getvalue())
+    return out
+
+
+def workload_arrays(schema: Schema, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Model inputs with every row's history `seq` long (known ids only, so no row is cheaper)."""
+    rng = np.random.default_rng(seed)
+    arrays = {s.name: rng.integers(2, schema.vocab_sizes[s.vocab], batch) for s in schema.sparse}
+    for b in schema.behaviour:
+        arrays[b.target] = rng.integers(2, schema.vocab_sizes[b.vocab], batch)
+    for b in schema.behaviour:
+        arrays[b.history] = rng.integers(2, schema.vocab_sizes[b.vocab], (batch, seq))
+    arrays["hist_len"] = np.full(batch, seq, dtype=np.int64)
+    if schema.dense:
+        mean = np.array([d.mean for d in schema.dense])
+        std = np.array([d.std or 1.0 for d in schema.dense])
+        arrays["dense"] = (mean + std * rng.standard_normal((batch, len(schema.dense)))).astype(np.float32)
+    return arrays
+
+
+# --- DeepCTR-Torch's DIN -----------------------------------------------------------------------------
+
+
+def import_deepctr() -> Any:
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            import deepctr_torch.inputs
+            import deepctr_torch.models
+    except ImportError as e:
+        raise click.ClickException("the bench compares with DeepCTR-Torch: pip install 'din-toolkit[bench]'") from e
+    return deepctr_torch
+
+
+def deepctr_din(schema: Schema, cfg: ModelConfig, seq: int, device: str) -> torch.nn.Module:
+    """DeepCTR-Torch's DIN with our dimensions: embed_dim per table, the same activation unit widths, the
+    same MLP widths, attention normalised iff ours uses softmax. Its MLP cannot use Dice on 2-D inputs
+    (Dice(dim=3) asserts), so it uses PReLU there, the function Dice generalises. `seq` fixes the
+    column layout of its one float input matrix, so build one per history length measured."""
+    dc = import_deepctr()
+    Sparse, VarLen, Dense = dc.inputs.SparseFeat, dc.inputs.VarLenSparseFeat, dc.inputs.DenseFeat
+    e = cfg.embed_dim
+    columns = [Sparse(s.name, schema.vocab_sizes[s.vocab], e, embedding_name=s.vocab) for s in schema.sparse]
+    columns += [Sparse(b.target, schema.vocab_sizes[b.vocab], e, embedding_name=b.vocab) for b in schema.behaviour]
+    columns += [Dense(d.name, 1) for d in schema.dense]
+    columns += [VarLen(Sparse(f"hist_{b.target}", schema.vocab_sizes[b.vocab], e, embedding_name=b.vocab),
+                       maxlen=seq, length_name="seq_length") for b in schema.behaviour]
+    torch.manual_seed(0)
+    return dc.models.DIN(columns, list(schema.targets), att_hidden_size=cfg.attention_hidden,
+                         att_activation="Dice", att_weight_normalization=cfg.attention_norm == "softmax",
+                         dnn_hidden_units=cfg.mlp_hidden, dnn_activation="prelu", device=device)
+
+
+def deepctr_inputs(arrays: dict[str, np.ndarray], schema: Schema) -> dict[str, np.ndarray]:
+    """Our encoded arrays under DeepCTR's names; dense standardised as our graph does internally."""
+    x = {s.name: arrays[s.name] for s in schema.sparse}
+    x.update({b.target: arrays[b.target] for b in schema.behaviour})
+    x.update({f"hist_{b.target}": arrays[b.history] for b in schema.behaviour})
+    x["seq_length"] = arrays["hist_len"]
+    for i, d in enumerate(schema.dense):
+        x[d.name] = ((arrays["dense"][:, i] - d.mean) / (d.std or 1.0)).astype(np.float32)
+    return x
+
+
+def deepctr_matrix(model: torch.nn.Module, x: dict[str, np.ndarray]) -> torch.Tensor:
+    """DeepCTR's single float32 input matrix, columns in its feature_index order."""
+    cols = [np.asarray(x[name], dtype=np.float32).reshape(len(x["seq_length"]), -1) for name in model.feature_index]
+    return torch.from_numpy(np.concatenate(cols, axis=1))
+
+
+def copy_weights_into_deepctr(ours: DIN, theirs: torch.nn.Module) -> dict[str, list[str]]:
+    """Our weights wherever the two architectures coincide; says which parts kept their random weights."""
+    copied, random_kept = [], []
+    with torch.no_grad():
+        for vocab, table in ours.embeddings.tables.items():
+            theirs.embedding_dict[vocab].weight.copy_(table.weight)
+        copied.append("embeddings")
+        if ours.attention is not None:
+            mlp, unit = ours.attention.unit.mlp, theirs.attention.local_att
+            for src, dst in zip(mlp.linears, unit.dnn.linears, strict=True):
+                dst.load_state_dict(src.state_dict())
+            unit.dense.load_state_dict(mlp.out.state_dict())
+            for src, dst in zip(mlp.activations, unit.dnn.activation_layers, strict=True):
+                if isinstance(src, Dice):  # DeepCTR's Dice: a BatchNorm (affine 1, 0) and alpha (H, 1)
+                    dst.bn.running_mean.copy_(src.running_mean)
+                    dst.bn.running_var.copy_(src.running_var)
+                    dst.alpha.copy_(src.alpha.view_as(dst.alpha))
+            copied.append("activation unit (Linears and Dice statistics)")
+        for src, dst in zip(ours.mlp.linears[1:], theirs.dnn.linears[1:], strict=True):
+            dst.load_state_dict(src.state_dict())
+        theirs.dnn_linear.weight.copy_(ours.mlp.out.weight)
+        theirs.out.bias.copy_(ours.mlp.out.bias)
+        copied.append("MLP layers after the first, output layer")
+    random_kept.append(f"MLP first layer ({theirs.dnn.linears[0].in_features} inputs vs our "
+                       f"{ours.mlp.linears[0].in_features}: no sum-pooled history, no input BatchNorm)")
+    random_kept.append("MLP activations (PReLU, one shared slope, vs our Dice)")
+    return {"copied": copied, "random": random_kept}
+
+
+class DeepCTRRun:
+    """DeepCTR-Torch's DIN trained with its own `fit`, one epoch per call, selected on validation GAUC
+    like ours, on the same splits, batch size, optimiser and learning rate."""
+
+    def __init__(self, schema: Schema, cfg: ModelConfig, splits: dict[str, dict[str, np.ndarray]], plan: Plan) -> None:
+        self.schema, self.plan = schema, plan
+        self.model = deepctr_din(schema, cfg, schema.max_len, "cuda:0" if plan.device == "cuda" else "cpu")
+        self.model.compile(torch.optim.Adam(self.model.parameters(), lr=plan.lr), "binary_crossentropy")
+        self.splits = splits
+        self.x = {s: deepctr_inputs(a, schema) for s, a in splits.items()}
+        self.seconds: list[float] = []
+        self.best: tuple[float, int, dict] | None = None
+
+    def epoch(self) -> None:
+        from din_export.train import split_metrics
+
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):  # fit prints the device and a summary line
+            self.model.fit(self.x["train"], self.splits["train"]["label"], batch_size=self.plan.train_batch,
+                           epochs=1, verbose=0, shuffle=True)
+        self.seconds.append(time.perf_counter() - start)
+        valid = split_metrics(self.splits["valid"]["label"], self.predict("valid"), self.splits["valid"]["group"])
+        if self.best is None or (valid["gauc"] or 0.0) > self.best[0]:
+            self.best = (valid["gauc"] or 0.0, len(self.seconds), copy.deepcopy(self.model.state_dict()))
+
+    def predict(self, split: str) -> np.ndarray:
+        return self.model.predict(self.x[split], batch_size=4096).reshape(-1)
+
+    def result(self) -> dict[str, Any]:
+        from din_export.train import split_metrics
+
+        assert self.best is not None, "call epoch() first"
+        self.model.load_state_dict(self.best[2])
+        test = split_metrics(self.splits["test"]["label"], self.predict("test"), self.splits["test"]["group"])
+        rows = len(self.splits["train"]["label"])
+        return {"best_epoch": self.best[1], "valid_gauc": self.best[0], "test": test,
+                "epoch_seconds": self.seconds, "samples_per_s": rows * len(self.seconds) / sum(self.seconds)}
+
+
+# --- Training and quality ----------------------------------------------------------------------------
+
+
+def compare_training(data_dir: Path, run_dir: Path, plan: Plan) -> dict[str, Any]:
+    """Ours (`din_export.train.train`) and DeepCTR-Torch's DIN, epochs alternating, same everything else."""
+    from din_export.data import load_schema, load_split
+    from din_export.train import TrainConfig, train
+
+    schema = load_schema(data_dir)
+    splits = {s: load_split(data_dir, s, schema) for s in ("train", "valid", "test")}
+    cfg = ModelConfig()
+    theirs = DeepCTRRun(schema, cfg, splits, plan)
+    train_cfg = TrainConfig(lr=plan.lr, batch_size=plan.train_batch, patience=0, seed=0,
+                            device="cuda" if plan.device == "cuda" else "cpu")
+    for epoch in range(1, plan.epochs + 1):
+        train(data_dir, run_dir, cfg, replace(train_cfg, epochs=epoch), resume=True, quiet=True)
+        theirs.epoch()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    seconds = [h["seconds"] for h in metrics["history"]]
+    rows = len(splits["train"]["label"])
+    ours = {"best_epoch": metrics["best_epoch"], "valid_gauc": metrics["valid"]["gauc"], "test": metrics["test"],
+            "epoch_seconds": seconds, "samples_per_s": rows * len(seconds) / sum(seconds)}
+    deepctr = theirs.result()
+    return {"train_rows": rows, "epochs": plan.epochs, "batch_size": plan.train_batch, "lr": plan.lr,
+            "model": cfg.to_dict(), "ours": ours, "deepctr": deepctr,
+            "speedup": ours["samples_per_s"] / deepctr["samples_per_s"]}
+
+
+# --- Export, size, load ------------------------------------------------------------------------------
+
+
+def export_variants(run_dir: Path, out: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Each variant through `din-export export` (trace, checks, verification); its time, size, parity."""
+    from din_export.export import export_run
+
+    dirs, report = {}, {}
+    for name, options in EXPORTS.items():
+        dirs[name] = out / name
+        start = time.perf_counter()
+        manifest = export_run(run_dir, dirs[name], **options)
+        seconds = time.perf_counter() - start
+        variant = manifest["parity"]["variant"]
+        report[name] = {"export_seconds": seconds, "model_bytes": (dirs[name] / "model.onnx").stat().st_size,
+                        "dir_bytes": sum(p.stat().st_size for p in dirs[name].rglob("*") if p.is_file()),
+                        "max_abs_diff_prob": variant["max_abs_diff_prob"], "valid_rows": variant["valid_rows"],
+                        "valid_auc": variant["valid_auc"], "valid_auc_torch_fp32": variant["valid_auc_torch_fp32"]}
+    return dirs, report
+
+
+def load_times(dirs: dict[str, Path], rounds: int) -> dict[str, dict[str, float]]:
+    from din_runtime import Scorer
+
+    thunks = {name: (lambda d=d: Scorer.load(d)) for name, d in dirs.items()}
+    return {name: quantiles(t) for name, t in alternate(thunks, rounds, warmup=1).items()}
+
+
+# --- Engines on the same weights ---------------------------------------------------------------------
+
+
+Thunk = Callable[[], object]
+
+
+class Engines:
+    """Every engine on the trained run's weights; `thunks(arrays)` -> one callable per engine."""
+
+    def __init__(self, model: DIN, schema: Schema, dirs: dict[str, Path], threads: int, device: str) -> None:
+        import onnxruntime as ort
+
+        from din_export.optimize import inference_module
+
+        self.schema, self.threads, self.device = schema, threads, device
+        self.torch_models = {"torch": model.to(device).eval(), "torch-rewritten": inference_module(model).to(device)}
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        self.sessions = {name: ort.InferenceSession((d / "model.onnx").read_bytes(), options, providers=providers)
+                         for name, d in dirs.items()}
+        self.deepctr_state = None
+        self.deepctr_weights: dict[str, list[str]] = {}
+        self.deepctr_models: dict[int, torch.nn.Module] = {}
+
+    def deepctr(self, seq: int) -> torch.nn.Module:
+        if seq not in self.deepctr_models:
+            model = deepctr_din(self.schema, self.torch_models["torch"].cfg, seq, self.torch_device)
+            if self.deepctr_state is None:
+                self.deepctr_weights = copy_weights_into_deepctr(self.torch_models["torch"], model)
+                self.deepctr_state = copy.deepcopy(model.state_dict())
+            model.load_state_dict(self.deepctr_state)
+            self.deepctr_models[seq] = model.eval()
+        return self.deepctr_models[seq]
+
+    @property
+    def torch_device(self) -> str:
+        return "cuda:0" if self.device == "cuda" else "cpu"
+
+    def thunks(self, arrays: dict[str, np.ndarray]) -> dict[str, Thunk]:
+        sync = torch.cuda.synchronize if self.device == "cuda" else (lambda: None)
+        x = {k: torch.from_numpy(v).to(self.torch_device) for k, v in arrays.items()}
+        out: dict[str, Thunk] = {}
+        for name, m in self.torch_models.items():
+            out[name] = lambda m=m: _torch_call(m, x, sync)
+        for name, session in self.sessions.items():
+            feeds = {i.name: arrays[i.name] for i in session.get_inputs()}
+            out[name] = lambda s=session, f=feeds: s.run(["prob"], f)
+        model = self.deepctr(arrays[self.schema.histories[0]].shape[1])
+        matrix = deepctr_matrix(model, deepctr_inputs(arrays, self.schema)).to(self.torch_device)
+        out["deepctr"] = lambda: _torch_call(model, matrix, sync)
+        return out
+
+    def agreement(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+        """Max |prob - torch prob| per engine of ours on one batch (DeepCTR's is another model)."""
+        x = {k: torch.from_numpy(v).to(self.torch_device) for k, v in arrays.items()}
+        with torch.inference_mode():
+            ref = torch.sigmoid(self.torch_models["torch"](x)).cpu().numpy()
+            diffs = {"torch-rewritten": torch.sigmoid(self.torch_models["torch-rewritten"](x)).cpu().numpy()}
+        for name, session in self.sessions.items():
+            diffs[name] = session.run(["prob"], {i.name: arrays[i.name] for i in session.get_inputs()})[0]
+        return {k: float(np.abs(v - ref).max()) for k, v in diffs.items()}
+
+
+def _torch_call(model: torch.nn.Module, x: object, sync: Callable[[], None]) -> None:
+    with torch.inference_mode():
+        model(x)
+    sync()
+
+
+def engine_workloads(engines: Engines, plan: Plan) -> dict[str, Any]:
+    """B=1 latency and B=`plan.batch` throughput at each history length, all engines alternating."""
+    schema = engines.schema
+    latency, throughput, agreement = {}, {}, {}
+    for seq in plan.lengths:
+        times = alternate(engines.thunks(workload_arrays(schema, 1, seq, seed=seq)), plan.latency_rounds, warmup=5)
+        latency[seq] = {name: quantiles(t) for name, t in times.items()}
+        arrays = workload_arrays(schema, plan.batch, seq, seed=seq + 1)
+        agreement[seq] = engines.agreement(arrays)
+        times = alternate(engines.thunks(arrays), plan.throughput_rounds)
+        throughput[seq] = {name: {"median_ms": float(np.median(t) * 1e3),
+                                  "rows_per_s": plan.batch / float(np.median(t))} for name, t in times.items()}
+    return {"latency_b1": latency, f"throughput_b{plan.batch}": throughput, "max_abs_diff_prob_vs_torch": agreement}
+
+
+# --- The runtime: candidates and din-score ----------------------------------------------------------
+
+
+def read_requests(data_dir: Path) -> list[dict]:
+    with open(data_dir / "test_requests.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def candidate_workload(model_dir: Path, requests: list[dict], schema: Schema, plan: Plan,
+                       threads: int) -> dict[str, Any]:
+    """One user x N candidates: Scorer.score_candidates vs the same N rows in one score() call vs N calls."""
+    from din_runtime import Scorer
+
+    scorer = Scorer.load(model_dir, threads=threads)
+    user_row = max(requests, key=lambda r: len(r[schema.histories[0]]))
+    user = {f: user_row[f] for f in [s.name for s in schema.sparse] + list(schema.dense_names)}
+    history = {h: user_row[h] for h in schema.histories}
+    seen, candidates = set(), []
+    for r in requests:
+        key = tuple(r[t] for t in schema.targets)
+        if key not in seen:
+            seen.add(key)
+            candidates.append({t: r[t] for t in schema.targets})
+        if len(candidates) == plan.candidates:
+            break
+    rows = [{**user, **history, **c} for c in candidates]
+    together = scorer.score_candidates(user, history, candidates)
+    if np.abs(together - scorer.score(rows)).max() > 1e-6:
+        raise click.ClickException("score_candidates and score disagree on the same rows: a runtime bug")
+    thunks = {"score_candidates": lambda: scorer.score_candidates(user, history, candidates),
+              "score_rows": lambda: scorer.score(rows),
+              "score_row_by_row": lambda: [scorer.score([r]) for r in rows]}
+    times = {name: quantiles(t) for name, t in alternate(thunks, plan.candidate_rounds).items()}
+    return {"candidates": len(candidates), "history_len": min(len(history[schema.histories[0]]), schema.max_len),
+            "threads": threads, **times,
+            "speedup_vs_rows": times["score_rows"]["p50_ms"] / times["score_candidates"]["p50_ms"],
+            "speedup_vs_row_by_row": times["score_row_by_row"]["p50_ms"] / times["score_candidates"]["p50_ms"]}
+
+
+def peak_rss(command: list[str], log: Path, poll_s: float = 0.02) -> tuple[float, float]:
+    """Run `command`; -> (peak resident set in MB, seconds). Reads the child's own high-water mark
+    (/proc/PID/status VmHWM, reset by exec), since rusage's ru_maxrss would include this process's
+    RSS, inherited at fork."""
+    peak_kb = 0
+    with open(log, "wb") as out:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        while process.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak_kb = max(peak_kb, int(line.split()[1]))
+            time.sleep(poll_s)
+        seconds = time.perf_counter() - start
+    if process.returncode != 0:
+        raise click.ClickException(f"{' '.join(command[3:5])} failed: {log.read_text(errors='replace')[-2000:]}")
+    return peak_kb / 1024, seconds
+
+
+def din_score_memory(model_dir: Path, data_dir: Path, rows: tuple[int, ...], work: Path) -> list[dict[str, Any]]:
+    """Peak RSS and speed of `din-score` (a child process) on JSONL files of test requests, cycled to size."""
+    with open(data_dir / "test_requests.jsonl", "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    results = []
+    for n in rows:
+        source = work / f"requests-{n}.jsonl"
+        with open(source, "wb") as f:
+            for start in range(0, n, len(lines)):
+                f.writelines(lines[:min(len(lines), n - start)])
+        command = [sys.executable, "-c", "from din_runtime.cli import main; main()", str(model_dir), str(source),
+                   "-o", str(work / "scores.jsonl")]
+        peak_mb, seconds = peak_rss(command, work / "din-score.log")
+        source.unlink()
+        results.append({"rows": n, "peak_rss_mb": peak_mb, "seconds": seconds, "rows_per_s": n / seconds})
+    return results
+
+
+# --- Targets, table, chart ---------------------------------------------------------------------------
+
+
+def targets(record: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
+    """The issue's targets, each with its measured value (ratios from this one run)."""
+    out = []
+
+    def add(name: str, goal: str, value: float | None, met: bool | None) -> None:
+        out.append({"target": name, "goal": goal, "value": value, "met": met})
+
+    one = record["engines"].get("1")
+    if one is not None and 100 in plan.lengths:
+        thr = one[f"throughput_b{plan.batch}"][100]
+        ratio = thr["onnx-opt"]["rows_per_s"] / thr["torch"]["rows_per_s"]
+        add(f"B={plan.batch} L=100 1 thread: optimised ONNX vs torch eager", ">= 5x", ratio, ratio >= 5)
+        lat = one["latency_b1"][100]
+        ratio = lat["onnx-opt"]["p50_ms"] / lat["torch"]["p50_ms"]
+        add("B=1 L=100 1 thread: optimised ONNX p50 / torch eager p50", "<= 0.25", ratio, ratio <= 0.25)
+        ratio = thr["onnx-int8"]["rows_per_s"] / thr["onnx-opt"]["rows_per_s"]
+        add(f"B={plan.batch} L=100 1 thread: int8 vs fp32 optimised ONNX", ">= 1.3x", ratio, ratio >= 1.3)
+    models = record["models"]
+    auc_gap = abs(models["onnx-int8"]["valid_auc"] - models["onnx-opt"]["valid_auc"])
+    add("int8 validation AUC vs fp32", "within 0.002", auc_gap, auc_gap <= 0.002)
+    cand = record["candidates"]
+    add(f"1 user x {cand['candidates']} candidates vs {cand['candidates']} rows (one call)", ">= 2x",
+        cand["speedup_vs_rows"], cand["speedup_vs_rows"] >= 2)
+    for name, t in record["training"].items():
+        add(f"training samples/s ours vs DeepCTR-Torch ({name})", ">= 1.5x", t["speedup"], t["speedup"] >= 1.5)
+        ours, theirs = t["ours"]["test"]["auc"], t["deepctr"]["test"]["auc"]
+        add(f"test AUC ours - DeepCTR-Torch ({name})", ">= 0", ours - theirs, ours >= theirs)
+    load = record["load_ms"]["onnx-opt"]["p50_ms"]
+    mb = models["onnx-opt"]["dir_bytes"] / 1e6
+    add(f"Scorer.load p50 (optimised model dir, {mb:.1f} MB)", "< 50 ms (10 MB model)", load, load < 50)
+    rss = record.get("din_score_rss")
+    if rss:
+        growth = rss[-1]["peak_rss_mb"] / rss[0]["peak_rss_mb"]
+        add(f"din-score peak RSS {rss[-1]['rows']:,} rows / {rss[0]['rows']:,} rows", "flat (~1.0)", growth,
+            growth < 1.1)
+    return out
+
+
+def format_table(record: dict[str, Any], plan: Plan) -> str:
+    lines = []
+    for threads, result in record["engines"].items():
+        engines = list(result["latency_b1"][plan.lengths[0]])
+        header = f"{'threads ' + threads:<22}" + "".join(f"{e:>16}" for e in engines)
+        lines += ["", header, "-" * len(header)]
+        for seq in plan.lengths:
+            lat = result["latency_b1"][seq]
+            lines.append(f"{f'B=1 L={seq} p50 ms':<22}" + "".join(f"{lat[e]['p50_ms']:>16.3f}" for e in engines))
+            lines.append(f"{f'B=1 L={seq} p99 ms':<22}" + "".join(f"{lat[e]['p99_ms']:>16.3f}" for e in engines))
+        for seq in plan.lengths:
+            thr = result[f"throughput_b{plan.batch}"][seq]
+            lines.append(f"{f'B={plan.batch} L={seq} rows/s':<22}" +
+                         "".join(f"{thr[e]['rows_per_s']:>16,.0f}" for e in engines))
+            lines.append(f"{'  x torch':<22}" +
+                         "".join(f"{thr[e]['rows_per_s'] / thr['torch']['rows_per_s']:>16.2f}" for e in engines))
+    lines += ["", f"{'model':<12}{'export s':>10}{'model MB':>10}{'dir MB':>10}{'load p50 ms':>13}"
+                  f"{'valid AUC':>11}{'max |dp|':>11}"]
+    for name, m in record["models"].items():
+        lines.append(f"{name:<12}{m['export_seconds']:>10.1f}{m['model_bytes'] / 1e6:>10.2f}"
+                     f"{m['dir_bytes'] / 1e6:>10.2f}{record['load_ms'][name]['p50_ms']:>13.1f}"
+                     f"{m['valid_auc']:>11.4f}{m['max_abs_diff_prob']:>11.2e}")
+    c = record["candidates"]
+    lines += ["", f"1 user x {c['candidates']} candidates (L={c['history_len']}): score_candidates "
+                  f"{c['score_candidates']['p50_ms']:.2f} ms, score(rows) {c['score_rows']['p50_ms']:.2f} ms "
+                  f"({c['speedup_vs_rows']:.2f}x), row by row {c['score_row_by_row']['p50_ms']:.2f} ms "
+                  f"({c['speedup_vs_row_by_row']:.2f}x)"]
+    lines += ["", f"{'training':<12}{'ours samples/s':>16}{'DeepCTR samples/s':>19}{'ours test AUC/GAUC':>22}"
+                  f"{'DeepCTR test AUC/GAUC':>24}"]
+    for name, t in record["training"].items():
+        o, d = t["ours"], t["deepctr"]
+        lines.append(f"{name:<12}{o['samples_per_s']:>16,.0f}{d['samples_per_s']:>19,.0f}"
+                     f"{_auc_pair(o['test']):>22}{_auc_pair(d['test']):>24}")
+    for r in record.get("din_score_rss", []):
+        lines.append(f"din-score {r['rows']:>9,} rows: peak RSS {r['peak_rss_mb']:.0f} MB, "
+                     f"{r['rows_per_s']:,.0f} rows/s")
+    lines += ["", "targets:"]
+    for t in record["targets"]:
+        verdict = "met" if t["met"] else "MISSED"
+        lines.append(f"  [{verdict:>6}] {t['target']}: {t['value']:.4g} (goal {t['goal']})")
+    return "\n".join(lines)
+
+
+def _auc_pair(metrics: dict[str, Any]) -> str:
+    def num(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    return f"{num(metrics['auc'])}/{num(metrics['gauc'])}"
+
+
+def chart(record: dict[str, Any], plan: Plan) -> bytes:
+    """Throughput and B=1 latency per engine against history length, one row of panels per thread count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = record["engines"]
+    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.6 * len(runs)), squeeze=False)
+    for row, (threads, result) in enumerate(runs.items()):
+        thr, lat = result[f"throughput_b{plan.batch}"], result["latency_b1"]
+        for engine in lat[plan.lengths[0]]:
+            axes[row][0].plot(plan.lengths, [thr[s][engine]["rows_per_s"] for s in plan.lengths], "o-", label=engine)
+            axes[row][1].plot(plan.lengths, [lat[s][engine]["p50_ms"] for s in plan.lengths], "o-", label=engine)
+        axes[row][0].set(title=f"B={plan.batch} throughput, {threads} thread(s)", xlabel="history length",
+                         ylabel="rows/s", yscale="log", xscale="log")
+        axes[row][1].set(title=f"B=1 latency p50, {threads} thread(s)", xlabel="history length", ylabel="ms",
+                         yscale="log", xscale="log")
+        for ax in axes[row]:
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"din-export bench{' --quick' if plan.quick else ''} ({record['environment']['cpu']})", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+# --- The run -----------------------------------------------------------------------------------------
+
+
+def environment(malloc: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    dc = import_deepctr()
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "deepctr_torch": dc.__version__, "numpy": np.__version__, "din_toolkit": din_export.__version__,
+            "malloc": malloc, "load_average_start": os.getloadavg(), "device": plan.device}
+
+
+def run_bench(plan: Plan, sources: dict[str, Path], work: Path, echo: Callable[[str], None]) -> dict[str, Any]:
+    """Everything the bench measures, as one JSON-ready record."""
+    from din_export.train import load_run
+
+    malloc = pin_malloc()
+    record: dict[str, Any] = {"plan": asdict(plan), "environment": environment(malloc, plan), "phase_seconds": {}}
+
+    @contextlib.contextmanager
+    def phase(name: str, message: str) -> Iterator[None]:
+        echo(message)
+        start = time.perf_counter()
+        yield
+        record["phase_seconds"][name] = round(time.perf_counter() - start, 2)
+
+    data = {}
+    with phase("prepare", f"preparing {', '.join(sources)} ..."):
+        for name, path in sources.items():
+            data[name] = prepare_dataset(name, path, work / f"data-{name}", plan.train_rows)
+    record["training"] = {}
+    for name, data_dir in data.items():
+        with phase(f"train_{name}", f"training ours and DeepCTR-Torch on {name}, {plan.epochs} epoch(s) ..."):
+            record["training"][name] = compare_training(data_dir, work / f"run-{name}", plan)
+    run_dir = work / f"run-{SPEED_DATASET}"
+    with phase("export", "exporting the plain, optimised and int8 variants, each verified ..."):
+        dirs, record["models"] = export_variants(run_dir, work / "models")
+    with phase("load", "Scorer.load ..."):
+        record["load_ms"] = load_times(dirs, plan.load_rounds)
+    model, schema, _ = load_run(run_dir)
+    record["engines"] = {}
+    default_threads = torch.get_num_threads()
+    for threads in plan.threads:
+        with phase(f"engines_{threads}", f"engines at {threads} thread(s) ..."):
+            torch.set_num_threads(threads)
+            engines = Engines(model, schema, {k: dirs[k] for k in ("onnx-plain", "onnx-opt", "onnx-int8")},
+                              threads, plan.device)
+            record["engines"][str(threads)] = engine_workloads(engines, plan)
+            record["deepctr_weights"] = engines.deepctr_weights
+    torch.set_num_threads(default_threads)
+    with phase("candidates", "1 user x candidates through the Scorer ..."):
+        requests = read_requests(data[SPEED_DATASET])
+        record["candidates"] = candidate_workload(dirs["onnx-opt"], requests, schema, plan, threads=1)
+    if plan.rss_rows:
+        with phase("din_score", f"din-score peak RSS on {', '.join(f'{n:,}' for n in plan.rss_rows)} rows ..."):
+            record["din_score_rss"] = din_score_memory(dirs["onnx-opt"], data[SPEED_DATASET], plan.rss_rows, work)
+    record["environment"]["load_average_end"] = os.getloadavg()
+    record["targets"] = targets(record, plan)
+    return record
+
+
+def parse_threads(text: str) -> tuple[int, ...]:
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == "all":
+            out.append(available)
+        elif part.isdigit() and int(part) >= 1:
+            out.append(int(part))
+        else:
+            raise click.BadParameter(f"{part!r} is not a positive integer or 'all'", param_hint="--threads")
+    return tuple(dict.fromkeys(out))
+
+
+def check_device(device: str) -> None:
+    if device != "cuda":
+        return
+    import onnxruntime
+
+    if not torch.cuda.is_available():
+        raise click.ClickException("--device cuda: torch sees no CUDA device")
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        raise click.ClickException("--device cuda: this onnxruntime has no CUDAExecutionProvider "
+                                   "(pip uninstall -y onnxruntime && pip install 'din-toolkit[gpu]')")
+
+
+@click.command("bench")
+@click.option("--quick", is_flag=True, help="Small data, few rounds, one epoch: about a minute, for a smoke check.")
+@click.option("--threads", "threads_text", default="1,all", show_default=True,
+              help="Comma-separated thread counts for the engine workloads ('all': every core available).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Training epochs for both models (default 3, --quick 1).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/results"),
+              show_default=True, help="Directory for bench[-quick].json and .png.")
+@click.option("--movielens", type=click.Path(exists=True, path_type=Path), default=None,
+              help=f"ml-100k directory (default {SOURCES['movielens']}).")
+@click.option("--taobao", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help=f"UserBehavior.csv (default {SOURCES['taobao']}).")
+def bench_command(quick: bool, threads_text: str, device: str, epochs: int | None, out: Path,
+                  movielens: Path | None, taobao: Path | None) -> None:
+    """Benchmark torch, the ONNX variants and DeepCTR-Torch's DIN on the same weights; train both on
+    MovieLens-100K and Taobao for quality and training speed. Prints a table, writes JSON and a chart."""
+    plan = make_plan(quick, parse_threads(threads_text), device, epochs)
+    check_device(device)
+    sources = {"movielens": movielens or SOURCES["movielens"], "taobao": taobao or SOURCES["taobao"]}
+    for name, path in sources.items():
+        if not path.exists():
+            raise click.ClickException(f"no {name} data at {path}; pass --{name} PATH")
+    with tempfile.TemporaryDirectory(prefix="din-bench-") as tmp:
+        record = run_bench(plan, sources, Path(tmp), lambda m: click.echo(m, err=True))
+    record["command"] = (f"din-export bench{' --quick' if quick else ''} --threads {threads_text} --device {device}"
+                         f"{f' --epochs {epochs}' if epochs else ''} --out {out}")
+    stem = "bench-quick" if quick else "bench"
+    write_json_atomic(out / f"{stem}.json", record)
+    write_bytes_atomic(out / f"{stem}.png", chart(record, plan))
+    click.echo(format_table(record, plan))
+    click.echo(f"\nwrote {out / f'{stem}.json'} and {out / f'{stem}.png'}")

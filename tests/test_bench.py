@@ -1,0 +1,146 @@
+"""`din-export bench`: its timing helpers, the DeepCTR-Torch adapter, and a smoke run on tiny real data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from din_export.bench import (
+    ENGINES,
+    Plan,
+    alternate,
+    bench_command,
+    chart,
+    copy_weights_into_deepctr,
+    deepctr_din,
+    deepctr_inputs,
+    deepctr_matrix,
+    format_table,
+    parse_threads,
+    peak_rss,
+    run_bench,
+    workload_arrays,
+)
+from din_export.model import DIN, ModelConfig, history_mask
+from din_export.schema import Behaviour, DenseField, Schema, SparseField
+
+DATA = Path(__file__).parents[2] / "shared" / "data"
+
+
+def tiny_schema() -> Schema:
+    return Schema(
+        max_len=6,
+        behaviour=(Behaviour("item_id", "hist_item_id", "item_id"), Behaviour("cate_id", "hist_cate_id", "cate_id")),
+        vocab_sizes={"user_id": 13, "item_id": 41, "cate_id": 9},
+        sparse=(SparseField("user_id", "user_id"),),
+        dense=(DenseField("age", mean=33.0, std=11.0),),
+    )
+
+
+def test_alternate_warms_up_and_rotates_the_order() -> None:
+    calls: list[str] = []
+    thunks = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = alternate(thunks, rounds=3, warmup=2)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"]
+    assert calls[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+
+
+def test_parse_threads() -> None:
+    assert parse_threads("1") == (1,)
+    assert parse_threads("1,2,1") == (1, 2)
+    assert parse_threads("all")[0] >= 1
+    for bad in ("0", "x", "1,-2"):
+        with pytest.raises(Exception, match="positive integer"):
+            parse_threads(bad)
+
+
+def test_cli_rejects_bad_options_without_a_traceback(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(bench_command, ["--threads", "0", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "positive integer" in result.output
+    result = runner.invoke(bench_command, ["--taobao", str(tmp_path / "missing.csv"), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_peak_rss_is_the_childs_not_this_processes(tmp_path: Path) -> None:
+    ballast = np.ones(300 * 2**20 // 8)  # 300 MB here; a fork would inherit it in ru_maxrss
+    small, _ = peak_rss([sys.executable, "-c", "pass"], tmp_path / "log")
+    big, _ = peak_rss([sys.executable, "-c", "import time; b = bytearray(200 * 2**20); time.sleep(0.2)"],
+                      tmp_path / "log")
+    assert ballast.sum() > 0
+    assert small < 100 and big > small + 150
+
+
+def test_deepctr_gets_our_activation_unit_and_runs_on_our_arrays() -> None:
+    schema = tiny_schema()
+    torch.manual_seed(0)
+    ours = DIN(schema, ModelConfig(embed_dim=4, attention_hidden=(6, 5), mlp_hidden=(7, 3)))
+    with torch.no_grad():  # non-trivial Dice statistics and slopes, so a missed copy shows
+        for m in ours.modules():
+            if hasattr(m, "running_var"):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+            if hasattr(m, "alpha"):
+                m.alpha.uniform_(-0.5, 0.5)
+    ours.eval()
+    seq = 9
+    theirs = deepctr_din(schema, ours.cfg, seq, "cpu").eval()
+    report = copy_weights_into_deepctr(ours, theirs)
+    assert report["copied"] and report["random"]
+    arrays = workload_arrays(schema, 5, seq)
+    arrays["hist_len"] = np.array([0, 1, 4, 9, 9])
+    x = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    with torch.no_grad():
+        _, query, keys = ours.embeddings(x)
+        expected = ours.attention.unit(query, keys, history_mask(x["hist_len"], seq))
+        got = theirs.attention.local_att(query.unsqueeze(1), keys).squeeze(-1)
+        probs = theirs(deepctr_matrix(theirs, deepctr_inputs(arrays, schema)))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert probs.shape == (5, 1) and torch.isfinite(probs).all()
+
+
+def tiny_taobao(tmp_path: Path) -> dict[str, Path]:
+    """The head of the real file: ~60 users, enough for every split, small enough for a smoke run. (Training
+    on MovieLens goes through the same code; one source keeps the test short.)"""
+    tb = DATA / "taobao-userbehavior-head" / "UserBehavior.csv"
+    if not tb.is_file():
+        pytest.skip(f"the shared data is not at {DATA}")
+    (tmp_path / "tb.csv").write_text("".join(tb.read_text().splitlines(keepends=True)[:5000]))
+    return {"taobao": tmp_path / "tb.csv"}
+
+
+@pytest.mark.slow
+def test_smoke_run_measures_every_engine_and_writes_a_report(tmp_path: Path) -> None:
+    plan = Plan(quick=True, threads=(1,), device="cpu", epochs=1, train_rows=300, lengths=(3, 100), batch=8,
+                latency_rounds=3, throughput_rounds=2, candidates=10, candidate_rounds=2, load_rounds=2,
+                rss_rows=(50, 200), train_batch=64)
+    work = tmp_path / "work"
+    work.mkdir()
+    record = run_bench(plan, tiny_taobao(tmp_path), work, echo=lambda m: None)
+
+    for workload in ("latency_b1", "throughput_b8"):
+        for seq in plan.lengths:
+            assert set(record["engines"]["1"][workload][seq]) == set(ENGINES)
+    for seq in plan.lengths:
+        diff = record["engines"]["1"]["max_abs_diff_prob_vs_torch"][seq]
+        assert diff["torch-rewritten"] <= 1e-5 and diff["onnx-plain"] <= 1e-5 and diff["onnx-opt"] <= 1e-5
+        assert diff["onnx-int8"] <= 5e-2
+    t = record["training"]["taobao"]
+    assert t["train_rows"] == 300 and t["ours"]["samples_per_s"] > 0 and t["deepctr"]["samples_per_s"] > 0
+    assert t["ours"]["test"]["auc"] is not None and t["deepctr"]["test"]["auc"] is not None
+    assert set(record["models"]) == {"onnx-plain", "onnx-opt", "onnx-int8"}
+    assert record["candidates"]["candidates"] == 10
+    assert [r["rows"] for r in record["din_score_rss"]] == [50, 200]
+    assert all(r["peak_rss_mb"] > 10 for r in record["din_score_rss"])
+    assert all(np.isfinite(t["value"]) for t in record["targets"])
+    assert "targets:" in format_table(record, plan)
+    assert chart(record, plan).startswith(b"\x89PNG")
+    json.dumps(record)
