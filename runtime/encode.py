@@ -195,8 +195,9 @@ def encode_dense(values: list[Any], field: str) -> np.ndarray:
     except OverflowError:
         # An integer beyond float64 (JSON allows any number of digits): find it to name its row.
         i = next(i for i, v in enumerate(values) if not _fits_float64(v))
-        digits = int(int(values[i]).bit_length() * math.log10(2)) + 1  # repr() fails past 4300 digits
-        raise InputError(f"an integer of about {digits} digits overflows float32", row=i, field=field) from None
+        # |v| >= 2**(bits - 1): a true lower bound that needs no repr() (which fails past 4300 digits)
+        power = int((abs(int(values[i])).bit_length() - 1) * math.log10(2))
+        raise InputError(f"an integer beyond 10**{power} overflows float32", row=i, field=field) from None
     with np.errstate(over="ignore"):
         narrow = wide.astype(np.float32)
     bad = np.flatnonzero(~np.isfinite(narrow))

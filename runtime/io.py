@@ -25,6 +25,9 @@ INPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv"
                  ".parquet": "parquet", ".pq": "parquet"}
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
 PARQUET_INSTALL = "pip install 'din-toolkit[parquet]'"
+_BOM = "\ufeff"
+# Past line 1 a byte order mark is no part of the data: it would silently become part of an id.
+_MIDDLE_BOM = "starts with a UTF-8 byte order mark (BOM) inside the file: were files concatenated?"
 _CSV_FIELD_LIMIT = 2**31 - 1  # the largest value the csv module accepts on every platform (a C long)
 
 
@@ -68,7 +71,7 @@ def _decode(raw: bytes, line: int) -> str:
     except UnicodeDecodeError as e:
         raise InputFileError(f"line {line} is not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
                              f"is the file binary or compressed? re-encode it as UTF-8") from None
-    return text.removeprefix("\ufeff") if line == 1 else text
+    return text.removeprefix(_BOM) if line == 1 else text
 
 
 class _DuplicateKey(ValueError):
@@ -90,6 +93,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+               type(None): "null"}
 
 
 def read_jsonl(stream: BinaryIO) -> Iterator[Record]:
@@ -101,6 +106,9 @@ def read_jsonl(stream: BinaryIO) -> Iterator[Record]:
             continue
         rows += 1
         clean = text.rstrip("\r\n")
+        if text.startswith(_BOM):
+            yield Record(line, None, _MIDDLE_BOM, raw=clean)
+            continue
         try:
             row = _DECODER.decode(text)
         except _DuplicateKey as e:
@@ -120,7 +128,7 @@ def read_jsonl(stream: BinaryIO) -> Iterator[Record]:
             yield Record(line, None, reason, raw=clean)
             continue
         if not isinstance(row, dict):
-            yield Record(line, None, f"expected a JSON object, got {type(row).__name__}", raw=clean)
+            yield Record(line, None, f"expected a JSON object, got {_JSON_KINDS[type(row)]}", raw=clean)
             continue
         yield Record(line, row, raw=clean)
     if rows == 0:
@@ -170,6 +178,9 @@ def read_csv(stream: BinaryIO, list_fields: Iterable[str], number_fields: Iterab
             continue
         rows += 1
         raw = "".join(consumed).rstrip("\r\n")
+        if raw.startswith(_BOM):
+            yield Record(start, None, _MIDDLE_BOM, raw=raw)
+            continue
         if len(values) != len(header):
             yield Record(start, None, f"has {len(values)} fields, the header has {len(header)}", raw=raw)
             continue
