@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 # torch is installed first and pinned: its CPU wheel is the one this project is tested with, and an
 # unpinned requirement would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
+# The serving side of the demo: din_runtime with numpy + onnxruntime only, no torch.
+RUNTIME_VENV := .venv-runtime
 
-.PHONY: setup test lint demo clean
+.PHONY: setup runtime test lint demo demo-model clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +19,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[train,cpu,dev,bench]'
 	touch $@
 
+runtime: $(RUNTIME_VENV)/.installed
+
+$(RUNTIME_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install -q --upgrade pip
+	$(RUNTIME_VENV)/bin/python -m pip install -q -e '.[cpu]'
+	touch $@
+
+demo: setup runtime
+	scripts/demo.sh
+
+# Rebuild the shipped models/demo and examples/requests.jsonl (models/demo/MODEL_CARD.md says how).
+demo-model: setup
+	scripts/build_demo_model.sh
+
 test: setup
 	$(BIN)/python -m pytest -q
 
@@ -24,4 +41,4 @@ lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) $(RUNTIME_VENV) out
