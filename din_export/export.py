@@ -29,7 +29,9 @@ from onnx import numpy_helper
 from torch import Tensor, nn
 
 from din_export import __version__
+from din_export.optimize import inference_module
 from din_export.schema import OOV_INDEX, PAD_INDEX, Schema, write_bytes_atomic, write_json_atomic
+from din_export.train import load_run
 from din_export.triton import NAME_PATTERN, TritonError, write_triton_model
 from din_export.verify import format_report, resolve_data_dir, verify_model_dir
 
@@ -417,8 +419,6 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
                tolerance: float | None = None, triton_repo: str | Path | None = None, triton_name: str = "din",
                force: bool = False, example: tuple[int, int] = (EXAMPLE_BATCH, EXAMPLE_SEQ)) -> dict[str, Any]:
     """Export, check, write to a temporary sibling of `out`, verify there, then rename; returns the manifest."""
-    from din_export.train import load_run
-
     run_dir, out = Path(run_dir), Path(out)
     if precision == "fp16" and quantize:
         raise click.UsageError("--precision fp16 and --quantize int8 are alternatives; pick one")
@@ -441,11 +441,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
     # int8 always quantises the plain graph: the inference rewrite feeds raw dense features and embeddings
     # into one matrix, which a per-tensor int8 scale cannot hold (docs/export.md has the measurements)
     optimize = optimize and quantize is None
-    traced = model
-    if optimize:
-        from din_export.optimize import inference_module
-
-        traced = inference_module(model)
+    traced = inference_module(model) if optimize else model
     graph = to_onnx(traced, schema, spec, opset, example)
     check_graph(graph, spec, example)
     if precision == "fp16":

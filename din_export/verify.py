@@ -31,6 +31,7 @@ from torch import nn
 
 from din_export.data import DataError, load_split
 from din_export.schema import Schema, write_json_atomic
+from din_export.train import load_run
 
 GRID_BATCHES = (1, 3, 64, 257)
 VALID_BATCH = 1024
@@ -225,7 +226,7 @@ def verify_model_dir(model_dir: str | Path, model: nn.Module, schema: Schema, da
     if tolerance is not None:
         policy["prob"] = tolerance
     with_attention = "attention" in exported.outputs
-    report: dict[str, Any] = {"model_dir": str(model_dir), "variant": {"name": variant}, "tolerance": policy,
+    report: dict[str, Any] = {"variant": {"name": variant}, "tolerance": policy,
                               "shapes": [], "passed": False}
     model = model.eval()
     try:
@@ -331,8 +332,6 @@ def format_report(report: dict[str, Any]) -> str:
 def verify_command(model_dir: Path, run_dir: Path, tolerance: float | None, valid_rows: int,
                    report_path: Path | None) -> None:
     """Check MODEL_DIR against the torch model of RUN_DIR at many shapes and on the validation split."""
-    from din_export.train import load_run
-
     try:
         model, schema, config = load_run(run_dir)
     except (OSError, KeyError, TypeError, ValueError) as e:
