@@ -42,10 +42,10 @@ MODEL_FILE = "model.onnx"
 # ONNX ops that would make the graph slow (per-row control flow) or unportable; see docs/export.md.
 FORBIDDEN_OPS = frozenset({"Loop", "Scan", "If"})
 FORBIDDEN_PREFIXES = ("Sequence", "ConcatFromSequence", "SplitToSequence")
-# Example sizes the graph is traced with: both >= 3 so they cannot be confused with axis constants,
-# different from each other, and never the sizes verification checks.
-EXAMPLE_BATCH = 3
-EXAMPLE_SEQ = 7
+# The graph is traced at batch 4 and a history of 5 or 6: sizes >= 3, so no axis index can be taken for
+# them, different from each other, and outside the verification grid (din_export/verify.py).
+EXAMPLE_BATCH = 4
+EXAMPLE_SEQS = (5, 6)
 
 
 class ExportError(click.ClickException):
@@ -151,8 +151,12 @@ class GraphWrapper(nn.Module):
 # --- torch -> ONNX -----------------------------------------------------------------------------------
 
 
-def to_onnx(model: nn.Module, schema: Schema, spec: GraphSpec, opset: int = DEFAULT_OPSET,
-            example: tuple[int, int] = (EXAMPLE_BATCH, EXAMPLE_SEQ)) -> onnx.ModelProto:
+def example_sizes(schema: Schema) -> tuple[int, int]:
+    """(batch, seq) to trace with; seq avoids max_len and 2 max_len, which verification checks."""
+    return EXAMPLE_BATCH, next(s for s in EXAMPLE_SEQS if s not in (schema.max_len, 2 * schema.max_len))
+
+
+def to_onnx(model: nn.Module, schema: Schema, spec: GraphSpec, opset: int, example: tuple[int, int]) -> onnx.ModelProto:
     """Trace `model` (eval mode) with torch's dynamo exporter; batch and seq stay symbolic."""
     wrapper = GraphWrapper(model, spec).eval()
     args = spec.example(schema, {"batch": example[0], "seq": example[1]})
@@ -417,8 +421,11 @@ def _read_json(path: Path) -> dict:
 def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, precision: str = "fp32",
                quantize: str | None = None, with_attention: bool = False, optimize: bool = True,
                tolerance: float | None = None, triton_repo: str | Path | None = None, triton_name: str = "din",
-               force: bool = False, example: tuple[int, int] = (EXAMPLE_BATCH, EXAMPLE_SEQ)) -> dict[str, Any]:
-    """Export, check, write to a temporary sibling of `out`, verify there, then rename; returns the manifest."""
+               force: bool = False, example: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Export, check, write to a temporary sibling of `out`, verify there, then rename; returns the manifest.
+
+    `example`: the (batch, seq) to trace with, default `example_sizes(schema)`.
+    """
     run_dir, out = Path(run_dir), Path(out)
     if precision == "fp16" and quantize:
         raise click.UsageError("--precision fp16 and --quantize int8 are alternatives; pick one")
@@ -438,6 +445,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
     metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
 
     spec = graph_spec(schema, with_attention)
+    example = example or example_sizes(schema)
     # int8 always quantises the plain graph: the inference rewrite feeds raw dense features and embeddings
     # into one matrix, which a per-tensor int8 scale cannot hold (docs/export.md has the measurements)
     optimize = optimize and quantize is None

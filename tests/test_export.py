@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from din_runtime import Scorer
 from din_runtime.manifest import load_manifest
-from export_helpers import VALID_ROWS, exported, make_run, run_dir
+from export_helpers import VALID_ROWS, exported, make_run, run_dir, tiny_schema
 from onnx import helper, numpy_helper
 
 from din_export.cli import main
@@ -24,12 +24,14 @@ from din_export.export import (
     MODEL_FILE,
     GraphCheckError,
     check_graph,
+    example_sizes,
     export_run,
     gemm_to_matmul,
     graph_spec,
 )
+from din_export.schema import Schema
 from din_export.train import load_run
-from din_export.verify import ToleranceError, random_inputs, torch_outputs
+from din_export.verify import GRID_BATCHES, ToleranceError, grid_seqs, random_inputs, torch_outputs
 
 
 def load(name: str) -> tuple[Scorer, dict, onnx.ModelProto]:
@@ -61,6 +63,14 @@ def test_traced_at_2x5_scores_like_torch_at_other_sizes(name: str, batch: int, s
     probs = scorer.score_arrays(x)
     assert probs.shape == (batch,)
     np.testing.assert_allclose(probs, torch_probs(x), rtol=0, atol=1e-5)
+
+
+def test_default_example_sizes_stay_off_the_verification_grid() -> None:
+    for max_len, expected in ((50, (4, 5)), (5, (4, 6)), (3, (4, 5)), (6, (4, 5))):
+        schema = Schema.from_dict({**tiny_schema().to_dict(), "max_len": max_len})
+        batch, seq = example_sizes(schema)
+        assert (batch, seq) == expected
+        assert batch not in GRID_BATCHES and seq not in grid_seqs(max_len)
 
 
 def test_ids_at_padded_positions_change_nothing() -> None:
@@ -134,6 +144,8 @@ def test_manifest_describes_the_directory(name: str) -> None:
     assert manifest["schema"] == schema.to_dict()
     assert manifest["model"]["name"] == "din" and manifest["model"]["attention_norm"] == "softmax"
     assert manifest["opset"] == 18 and manifest["metrics"] == {"best_epoch": 1, "test": {"auc": 0.5}}
+    if name != "fp32":  # traced at the default sizes, not the (2, 5) of the fp32 fixture
+        assert manifest["example_sizes"] == {"batch": 4, "seq": 5}
     for vocab, rel in manifest["vocab_files"].items():
         assert (model_dir / rel).read_bytes() == (Path(config["data_dir"]) / "vocab" / f"{vocab}.json").read_bytes()
     assert manifest["parity"]["passed"] and manifest["variant"] == manifest["parity"]["variant"]
