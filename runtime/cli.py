@@ -8,7 +8,6 @@ rejected. Summary, OOV counts and (with `--label-field`) AUC, GAUC and logloss g
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import sys
@@ -33,6 +32,7 @@ from din_runtime.io import (
     Record,
     ScoreWriter,
     format_of,
+    id_problem,
     read_csv,
     read_jsonl,
     read_parquet,
@@ -198,13 +198,9 @@ class _Run:
         if self.id_field:
             if self.id_field not in row:
                 return self.id_field, "missing (named by --id-field)"
-            # The id is copied into UTF-8 JSON or CSV output, so it must survive that.
-            try:
-                json.dumps(row[self.id_field], ensure_ascii=False, allow_nan=False, default=str).encode("utf-8")
-            except UnicodeEncodeError:
-                return self.id_field, "holds a lone surrogate (e.g. \\ud800), which UTF-8 output cannot carry"
-            except ValueError:
-                return self.id_field, "holds NaN or an infinity, which JSON output cannot carry"
+            problem = id_problem(row[self.id_field])
+            if problem:
+                return self.id_field, problem
         if self.label_field:
             label = row.get(self.label_field)
             if label is None:

@@ -314,13 +314,35 @@ class ScoreWriter:
     def write(self, ids: list[Any] | None, scores: Iterable[Any]) -> None:
         # str() of a numpy float32 is its shortest round-trip form; float() would print float64 noise.
         texts = [str(s) for s in scores]
-        if self._csv:
-            self._csv.writerows(zip(ids, texts, strict=True) if ids is not None else ([t] for t in texts))
-        elif ids is not None:
-            self._out.writelines(f'{{{self._id_key}: {json.dumps(i, ensure_ascii=False, default=str)}, "score": {t}}}\n'
-                                 for i, t in zip(ids, texts, strict=True))
-        else:
-            self._out.writelines(f'{{"score": {t}}}\n' for t in texts)
+        try:
+            if self._csv:
+                self._csv.writerows(zip(ids, texts, strict=True) if ids is not None else ([t] for t in texts))
+            elif ids is not None:
+                self._out.writelines(f'{{{self._id_key}: {_id_json(i)}, "score": {t}}}\n'
+                                     for i, t in zip(ids, texts, strict=True))
+            else:
+                self._out.writelines(f'{{"score": {t}}}\n' for t in texts)
+        except (UnicodeEncodeError, ValueError):
+            # din-score checks each id with `id_problem` first, to name its row; this backstops other callers.
+            problem = next((p for p in map(id_problem, ids or ()) if p), None)
+            if problem is None:
+                raise
+            raise DinRuntimeError(f"an id-field value {problem}") from None
+
+
+def _id_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, default=str)
+
+
+def id_problem(value: Any) -> str | None:
+    """Why `value` cannot be copied into UTF-8 JSON or CSV output as a request id, or None if it can."""
+    try:
+        _id_json(value).encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds a lone surrogate (e.g. \\ud800), which UTF-8 output cannot carry"
+    except ValueError:
+        return "holds NaN or an infinity, which JSON output cannot carry"
+    return None
 
 
 def write_error(out: AtomicText, record: Record, field: str | None, reason: str) -> None:

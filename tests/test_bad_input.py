@@ -1107,3 +1107,14 @@ def test_stdout_is_utf8_whatever_the_locale(model_dir, scorer, tmp_path):
                            "--id-field", "rid"], capture_output=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["rid"] for line in done.stdout.decode("utf-8").splitlines()] == ["r0", "usér-中"]
+
+
+@pytest.mark.parametrize("fmt, value", [("jsonl", "\ud800"), ("jsonl", float("nan")), ("csv", "\ud800")])
+def test_score_writer_refuses_ids_it_cannot_write(tmp_path, fmt, value):
+    """The backstop for callers of ScoreWriter that do not check ids per row first (din-export predict)."""
+    from din_runtime.errors import DinRuntimeError
+    from din_runtime.io import AtomicText, ScoreWriter
+
+    with pytest.raises(DinRuntimeError, match="an id-field value holds"), AtomicText(str(tmp_path / f"s.{fmt}")) as out:
+        ScoreWriter(out, fmt, "rid").write(["ok", value], np.array([0.5, 0.25], dtype=np.float32))
+    assert list(tmp_path.iterdir()) == []
