@@ -32,7 +32,7 @@ from din_export import __version__
 from din_export.optimize import inference_module
 from din_export.schema import OOV_INDEX, PAD_INDEX, Schema, write_bytes_atomic, write_json_atomic
 from din_export.train import load_run
-from din_export.triton import NAME_PATTERN, TritonError, write_triton_model
+from din_export.triton import NAME_PATTERN, TritonError, sibling_temp_dir, write_triton_model
 from din_export.verify import format_report, resolve_data_dir, verify_model_dir
 
 DEFAULT_OPSET = 18
@@ -463,7 +463,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
                               quantize=quantize, optimized=optimize, example=example)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = sibling_temp_dir(out)
     try:
         write_model_dir(tmp, model_bytes, manifest, data_dir, schema)
         stray = has_external_data(tmp)

@@ -59,6 +59,16 @@ def triton_config(name: str, inputs: list[dict[str, Any]], outputs: list[dict[st
     ])
 
 
+def sibling_temp_dir(target: Path) -> Path:
+    """An empty directory beside `target` to build it in before a rename. mkdtemp makes it 0700; it gets
+    the mode a plain mkdir would, so the renamed result is readable by whoever serves it."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    return tmp
+
+
 def write_triton_model(repo: Path, name: str, model_bytes: bytes, inputs: list[dict[str, Any]],
                        outputs: list[dict[str, Any]], force: bool = False) -> Path:
     """Write REPO/NAME (config.pbtxt, 1/model.onnx) via a temporary sibling, so it appears whole or not at all."""
@@ -67,7 +77,7 @@ def write_triton_model(repo: Path, name: str, model_bytes: bytes, inputs: list[d
     if target.exists() and not force:
         raise TritonError(f"{target} already exists; pass --force to replace it")
     repo.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=repo))
+    tmp = sibling_temp_dir(target)
     try:
         write_bytes_atomic(tmp / "config.pbtxt", config.encode())
         write_bytes_atomic(tmp / "1" / "model.onnx", model_bytes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -159,6 +160,9 @@ def test_directory_is_self_contained_and_graph_passes_its_checks(name: str) -> N
     model_dir = exported(name)
     assert sorted(p.name for p in model_dir.iterdir()) == ["manifest.json", MODEL_FILE, "vocab"]
     assert not list(model_dir.parent.glob(f".{name}.*")), "a temporary sibling was left behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert model_dir.stat().st_mode & 0o777 == 0o777 & ~umask, "mode of a plain mkdir, not mkdtemp's 0700"
     _, manifest, graph = load(name)
     assert all(i.data_location != onnx.TensorProto.EXTERNAL for i in graph.graph.initializer)
     assert not {n.op_type for n in graph.graph.node} & FORBIDDEN_OPS
