@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 # torch is installed first and pinned: its CPU wheel is the one this project is tested with, and an
 # unpinned requirement would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
+# Where the CPU wheel comes from. Empty: pip's own configuration (this project's machines carry the CPU
+# wheel locally). Elsewhere use PyTorch's CPU index: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple,)
 # The serving side of the demo: din_runtime with numpy + onnxruntime only, no torch.
 RUNTIME_VENV := .venv-runtime
 
@@ -15,7 +19,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[train,cpu,dev,bench]'
 	touch $@
 
