@@ -7,10 +7,12 @@ initial values (an export that ignored them would still match an untrained model
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,18 @@ def random_rows(schema: Schema, n: int, rng: np.random.Generator) -> dict[str, n
     return {k: v.astype(np.int64) if v.dtype.kind == "i" else v for k, v in rows.items()}
 
 
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core machine: torch's spinning intra-op threads cost 10-30x, so use one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@one_torch_thread()
 def trained_model(schema: Schema, cfg: ModelConfig, steps: int = 30, seed: int = 0) -> DIN:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -113,7 +127,8 @@ def exported(name: str) -> Path:
     from din_export.export import export_run
 
     out = _ROOT / "models" / name
-    export_run(run_dir(), out, triton_repo=_ROOT / "triton" if name == "fp32" else None, **EXPORTS[name])
+    with one_torch_thread():
+            export_run(run_dir(), out, triton_repo=_ROOT / "triton" if name == "fp32" else None, **EXPORTS[name])
     return out
 
 

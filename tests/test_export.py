@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from din_runtime import Scorer
 from din_runtime.manifest import load_manifest
-from export_helpers import VALID_ROWS, exported, make_run, run_dir, tiny_schema
+from export_helpers import VALID_ROWS, exported, make_run, one_torch_thread, run_dir, tiny_schema
 from onnx import helper, numpy_helper
 
 from din_export.cli import main
@@ -34,6 +34,11 @@ from din_export.schema import Schema
 from din_export.train import load_run
 from din_export.verify import GRID_BATCHES, ToleranceError, grid_seqs, random_inputs, torch_outputs
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    with one_torch_thread():
+        yield
 
 def load(name: str) -> tuple[Scorer, dict, onnx.ModelProto]:
     model_dir = exported(name)

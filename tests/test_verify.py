@@ -14,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from din_runtime import Scorer
-from export_helpers import MAX_LEN, VALID_ROWS, exported, make_run, run_dir
+from export_helpers import MAX_LEN, VALID_ROWS, exported, make_run, one_torch_thread, run_dir
 from onnx import helper, numpy_helper
 
 from din_export.cli import main
@@ -33,6 +33,11 @@ from din_export.verify import (
     verify_model_dir,
 )
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    with one_torch_thread():
+        yield
 
 def verify(model_dir: Path, **kwargs) -> dict:
     model, schema, config = load_run(run_dir())
