@@ -40,6 +40,7 @@ def _one_torch_thread():
     with one_torch_thread():
         yield
 
+
 def load(name: str) -> tuple[Scorer, dict, onnx.ModelProto]:
     model_dir = exported(name)
     manifest = json.loads((model_dir / "manifest.json").read_text())

@@ -39,6 +39,7 @@ def _one_torch_thread():
     with one_torch_thread():
         yield
 
+
 def verify(model_dir: Path, **kwargs) -> dict:
     model, schema, config = load_run(run_dir())
     return verify_model_dir(model_dir, model, schema, config["data_dir"], **kwargs)
