@@ -251,10 +251,21 @@ def verify_model_dir(model_dir: str | Path, model: nn.Module, schema: Schema, da
         judge(report, policy)
     except VerifyError as e:
         report["error"] = e.message
-        e.report = report
+        e.report = json_safe(report)
         raise
     report["passed"] = True
-    return report
+    return json_safe(report)
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/inf (a non-finite output, an AUC undefined on one class) as null: the report goes into JSON."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def judge(report: dict[str, Any], policy: dict[str, float | None]) -> None:
@@ -305,17 +316,21 @@ def validate(exported: ExportedModel, model: nn.Module, schema: Schema, valid: d
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The per-shape differences as a table, then the validation line."""
+    """The per-shape differences as a table, then the validation line. null (non-finite) shows as nan."""
+    def num(x: float | None, spec: str) -> str:
+        return format(math.nan if x is None else x, spec)
+
     has_attention = any("attention" in r for r in report["shapes"])
     head = f"{'batch':>6} {'seq':>5} {'prob':>10} {'logit':>10}" + (f" {'attention':>10}" if has_attention else "")
     lines = [f"variant {report['variant']['name']}, tolerance {report['tolerance']['prob']:g} (probability)", head]
     for r in report["shapes"]:
-        line = f"{r['batch']:>6} {r['seq']:>5} {r['prob']:>10.2e} {r['logit']:>10.2e}"
-        lines.append(line + (f" {r['attention']:>10.2e}" if has_attention else ""))
+        line = f"{r['batch']:>6} {r['seq']:>5} {num(r['prob'], '>10.2e')} {num(r['logit'], '>10.2e')}"
+        lines.append(line + (f" {num(r['attention'], '>10.2e')}" if has_attention else ""))
     v = report.get("validation")
     if v:
-        lines.append(f"validation: {v['rows']} rows, max abs diff prob {v['prob']:.2e}, logit {v['logit']:.2e}; "
-                     f"AUC torch {v['auc_torch']:.5f}, exported {v['auc_model']:.5f} ({v['auc_change']:+.2e})")
+        lines.append(f"validation: {v['rows']} rows, max abs diff prob {num(v['prob'], '.2e')}, logit "
+                     f"{num(v['logit'], '.2e')}; AUC torch {num(v['auc_torch'], '.5f')}, exported "
+                     f"{num(v['auc_model'], '.5f')} ({num(v['auc_change'], '+.2e')})")
     lines.append("PASSED" if report.get("passed") else f"FAILED: {report.get('error', '')}")
     return "\n".join(lines)
 

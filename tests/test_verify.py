@@ -101,6 +101,19 @@ def test_a_changed_weight_raises_tolerance_error(tmp_path: Path) -> None:
     assert caught.value.report["passed"] is False and len(caught.value.report["shapes"]) == 20
 
 
+def test_a_nan_output_fails_and_the_report_stays_strict_json(tmp_path: Path) -> None:
+    graph = graph_of()
+    last_gemm = [n for n in graph.graph.node if n.op_type == "Gemm"][-1]
+    bias = next(i for i in graph.graph.initializer if i.name == last_gemm.input[2])
+    bias.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(bias).shape, np.nan, np.float32), bias.name))
+    with pytest.raises(ToleranceError, match="prob nan") as caught:
+        verify(copy_with_graph(tmp_path, graph))
+    report = caught.value.report
+    assert report["shapes"][0]["prob"] is None
+    json.dumps(report, allow_nan=False)
+    assert "       nan" in format_report(report)
+
+
 def test_probabilities_come_from_the_runtime_scorer(monkeypatch) -> None:
     real = Scorer.score_arrays
     monkeypatch.setattr(Scorer, "score_arrays", lambda self, arrays: real(self, arrays) + 1e-4)
