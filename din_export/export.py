@@ -24,8 +24,11 @@ from typing import Any
 import click
 import numpy as np
 import onnx
+import onnxruntime
 import torch
 from onnx import numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 from torch import Tensor, nn
 
 from din_export import __version__
@@ -191,8 +194,6 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     The converter clamps constants to fp16's finite range, so the attention mask's float32 lowest
     becomes -65504 (checked by `check_graph`: no infinite fp16 constant may remain).
     """
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, "Softmax"])
     topological_sort(half.graph)
     return half
@@ -256,8 +257,6 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
 
 def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     """Dynamic int8 quantisation of the MatMul/Gemm weights (activations quantised per batch at run time)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     model = onnx.ModelProto.FromString(model.SerializeToString())
     gemm_to_matmul(model)
     root = logging.getLogger()
@@ -361,8 +360,6 @@ def vocab_names(schema: Schema) -> list[str]:
 
 
 def versions() -> dict[str, str]:
-    import onnxruntime
-
     return {"din_toolkit": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__}
 
