@@ -12,15 +12,13 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-PAD_INDEX = 0
-OOV_INDEX = 1
+# The id conventions and the id-field records are the runtime's: one definition for both sides.
+from din_runtime.manifest import OOV_INDEX, PAD_INDEX, Behaviour
+from din_runtime.manifest import Sparse as SparseField
+
 SCHEMA_VERSION = 1
 
-
-@dataclass(frozen=True)
-class SparseField:
-    name: str
-    vocab: str
+__all__ = ["OOV_INDEX", "PAD_INDEX", "Behaviour", "DenseField", "Schema", "SparseField"]
 
 
 @dataclass(frozen=True)
@@ -28,15 +26,6 @@ class DenseField:
     name: str
     mean: float = 0.0
     std: float = 1.0
-
-
-@dataclass(frozen=True)
-class Behaviour:
-    """A target feature and the history of the same kind, sharing one embedding table."""
-
-    target: str
-    history: str
-    vocab: str
 
 
 @dataclass(frozen=True)
