@@ -584,4 +584,6 @@ def prepare_command(source: str, path: Path | None, out: Path, max_len: int, see
                         test_fraction=test_fraction, force=force)
     except (SourceError, PrepareError) as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:  # unreadable input, --out under a file, disk full: the system's own words
+        raise click.ClickException(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)) from None
     click.echo(_summary(out, stats))

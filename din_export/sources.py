@@ -9,7 +9,8 @@ equal timestamps), with columns
     <dense features>       float64, declared in `Events.dense`
 Ids are kept as categoricals so a large file costs a few bytes per row, not a Python string each.
 
-Every reader raises `SourceError` naming the file, the line and the field of the first bad value;
+Every reader raises `SourceError` naming the file, the line and the field of the first bad value
+(also for bytes that are not UTF-8, integers beyond int64 and files that are not what they claim);
 rows it drops on purpose (truncated last line, out-of-window timestamps, ...) are counted in
 `Events.stats`. Formats and rules are in docs/data.md.
 """
@@ -17,10 +18,16 @@ rows it drops on purpose (truncated last line, out-of-window timestamps, ...) ar
 from __future__ import annotations
 
 import ast
+import csv
+import decimal
 import gzip
 import io
 import json
-from collections.abc import Iterable, Iterator, Sequence
+import math
+import re
+import zlib
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +47,10 @@ ML100K_GENRES = (
 TAOBAO_WINDOW = (1511539200, 1512316800)
 TAOBAO_BEHAVIOURS = ("pv", "cart", "fav", "buy")
 CLICK_RATING = 4
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FLOAT_EXACT = 2**53  # float64 holds every integer below this exactly, and rounds some above it
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # dense values are stored as float32
+INT_TEXT = re.compile(r"-?[0-9]+")
 
 REQUIRED_EVENT_COLUMNS = ("user", "item", "category", "timestamp")
 # Names the dataset itself uses; a feature column called so would collide with them.
@@ -72,8 +83,28 @@ class Events:
 # column conversion helpers; `lines` holds the file line of each row of the chunk, for error messages
 
 
+def _show(value: object) -> str:
+    """repr(value), shortened: a bad value may be megabytes long."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's digit limit for str()
+        return f"an integer of {value.bit_length()} bits" if isinstance(value, int) else type(value).__name__
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+
+
 def _bad(path: Path | str, line: int, name: str, value: object, why: str) -> SourceError:
-    return SourceError(f"{path}: line {line}, field {name!r}: {why} (got {value!r})")
+    return SourceError(f"{path}: line {line}, field {name!r}: {why} (got {_show(value)})")
+
+
+def _unicode_problem(text: str) -> str | None:
+    """Why `text` cannot be written as UTF-8 (a lone surrogate, e.g. from a JSON "\\ud800"), or None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"holds a lone surrogate at character {e.start + 1}, which is not text"
+    return None
 
 
 def _first(mask: np.ndarray) -> int:
@@ -88,13 +119,22 @@ def _ids(values: pd.Series, path: Path | str, name: str, lines: np.ndarray) -> p
     if pd.api.types.is_bool_dtype(values):
         raise _bad(path, int(lines[0]), name, values.iloc[0], "ids must be strings or integers, not booleans")
     if pd.api.types.is_float_dtype(values):
-        arr = values.to_numpy()
-        frac = arr != np.floor(arr)
+        arr = values.to_numpy(np.float64)
+        frac = ~np.isfinite(arr) | (arr != np.floor(arr))
         if frac.any():
             i = _first(frac)
             raise _bad(path, int(lines[i]), name, arr[i], "ids must be integers or strings")
+        big = np.abs(arr) >= FLOAT_EXACT
+        if big.any():
+            i = _first(big)
+            raise _bad(path, int(lines[i]), name, arr[i],
+                       "too large for a floating-point id to be exact; store ids as integers or strings")
         values = pd.Series(arr.astype(np.int64))
-    cat = pd.Categorical(values)
+    try:
+        cat = pd.Categorical(values)
+    except TypeError:  # unhashable values (lists, dicts, arrays) cannot be ids
+        i = next((i for i, v in enumerate(values) if not isinstance(v, Hashable)), 0)
+        raise _bad(path, int(lines[i]), name, values.iloc[i], "ids must be strings or integers") from None
     cats = cat.categories
     if cats.dtype.kind in "iu":
         return cat.rename_categories(cats.astype(str))
@@ -103,38 +143,112 @@ def _ids(values: pd.Series, path: Path | str, name: str, lines: np.ndarray) -> p
         if odd:
             i = _first((values == odd[0]).to_numpy())
             raise _bad(path, int(lines[i]), name, odd[0], "ids must be strings or integers")
+        for c in cats:
+            problem = _unicode_problem(c)
+            if problem:
+                raise _bad(path, int(lines[_first((values == c).to_numpy())]), name, c, problem)
     return cat
 
 
+def _as_float(v: object) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an int beyond float's range
+        return math.inf
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _to_float(values: pd.Series) -> np.ndarray:
+    """Text or Python objects -> float64, NaN where not a number."""
+    try:
+        return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    except (OverflowError, TypeError, ValueError):  # e.g. Python ints beyond float's range
+        return np.array([_as_float(v) for v in values], dtype=np.float64)
+
+
+def _exact_int(v: object) -> tuple[int | None, str]:
+    """(the exact integer of `v`, "") or (None, why not); for values float64 may have rounded."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+        n = int(v)
+    elif isinstance(v, (str, decimal.Decimal)):
+        try:
+            d = decimal.Decimal(v.strip() if isinstance(v, str) else v)
+        except decimal.InvalidOperation:
+            return None, "expected an integer"
+        if not d.is_finite() or d != d.to_integral_value():
+            return None, "expected an integer"
+        n = int(d)  # bounded: only values whose float is below 2**64 get here
+    else:
+        return None, "too large for a floating-point value to be exact; store it as an integer"
+    if not INT64_MIN <= n <= INT64_MAX:
+        return None, "integer out of the 64-bit range"
+    return n, ""
+
+
+def _int_problem(v: object) -> str:
+    """The message for a value that did not convert: out of range if it is an integer at all."""
+    if isinstance(v, (bool, np.bool_)):
+        return "expected an integer"
+    if isinstance(v, str):
+        integral = INT_TEXT.fullmatch(v.strip()) is not None
+    elif isinstance(v, (float, np.floating, decimal.Decimal)):
+        integral = math.isfinite(v) and v == round(v)
+    else:
+        integral = isinstance(v, (int, np.integer))
+    return "integer out of the 64-bit range" if integral else "expected an integer"
+
+
 def _ints(values: pd.Series, path: Path | str, name: str, lines: np.ndarray) -> np.ndarray:
+    """int64 of a column, exactly: no wrap-around of uint64 or huge ints, no float rounding."""
+    missing = values.isna().to_numpy()
+    if missing.any():
+        raise _bad(path, int(lines[_first(missing)]), name, None, "missing value")
     if pd.api.types.is_datetime64_any_dtype(values):
-        if values.isna().any():
-            raise _bad(path, int(lines[_first(values.isna().to_numpy())]), name, None, "missing value")
         naive = values.dt.tz_convert(None) if values.dt.tz is not None else values
         return naive.to_numpy("datetime64[s]").astype(np.int64)
+    if pd.api.types.is_timedelta64_dtype(values):
+        raise _bad(path, int(lines[0]), name, values.iloc[0], "expected an integer or a timestamp, not a duration")
     if pd.api.types.is_bool_dtype(values):
         raise _bad(path, int(lines[0]), name, values.iloc[0], "expected an integer, not a boolean")
-    if values.dtype.kind in "iu":
+    kind = values.dtype.kind
+    if kind == "i":
         return values.to_numpy(np.int64)
-    arr = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isfinite(arr) | (arr != np.round(arr))
+    if kind == "u":
+        arr = values.to_numpy(np.uint64)
+        big = arr > INT64_MAX
+        if big.any():
+            i = _first(big)
+            raise _bad(path, int(lines[i]), name, values.iloc[i], "integer out of the 64-bit range")
+        return arr.astype(np.int64)
+    arr = values.to_numpy(np.float64, na_value=np.nan) if kind == "f" else _to_float(values)
+    bad = ~np.isfinite(arr) | (arr != np.round(arr)) | (np.abs(arr) >= 2.0**64)
     if bad.any():
         i = _first(bad)
-        raise _bad(path, int(lines[i]), name, values.iloc[i], "expected an integer")
-    if np.abs(arr).max(initial=0) >= 2**53:
-        # float64 has rounded such values: parse the text exactly instead
-        return np.array([int(v) for v in values], dtype=np.int64)
-    return arr.astype(np.int64)
+        raise _bad(path, int(lines[i]), name, values.iloc[i], _int_problem(values.iloc[i]))
+    large = np.abs(arr) >= FLOAT_EXACT
+    out = np.where(large, 0, arr).astype(np.int64)
+    for i in np.flatnonzero(large):  # float64 may have rounded these: take the exact value, or refuse
+        n, why = _exact_int(values.iloc[i])
+        if n is None:
+            raise _bad(path, int(lines[i]), name, values.iloc[i], why)
+        out[i] = n
+    return out
 
 
 def _floats(values: pd.Series, path: Path | str, name: str, lines: np.ndarray) -> np.ndarray:
     if pd.api.types.is_bool_dtype(values):
         raise _bad(path, int(lines[0]), name, values.iloc[0], "expected a number, not a boolean")
-    arr = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    kind = values.dtype.kind
+    arr = values.to_numpy(np.float64, na_value=np.nan) if kind in "iuf" else _to_float(values)
     bad = ~np.isfinite(arr)
     if bad.any():
         i = _first(bad)
         raise _bad(path, int(lines[i]), name, values.iloc[i], "expected a finite number")
+    big = np.abs(arr) > FLOAT32_MAX
+    if big.any():
+        i = _first(big)
+        raise _bad(path, int(lines[i]), name, values.iloc[i], "beyond the float32 range dense values are stored in")
     return arr
 
 
@@ -169,6 +283,38 @@ def _split_names(text: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(s.strip() for s in items if s.strip())
 
 
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _not_utf8(path: Path, sep: str, names: Sequence[str] | None) -> SourceError:
+    """The first line of `path` that is not UTF-8, with the field the bad byte is in (fields split on
+    `sep`, quotes ignored: this only names the place). Called after a parser has failed on it."""
+    with _open_binary(path) as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                i = raw[:e.start].count(sep.encode())
+                where = f"line {n}, field {names[i]!r}" if names is not None and i < len(names) else f"line {n}"
+                return SourceError(f"{path}: {where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                   f"{e.start + 1})")
+    return SourceError(f"{path}: not UTF-8 text")
+
+
+@contextmanager
+def _csv_errors(path: Path, sep: str, names: Sequence[str] | None, what: str) -> Iterator[None]:
+    """pandas' errors while parsing `path` -> SourceError naming the line (and field where known)."""
+    try:
+        yield
+    except pd.errors.EmptyDataError:
+        raise SourceError(f"{path}: the file is empty") from None
+    except pd.errors.ParserError as e:
+        raise SourceError(f"{path}: not {what} ({str(e).split('C error: ')[-1].strip()})") from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path, sep, names) from None
+
+
 # ---------------------------------------------------------------------------------------------------
 # MovieLens
 
@@ -187,14 +333,22 @@ def _read_table(path: Path, sep: str, n_fields: int, encoding: str) -> list[tupl
                 raise SourceError(f"{path}: line {n}: expected {n_fields} fields separated by {sep!r}, "
                                   f"found {len(parts)}")
             rows.append((n, parts))
+    if not rows:
+        raise SourceError(f"{path}: the file is empty")
     return rows
 
 
-def _int_field(path: Path, line: int, name: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise _bad(path, line, name, text, "expected an integer") from None
+def _int64(path: Path, line: int, name: str, value: object) -> int:
+    """An int, or the text of one, as an int64; text never goes through int() when it is too long."""
+    if isinstance(value, str) and INT_TEXT.fullmatch(value.strip()):
+        if len(value.strip().lstrip("-").lstrip("0")) > 19:
+            raise _bad(path, line, name, value, "integer out of the 64-bit range")
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(path, line, name, value, "expected an integer")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise _bad(path, line, name, value, "integer out of the 64-bit range")
+    return value
 
 
 def _ratings(path: Path, sep: str) -> pd.DataFrame:
@@ -205,13 +359,11 @@ def _ratings(path: Path, sep: str) -> pd.DataFrame:
         # "::" is not a single-character separator; the files contain no tabs, so swap it for one
         data = data.replace(sep.encode(), b"\t")
     names = ["user", "item", "rating", "timestamp"]
-    try:
+    with _csv_errors(path, sep, names, "a ratings file with 4 fields per line"):
         df = pd.read_csv(io.BytesIO(data), sep="\t", header=None, names=names, dtype=str,
                          keep_default_na=False, na_values=[""], skip_blank_lines=False)
-    except pd.errors.ParserError as e:
-        raise SourceError(f"{path}: not a ratings file with 4 fields per line ({e})") from None
     if df.empty:
-        raise SourceError(f"{path}: no ratings")
+        raise SourceError(f"{path}: the file is empty (no ratings)")
     lines = np.arange(1, len(df) + 1)
     for name in names:
         if df[name].isna().any():
@@ -233,7 +385,7 @@ def _ratings(path: Path, sep: str) -> pd.DataFrame:
 def _ml100k_items(path: Path) -> dict[str, str]:
     genres = {}
     for n, parts in _read_table(path, "|", 5 + len(ML100K_GENRES), "latin-1"):
-        item = str(_int_field(path, n, "movie id", parts[0]))
+        item = str(_int64(path, n, "movie id", parts[0]))
         flags = parts[5:]
         for name, flag in zip(ML100K_GENRES, flags, strict=True):
             if flag not in ("0", "1"):
@@ -247,7 +399,7 @@ def _ml100k_items(path: Path) -> dict[str, str]:
 def _ml1m_items(path: Path) -> dict[str, str]:
     genres = {}
     for n, parts in _read_table(path, "::", 3, "latin-1"):
-        item = str(_int_field(path, n, "MovieID", parts[0]))
+        item = str(_int64(path, n, "MovieID", parts[0]))
         first = parts[2].split("|")[0].strip()
         if not first:
             raise _bad(path, n, "Genres", parts[2], "the movie has no genre")
@@ -260,8 +412,8 @@ def _users(path: Path, sep: str, order: tuple[int, int, int, int]) -> dict[str, 
     i_id, i_age, i_gender, i_occ = order
     users = {}
     for n, parts in _read_table(path, sep, 5, "latin-1"):
-        uid = str(_int_field(path, n, "user id", parts[i_id]))
-        users[uid] = (parts[i_gender], parts[i_occ], float(_int_field(path, n, "age", parts[i_age])))
+        uid = str(_int64(path, n, "user id", parts[i_id]))
+        users[uid] = (parts[i_gender], parts[i_occ], float(_int64(path, n, "age", parts[i_age])))
     return users
 
 
@@ -365,13 +517,16 @@ def read_taobao(path: str | Path, behaviours: Sequence[str] = ("pv",),
     # Numeric columns are left to the C parser (fast); a bad value turns its column to text, which
     # `_ints` then reports with its line. A sixth column catches lines with too many fields (pandas
     # would otherwise make the first field an index). Blank lines stay rows so line numbers hold.
-    reader = pd.read_csv(path, header=None, names=[*names, "extra"], dtype={"behavior": str, "extra": str},
-                         keep_default_na=False, na_values=[""], skip_blank_lines=False, chunksize=chunk_rows)
+    # The format has no quoting: a stray quote is a bad value, not the start of a multi-line field.
+    with _csv_errors(path, ",", names, "a 5-field CSV"):
+        reader = pd.read_csv(path, header=None, names=[*names, "extra"], dtype={"behavior": str, "extra": str},
+                             keep_default_na=False, na_values=[""], skip_blank_lines=False,
+                             quoting=csv.QUOTE_NONE, chunksize=chunk_rows)
     line0 = 1
     chunks = iter(reader)
-    chunk = _next_chunk(chunks, path)
+    chunk = _next_chunk(chunks, path, names)
     while chunk is not None:
-        following = _next_chunk(chunks, path)
+        following = _next_chunk(chunks, path, names)
         n_lines = len(chunk)
         if following is None and unterminated and n_lines and not _taobao_row_ok(chunk.iloc[-1]):
             chunk = chunk.iloc[:-1]
@@ -403,7 +558,8 @@ def read_taobao(path: str | Path, behaviours: Sequence[str] = ("pv",),
         line0 += n_lines
         chunk = following
     if stats["rows_read"] == 0:
-        raise SourceError(f"{path}: no rows")
+        raise SourceError(f"{path}: " + ("no complete row (its only line is cut short)" if stats["truncated_final_line"]
+                                         else "the file is empty"))
     frame = pd.DataFrame({
         name: _int_ids(np.concatenate(parts[name])) for name in ("user", "item", "category")
     })
@@ -415,15 +571,9 @@ def read_taobao(path: str | Path, behaviours: Sequence[str] = ("pv",),
     )
 
 
-def _next_chunk(chunks: Iterator[pd.DataFrame], path: Path) -> pd.DataFrame | None:
-    try:
-        return next(chunks)
-    except StopIteration:
-        return None
-    except pd.errors.EmptyDataError:
-        raise SourceError(f"{path}: the file is empty") from None
-    except pd.errors.ParserError as e:
-        raise SourceError(f"{path}: not a 5-field CSV ({e.args[0].split(': ')[-1]})") from None
+def _next_chunk(chunks: Iterator[pd.DataFrame], path: Path, names: Sequence[str]) -> pd.DataFrame | None:
+    with _csv_errors(path, ",", names, "a 5-field CSV"):
+        return next(chunks, None)
 
 
 def _int_ids(arr: np.ndarray) -> pd.Categorical:
@@ -435,29 +585,68 @@ def _int_ids(arr: np.ndarray) -> pd.Categorical:
 # Amazon reviews + metadata
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+# a quoted key: the last one before an undecodable byte names the field the byte is in
+QUOTED_KEY = re.compile(r"""["']([^"'\\]{1,100})["']\s*:""")
+
+
+def _json_int(text: str) -> int | str:
+    return int(text) if len(text) <= 40 else text
+
+
+LONG_INT_JSON = json.JSONDecoder(parse_int=_json_int)
+
+
+def _parse_json(text: str) -> object:
+    """json.loads; on the rare line with an integer beyond int()'s 4300-digit limit, long integers
+    stay text, so an id keeps its digits and an int64 field refuses it with its line and name."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:
+        return LONG_INT_JSON.decode(text)
+
+
+def _parse_record(path: Path, n: int, text: str) -> object:
+    try:
+        return _parse_json(text)
+    except RecursionError:
+        raise SourceError(f"{path}: line {n}: nested too deeply to parse") from None
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(text)  # literals only: never evaluates code
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
+        reason = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
+        raise SourceError(f"{path}: line {n}: neither JSON nor a Python literal ({reason})") from None
+
+
+def _undecodable(path: Path, n: int, raw: bytes, e: UnicodeDecodeError) -> SourceError:
+    keys = QUOTED_KEY.findall(raw[:e.start].decode("utf-8"))
+    where = f"line {n}, field {_show(keys[-1])}" if keys else f"line {n}"
+    return SourceError(f"{path}: {where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
 
 
 def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
     """(line, record) of a JSON-lines file; also the python-literal lines of the 2014 Amazon dumps."""
-    with _open_text(path) as f:
-        for n, line in enumerate(f, 1):
-            text = line.strip()
-            if not text:
-                continue
-            try:
-                rec = json.loads(text)
-            except json.JSONDecodeError:
+    n = 0
+    try:
+        with _open_binary(path) as f:
+            for n, raw in enumerate(f, 1):
+                if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]  # a UTF-8 byte order mark
                 try:
-                    rec = ast.literal_eval(text)  # literals only: never evaluates code
-                except (ValueError, SyntaxError, MemoryError, RecursionError):
-                    raise SourceError(f"{path}: line {n}: neither JSON nor a Python literal") from None
-            if not isinstance(rec, dict):
-                raise SourceError(f"{path}: line {n}: expected an object, got {type(rec).__name__}")
-            yield n, rec
+                    text = raw.decode("utf-8").strip()
+                except UnicodeDecodeError as e:
+                    raise _undecodable(path, n, raw, e) from None
+                if not text:
+                    continue
+                rec = _parse_record(path, n, text)
+                if not isinstance(rec, dict):
+                    raise SourceError(f"{path}: line {n}: expected an object, got {type(rec).__name__}")
+                yield n, rec
+    except (OSError, EOFError, zlib.error) as e:  # unreadable, not gzip, or a gzip file cut short
+        raise SourceError(f"{path}: cannot read {f'past line {n}' if n else 'it'} ({e})") from None
 
 
 def _field(path: Path, line: int, rec: dict, name: str, kind: type) -> object:
@@ -465,12 +654,14 @@ def _field(path: Path, line: int, rec: dict, name: str, kind: type) -> object:
         raise _bad(path, line, name, None, "missing field")
     value = rec[name]
     if kind is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).lstrip("-").isdigit():
-            raise _bad(path, line, name, value, "expected an integer")
-        return int(value)
+        return _int64(path, line, name, value)
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
         raise _bad(path, line, name, value, "expected a non-empty string id")
-    return str(value)
+    text = str(value)
+    problem = _unicode_problem(text)
+    if problem:
+        raise _bad(path, line, name, value, problem)
+    return text
 
 
 def _amazon_category(path: Path, line: int, rec: dict) -> str | None:
@@ -485,6 +676,9 @@ def _amazon_category(path: Path, line: int, rec: dict) -> str | None:
     last = cats[-1][-1]
     if not isinstance(last, str) or not last:
         raise _bad(path, line, "categories", cats[-1], "category names must be non-empty strings")
+    problem = _unicode_problem(last)
+    if problem:
+        raise _bad(path, line, "categories", last, problem)
     return last
 
 
@@ -552,34 +746,85 @@ def read_amazon(reviews: str | Path, meta: str | Path, chunk_rows: int = CHUNK_R
 # generic events (CSV / Parquet)
 
 
-def _event_chunks(path: Path, columns: list[str], id_columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
+PARQUET_SUFFIXES = (".parquet", ".pq")
 
-        try:
-            pf = pq.ParquetFile(path)
-        except Exception as e:  # pyarrow raises several types for a non-Parquet file
-            raise SourceError(f"{path}: not a readable Parquet file ({e})") from None
-        _require_columns(path, pf.schema_arrow.names, columns)
-        for batch in pf.iter_batches(batch_size=chunk_rows, columns=columns):
-            yield batch.to_pandas()
-        return
-    if suffix not in (".csv", ".tsv", ".txt"):
+
+def _parquet_file(path: Path) -> object:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a non-Parquet file
+        raise SourceError(f"{path}: not a readable Parquet file ({e})") from None
+
+
+def _csv_sep(path: Path) -> str:
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def _header(path: Path) -> list[str]:
+    """The column names of an events file; a name given twice is refused (which one would be read?)."""
+    suffix = path.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        names = list(_parquet_file(path).schema_arrow.names)
+        twice = "the Parquet file has two columns named"
+    elif suffix in (".csv", ".tsv", ".txt"):
+        with _csv_errors(path, _csv_sep(path), None, "a CSV file with a header row"):
+            # header=None: pandas would rename a repeated name ("a.1") and hide it
+            row = pd.read_csv(path, sep=_csv_sep(path), header=None, nrows=1, dtype=str, keep_default_na=False)
+        names = [str(v) for v in row.iloc[0]]
+        twice = "line 1: the header has two columns named"
+    else:
         raise SourceError(f"{path}: unknown events format {suffix!r} (use .csv, .tsv or .parquet)")
-    sep = "\t" if suffix == ".tsv" else ","
-    try:
-        header = pd.read_csv(path, sep=sep, nrows=0).columns.tolist()
-    except pd.errors.EmptyDataError:
-        raise SourceError(f"{path}: the file is empty (expected a header row)") from None
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise SourceError(f"{path}: {twice} {name!r}")
+        seen.add(name)
+    return names
+
+
+def _parquet_text_error(path: Path, batch: object, row0: int, error: Exception) -> SourceError:
+    """Name the value a batch failed on: a string that is not UTF-8, if there is one."""
+    import pyarrow as pa
+
+    for name, col in zip(batch.schema.names, batch.columns, strict=True):
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            for i, v in enumerate(col.cast(pa.large_binary()).to_pylist()):
+                if v is None:
+                    continue
+                try:
+                    v.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return _bad(path, row0 + i + 1, name, v, f"not UTF-8 text (byte 0x{v[e.start]:02x})")
+    return SourceError(f"{path}: cannot convert rows {row0 + 1} to {row0 + batch.num_rows} ({error})")
+
+
+def _event_chunks(path: Path, header: list[str], columns: list[str], id_columns: list[str],
+                  chunk_rows: int) -> Iterator[pd.DataFrame]:
     _require_columns(path, header, columns)
-    try:
-        # ids stay text ("007" is not 7); numbers are parsed by the C parser, and `_ints`/`_floats`
-        # report any value it could not parse
-        yield from pd.read_csv(path, sep=sep, usecols=columns, dtype={c: "category" for c in id_columns},
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        import pyarrow as pa
+
+        row = 0
+        try:
+            for batch in _parquet_file(path).iter_batches(batch_size=chunk_rows, columns=columns):
+                try:
+                    # pandas keeps Arrow strings as they are: invalid UTF-8 would only fail much later
+                    batch.validate(full=True)
+                    frame = batch.to_pandas()
+                except pa.ArrowException as e:
+                    raise _parquet_text_error(path, batch, row, e) from None
+                row += batch.num_rows
+                yield frame
+        except (pa.ArrowException, OSError) as e:  # a damaged file: pages that do not decode
+            raise SourceError(f"{path}: cannot read the Parquet file after row {row} ({e})") from None
+        return
+    # ids stay text ("007" is not 7); numbers are parsed by the C parser, and `_ints`/`_floats`
+    # report any value it could not parse
+    with _csv_errors(path, _csv_sep(path), header, "a well-formed CSV file"):
+        yield from pd.read_csv(path, sep=_csv_sep(path), usecols=columns, dtype={c: "category" for c in id_columns},
                                keep_default_na=False, na_values=[""], chunksize=chunk_rows)
-    except pd.errors.ParserError as e:
-        raise SourceError(f"{path}: malformed CSV ({e})") from None
 
 
 def _require_columns(path: object, present: Sequence[str], wanted: Sequence[str]) -> None:
@@ -640,13 +885,14 @@ def read_events(path: str | Path, sparse: str | Sequence[str] | None = None,
     path = Path(path)
     _check_file(path, "events file")
     sparse_cols, dense_cols = _declared(sparse, dense, path)
-    has_label = _has_column(path, "label")
+    header = _header(path)
+    has_label = "label" in header
     columns = [*REQUIRED_EVENT_COLUMNS, *(["label"] if has_label else []), *sparse_cols, *dense_cols]
     # error messages count file lines for CSV (line 1 is the header) and rows from 1 for Parquet
-    line0 = 1 if path.suffix.lower() in (".parquet", ".pq") else 2
+    line0 = 1 if path.suffix.lower() in PARQUET_SUFFIXES else 2
     id_columns = ["user", "item", "category", *sparse_cols]
-    return _collect_events(_event_chunks(path, columns, id_columns, chunk_rows), path, line0, has_label,
-                           sparse_cols, dense_cols, source)
+    return _collect_events(_event_chunks(path, header, columns, id_columns, chunk_rows), path, line0,
+                           has_label, sparse_cols, dense_cols, source)
 
 
 def events_from_frame(frame: pd.DataFrame, sparse: str | Sequence[str] | None = None,
@@ -658,20 +904,3 @@ def events_from_frame(frame: pd.DataFrame, sparse: str | Sequence[str] | None = 
     columns = [*REQUIRED_EVENT_COLUMNS, *(["label"] if has_label else []), *sparse_cols, *dense_cols]
     _require_columns(where, list(frame.columns), columns)
     return _collect_events([frame[columns]], where, 1, has_label, sparse_cols, dense_cols, source)
-
-
-def _has_column(path: Path, name: str) -> bool:
-    if path.suffix.lower() in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        try:
-            return name in pq.read_schema(path).names
-        except Exception as e:  # pyarrow raises several types for a non-Parquet file
-            raise SourceError(f"{path}: not a readable Parquet file ({e})") from None
-    sep = "\t" if path.suffix.lower() == ".tsv" else ","
-    try:
-        return name in pd.read_csv(path, sep=sep, nrows=0).columns
-    except pd.errors.EmptyDataError:
-        raise SourceError(f"{path}: the file is empty (expected a header row)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise SourceError(f"{path}: not a CSV file ({e})") from None

@@ -6,11 +6,16 @@ Protocol checks recompute the expected samples independently from the raw events
 
 from __future__ import annotations
 
+import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -179,7 +184,7 @@ def test_taobao_complete_unterminated_last_line_kept(tmp_path: Path, before: str
     (f"1,10,100,pv,{T0}\n\n1,x,100,pv,{T0}\n", "line 3, field 'item'"),
     (f"1,10,100,pv,{T0},7\n", "line 1: more than 5 fields"),
     (f"1,10,100,pv,{T0}\n1,10,100,pv,{T0},7,8\n", "not a 5-field CSV.*line 2"),
-    ("", "empty"),
+    ("", "ub.csv: the file is empty"),
 ])
 def test_taobao_errors(tmp_path: Path, text: str, needle: str) -> None:
     p = tmp_path / "ub.csv"
@@ -307,7 +312,7 @@ def test_events_bad_files(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="unknown events format"):
         read_events(tmp_path / "e.json")
     (tmp_path / "e.csv").write_text("")
-    with pytest.raises(SourceError, match="empty"):
+    with pytest.raises(SourceError, match="e.csv: the file is empty"):
         read_events(tmp_path / "e.csv")
     with pytest.raises(SourceError, match="not found"):
         read_events(tmp_path / "missing.csv")
@@ -557,6 +562,181 @@ def test_cli_synthetic_default(tmp_path: Path) -> None:
     schema = Schema.load(tmp_path / "s")
     assert schema.source == "synthetic" and schema.protocol == EXPLICIT
     assert [f.name for f in schema.dense] == ["age", "price"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# hostile files: every reader stops with the file, line and field, exit 1, never a traceback
+
+REVIEW = b'{"reviewerID": "A1", "asin": "B1", "unixReviewTime": 5}\n'
+META = b'{"asin": "B1", "categories": [["Books"]]}\n'
+TB_ROW = f"1,10,100,pv,{T0}\n".encode()
+EV_HEAD = b"user,item,category,timestamp\nu,i,c,1\n"  # line 3 is the first line a case adds
+BINARY = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00"  # the first bytes of a PNG image
+ML_ITEM = "1|Caf\u00e9 (1995)|01-Jan-1995||http://x|" + "|".join(["0"] * 18 + ["1"]) + "\n"
+
+
+def amazon(reviews: bytes = REVIEW, meta: bytes = META, name: str = "reviews.json") -> tuple[dict, list[str]]:
+    return {name: reviews, "meta.json": meta}, ["--source", "amazon", name, "--meta", "meta.json"]
+
+
+def taobao(data: bytes) -> tuple[dict, list[str]]:
+    return {"ub.csv": data}, ["--source", "taobao", "ub.csv"]
+
+
+def events(data: bytes, name: str = "ev.csv", *extra: str) -> tuple[dict, list[str]]:
+    return {name: data}, ["--source", "events", name, *extra]
+
+
+def movielens(data: bytes = b"1\t1\t5\t100\n", user: bytes = b"1|24|M|technician|85711\n") -> tuple[dict, list[str]]:
+    # u.item is latin-1 in the real ml-100k, so its é must stay readable
+    return ({"ml/u.data": data, "ml/u.item": ML_ITEM.encode("latin-1"), "ml/u.user": user},
+            ["--source", "movielens", "ml"])
+
+
+def parquet(table: pa.Table) -> tuple[dict, list[str]]:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return events(sink.getvalue().to_pybytes(), "ev.parquet")
+
+
+def not_utf8_strings(*values: bytes) -> pa.Array:
+    """A Parquet string column holding bytes that are not UTF-8 (pyarrow's constructors refuse them)."""
+    offsets = np.cumsum([0, *map(len, values)]).astype(np.int32)
+    return pa.Array.from_buffers(pa.string(), len(values), [None, pa.py_buffer(offsets.tobytes()),
+                                                            pa.py_buffer(b"".join(values))])
+
+
+def ev_table(**cols: object) -> pa.Table:
+    base = {"user": ["u", "u"], "item": ["i", "j"], "category": ["c", "c"], "timestamp": [1, 2]}
+    return pa.table({**base, **cols})
+
+
+HOSTILE = {
+    # Amazon reviews and metadata
+    "amazon-deep-nesting": (amazon(b"[" * 100_000 + b"]" * 100_000 + b"\n"), "reviews.json: line 1: nested too deeply"),
+    "amazon-5000-digit-time": (amazon(REVIEW + b'{"reviewerID": "A1", "asin": "B2", "unixReviewTime": '
+                                      + b"9" * 5000 + b"}\n"),
+                               "reviews.json: line 2, field 'unixReviewTime': integer out of the 64-bit range"),
+    "amazon-30-digit-time": (amazon(REVIEW + b'{"reviewerID": "A1", "asin": "B2", "unixReviewTime": "'
+                                    + b"9" * 30 + b'"}\n'),
+                             "line 2, field 'unixReviewTime': integer out of the 64-bit range"),
+    "amazon-latin1-id": (amazon(REVIEW + b'{"reviewerID": "caf\xe9", "asin": "x", "unixReviewTime": 5}\n'),
+                         "reviews.json: line 2, field 'reviewerID': not UTF-8 text (byte 0xe9 at column 20)"),
+    "amazon-lone-surrogate-id": (amazon(REVIEW + b'{"reviewerID": "\\ud800", "asin": "x", "unixReviewTime": 5}\n'),
+                                 "line 2, field 'reviewerID': holds a lone surrogate"),
+    "amazon-unhashable-literal": (amazon(REVIEW + b"{'reviewerID': 'A1', ('k', [1]): 1}\n"),
+                                  "line 2: neither JSON nor a Python literal (unhashable"),
+    "amazon-binary": (amazon(BINARY), "reviews.json: line 1: not UTF-8 text (byte 0x89"),
+    "amazon-empty": (amazon(b""), "reviews.json: no reviews"),
+    "amazon-gzip-cut-short": (amazon(gzip.compress(REVIEW * 200, mtime=0)[:-30], name="reviews.json.gz"),
+                              "reviews.json.gz: cannot read past line"),
+    "amazon-not-gzip": (amazon(REVIEW, name="reviews.json.gz"), "reviews.json.gz: cannot read it (Not a gzipped file"),
+    "amazon-meta-latin1": (amazon(meta=b'{"asin": "B1", "categories": [["Caf\xe9"]]}\n'),
+                           "meta.json: line 1, field 'categories': not UTF-8 text"),
+    "amazon-meta-deep": (amazon(meta=META + b'{"asin": "B2", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"),
+                         "meta.json: line 2: nested too deeply"),
+    # Taobao UserBehavior
+    "taobao-latin1": (taobao(TB_ROW + f"1,1\xe9,100,pv,{T0}\n".encode("latin-1")),
+                      "ub.csv: line 2, field 'item': not UTF-8 text (byte 0xe9 at column 4)"),
+    "taobao-30-digit-id": (taobao(TB_ROW + f"1,{'9' * 30},100,pv,{T0}\n".encode()),
+                           "ub.csv: line 2, field 'item': integer out of the 64-bit range"),
+    "taobao-5000-digit-time": (taobao(TB_ROW + f"1,10,100,pv,{'9' * 5000}\n".encode()),
+                               "ub.csv: line 2, field 'timestamp': integer out of the 64-bit range"),
+    "taobao-stray-quote": (taobao(TB_ROW + f'1,"10,100,pv,{T0}\n'.encode() + TB_ROW),
+                           "ub.csv: line 2, field 'item': expected an integer"),
+    "taobao-binary": (taobao(BINARY), "ub.csv: line 1, field 'user': not UTF-8 text (byte 0x89"),
+    "taobao-empty": (taobao(b""), "ub.csv: the file is empty"),
+    # events CSV / TSV
+    "csv-latin1": (events(EV_HEAD + b"u,caf\xe9,c,2\n"), "ev.csv: line 3, field 'item': not UTF-8 text (byte 0xe9"),
+    "tsv-latin1": (events(EV_HEAD.replace(b",", b"\t") + b"u\tcaf\xe9\tc\t2\n", "ev.tsv"),
+                   "ev.tsv: line 3, field 'item': not UTF-8 text"),
+    "csv-latin1-header": (events(b"us\xe9r,item,category,timestamp\n"), "ev.csv: line 1: not UTF-8 text"),
+    "csv-20-digit-time": (events(EV_HEAD + b"u,i,c," + b"9" * 20 + b"\n"),
+                          "ev.csv: line 3, field 'timestamp': integer out of the 64-bit range"),
+    "csv-2^63-time": (events(EV_HEAD + b"u,i,c,9223372036854775808\n"),  # would wrap to -2**63
+                      "ev.csv: line 3, field 'timestamp': integer out of the 64-bit range"),
+    "csv-rounded-float-time": (events(EV_HEAD + b"u,i,c,9007199254740993.0\n"),  # float64 makes it ...992
+                               "line 3, field 'timestamp': too large for a floating-point value to be exact"),
+    "csv-401-digit-dense": (events(b"user,item,category,timestamp,age\nu,i,c,1,1\nu,i,c,2,1" + b"0" * 400 + b"\n",
+                                   "ev.csv", "--dense-features", "age"),
+                            "ev.csv: line 3, field 'age': expected a finite number"),
+    "csv-dense-beyond-float32": (events(b"user,item,category,timestamp,age\nu,i,c,1,1\nu,i,c,2,1e39\n",
+                                        "ev.csv", "--dense-features", "age"),
+                                 "ev.csv: line 3, field 'age': beyond the float32 range"),
+    "csv-duplicate-header": (events(b"user,item,category,timestamp,timestamp\nu,i,c,1,2\n"),
+                             "ev.csv: line 1: the header has two columns named 'timestamp'"),
+    "csv-binary": (events(BINARY), "ev.csv: line 1: not UTF-8 text (byte 0x89"),
+    "csv-empty": (events(b""), "ev.csv: the file is empty"),
+    "csv-header-only": (events(b"user,item,category,timestamp\n"), "ev.csv: no rows"),
+    # events Parquet (rows count from 1)
+    "parquet-uint64-time": (parquet(ev_table(timestamp=pa.array([1, 2**64 - 1], pa.uint64()))),
+                            "ev.parquet: line 2, field 'timestamp': integer out of the 64-bit range"),
+    "parquet-decimal-time": (parquet(ev_table(timestamp=pa.array([1, 10**37], pa.decimal128(38, 0)))),
+                             "ev.parquet: line 2, field 'timestamp': integer out of the 64-bit range"),
+    "parquet-duration-time": (parquet(ev_table(timestamp=pa.array([1, 2], pa.duration("s")))),
+                              "line 1, field 'timestamp': expected an integer or a timestamp, not a duration"),
+    "parquet-not-utf8": (parquet(ev_table(item=not_utf8_strings(b"i", b"caf\xe9"))),
+                         "ev.parquet: line 2, field 'item': not UTF-8 text (byte 0xe9)"),
+    "parquet-list-ids": (parquet(ev_table(item=[[1], [2]])), "line 1, field 'item': ids must be strings or integers"),
+    "parquet-duplicate-columns": (parquet(pa.Table.from_arrays([pa.array(["u"]), pa.array(["i"]), pa.array(["c"]),
+                                                                pa.array([1]), pa.array([2])],
+                                                               names=["user", "item", "category", "timestamp",
+                                                                      "timestamp"])),
+                                  "ev.parquet: the Parquet file has two columns named 'timestamp'"),
+    "parquet-empty-file": (events(b"", "ev.parquet"), "ev.parquet: not a readable Parquet file"),
+    # MovieLens (u.item is latin-1 on purpose: only u.data must be UTF-8)
+    "movielens-latin1-rating": (movielens(b"1\t1\t5\t100\n1\t1\xe9\t5\t100\n"),
+                                "u.data: line 2, field 'item': not UTF-8 text (byte 0xe9"),
+    "movielens-binary-ratings": (movielens(BINARY), "u.data: line 1, field 'user': not UTF-8 text"),
+    "movielens-30-digit-user": (movielens(b"1\t1\t5\t100\n" + b"9" * 30 + b"\t1\t5\t100\n"),
+                                "u.data: line 2, field 'user': integer out of the 64-bit range"),
+    "movielens-400-digit-age": (movielens(user=b"1|" + b"9" * 400 + b"|M|technician|85711\n"),
+                                "u.user: line 1, field 'age': integer out of the 64-bit range"),
+    "movielens-empty-ratings": (movielens(b""), "u.data: the file is empty (no ratings)"),
+    "movielens-empty-users": (movielens(user=b""), "u.user: the file is empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_file_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    (files, args), needle = HOSTILE[case]
+    for name, data in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    monkeypatch.chdir(tmp_path)
+    res = run([*args, "--out", "out"])
+    assert res.exit_code == 1, res.output
+    assert isinstance(res.exception, SystemExit), res.exception  # a ClickException, not an escaped error
+    assert "Traceback" not in res.output and needle in res.output, res.output
+    assert len(res.output) < 400  # a 5000-digit value is shown shortened
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["amazon-deep-nesting", "amazon-5000-digit-time", "amazon-latin1-id"])
+def test_hostile_file_real_process(tmp_path: Path, case: str) -> None:
+    (files, args), needle = HOSTILE[case]
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    proc = subprocess.run([sys.executable, "-c", "from din_export.cli import main; main()", "prepare", *args,
+                           "--out", "out"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr
+
+
+def test_exact_large_integers_and_bom_are_read(tmp_path: Path) -> None:
+    """Not errors: int64 values float64 cannot hold, text timestamps, a leading BOM, 50-digit ids."""
+    big = 2**63 - 1
+    p = tmp_path / "ev.parquet"
+    pq.write_table(ev_table(timestamp=["9007199254740993", str(big)]), p)
+    assert read_events(p).frame["timestamp"].tolist() == [9007199254740993, big]
+    p = tmp_path / "ev.csv"
+    p.write_bytes(b"\xef\xbb\xbf" + EV_HEAD + f"u,j,c,{big}\n".encode())
+    assert read_events(p).frame["timestamp"].tolist() == [1, big]
+    r, m = tmp_path / "r.json", tmp_path / "m.json"
+    r.write_bytes(b"\xef\xbb\xbf" + REVIEW + b'{"reviewerID": "A1", "asin": ' + b"7" * 50
+                  + f', "unixReviewTime": {big}}}\n'.encode())
+    m.write_bytes(META + b'{"asin": "' + b"7" * 50 + b'", "categories": [["Books"]]}\n')
+    f = read_amazon(r, m).frame
+    assert f["item"].astype(str).tolist() == ["B1", "7" * 50] and f["timestamp"].tolist() == [5, big]
 
 
 # ---------------------------------------------------------------------------------------------------
