@@ -40,7 +40,7 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, short) for name, (_, _, short) in COMMANDS.items()])
 
 
-@click.group(cls=LazyGroup)
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="din-export")
 def main() -> None:
     """Train a Deep Interest Network, export it to ONNX and prove the export scores like torch.

@@ -485,7 +485,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
 
 @click.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
 @click.option("--opset", default=DEFAULT_OPSET, show_default=True,
               type=click.IntRange(MIN_OPSET, onnx.defs.onnx_opset_version()),
               help="ONNX opset (why 18: docs/export.md).")

@@ -548,7 +548,7 @@ def _summary(out: Path, stats: dict) -> str:
 @click.command("prepare")
 @click.option("--source", type=click.Choice(SOURCES), required=True, help="Kind of raw data at PATH.")
 @click.argument("path", required=False, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Dataset directory to write (made in a temporary sibling, then renamed).")
 @click.option("--max-len", default=50, show_default=True, type=click.IntRange(min=1),
               help="Keep the most recent N behaviours of each history.")

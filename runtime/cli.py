@@ -46,13 +46,15 @@ from din_runtime.scorer import Scorer
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
-@click.option("-o", "--output", default="-", show_default=True, help="Scores file (.jsonl or .csv); - is stdout.")
+@click.option("-o", "--out", "--output", "output", default="-", show_default=True,
+              help="Scores file (.jsonl or .csv); - is stdout.")
 @click.option("--format", "input_format", type=click.Choice(["auto", "jsonl", "csv", "parquet"]), default="auto",
               show_default=True, help="Input format; auto goes by extension (stdin: jsonl).")
 @click.option("--output-format", type=click.Choice(["auto", "jsonl", "csv"]), default="auto", show_default=True,
               help="Output format; auto goes by extension (stdout: jsonl).")
 @click.option("--list-sep", default="|", show_default=True, help="Separator of history items in CSV cells.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Rows encoded and scored per onnxruntime call; memory stays bounded by it.")
 @click.option("--id-field", help="Input field copied to each output row beside its score.")
 @click.option("--label-field", help="0/1 field: report AUC, GAUC (by the schema's group) and logloss.")
 @click.option("--metrics-out", type=click.Path(dir_okay=False), help="Also write the metrics as JSON here.")
