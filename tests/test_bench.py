@@ -52,6 +52,14 @@ def test_alternate_warms_up_and_rotates_the_order() -> None:
     assert calls[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
 
 
+def test_alternate_back_to_back_times_only_the_repeats() -> None:
+    calls: list[str] = []
+    thunks = {name: (lambda name=name: calls.append(name)) for name in "ab"}
+    times = alternate(thunks, rounds=2, warmup=0, back_to_back=3)
+    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4}
+    assert calls == ["a", "a", "a", "b", "b", "b", "b", "b", "b", "a", "a", "a"]
+
+
 def test_parse_threads() -> None:
     assert parse_threads("1") == (1,)
     assert parse_threads("1,2,1") == (1, 2)
@@ -121,14 +129,15 @@ def tiny_taobao(tmp_path: Path) -> dict[str, Path]:
 def test_smoke_run_measures_every_engine_and_writes_a_report(tmp_path: Path) -> None:
     plan = Plan(quick=True, threads=(1,), device="cpu", epochs=1, train_rows=300, lengths=(3, 100), batch=8,
                 latency_rounds=3, throughput_rounds=2, candidates=10, candidate_rounds=2, load_rounds=2,
-                rss_rows=(50, 200), train_batch=64)
+                rss_rows=(50, 200), train_batch=64, load_model_mb=1.5)
     work = tmp_path / "work"
     work.mkdir()
     record = run_bench(plan, tiny_taobao(tmp_path), work, echo=lambda m: None)
 
-    for workload in ("latency_b1", "throughput_b8"):
-        for seq in plan.lengths:
-            assert set(record["engines"]["1"][workload][seq]) == set(ENGINES)
+    for seq in plan.lengths:
+        assert set(record["engines"]["1"]["throughput_b8"][seq]) == set(ENGINES)
+        for workload in ("latency_b1", "latency_b1_warm"):
+            assert set(record["engines"]["1"][workload][seq]) == set(ENGINES) - {"onnx-opt/32"}
     for seq in plan.lengths:
         diff = record["engines"]["1"]["max_abs_diff_prob_vs_torch"][seq]
         assert diff["torch-rewritten"] <= 1e-5 and diff["onnx-plain"] <= 1e-5 and diff["onnx-opt"] <= 1e-5
@@ -137,6 +146,9 @@ def test_smoke_run_measures_every_engine_and_writes_a_report(tmp_path: Path) -> 
     assert t["train_rows"] == 300 and t["ours"]["samples_per_s"] > 0 and t["deepctr"]["samples_per_s"] > 0
     assert t["ours"]["test"]["auc"] is not None and t["deepctr"]["test"]["auc"] is not None
     assert set(record["models"]) == {"onnx-plain", "onnx-opt", "onnx-int8"}
+    padded = record["load_model_bytes"]["onnx-opt-1.5MB"]
+    assert record["load_model_bytes"]["onnx-opt"] < 1.5e6 < padded < 1.5e6 + 0.5e6  # the vocabulary adds a little
+    assert record["load_ms"]["onnx-opt-1.5MB"]["p50_ms"] > 0
     assert record["candidates"]["candidates"] == 10
     assert [r["rows"] for r in record["din_score_rss"]] == [50, 200]
     assert all(r["peak_rss_mb"] > 10 for r in record["din_score_rss"])
