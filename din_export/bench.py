@@ -452,13 +452,14 @@ def engine_workloads(engines: Engines, plan: Plan) -> dict[str, Any]:
     for seq in plan.lengths:
         thunks = engines.thunks(workload_arrays(schema, 1, seq, seed=seq))
         del thunks["onnx-opt/32"]
-        cold[seq] = {k: quantiles(t) for k, t in alternate(thunks, plan.latency_rounds, warmup=5).items()}
+        key = str(seq)  # JSON object keys are strings; the record uses them from the start
+        cold[key] = {k: quantiles(t) for k, t in alternate(thunks, plan.latency_rounds, warmup=5).items()}
         times = alternate(thunks, max(plan.latency_rounds // 10, 2), warmup=1, back_to_back=11)
-        warm[seq] = {k: quantiles(t) for k, t in times.items()}
+        warm[key] = {k: quantiles(t) for k, t in times.items()}
         arrays = workload_arrays(schema, plan.batch, seq, seed=seq + 1)
-        agreement[seq] = engines.agreement(arrays)
+        agreement[key] = engines.agreement(arrays)
         times = alternate(engines.thunks(arrays), plan.throughput_rounds)
-        throughput[seq] = {name: {"median_ms": float(np.median(t) * 1e3),
+        throughput[key] = {name: {"median_ms": float(np.median(t) * 1e3),
                                   "rows_per_s": plan.batch / float(np.median(t))} for name, t in times.items()}
     return {"latency_b1": cold, "latency_b1_warm": warm, f"throughput_b{plan.batch}": throughput,
             "max_abs_diff_prob_vs_torch": agreement}
@@ -553,11 +554,11 @@ def targets(record: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
 
     one = record["engines"].get("1")
     if one is not None and 100 in plan.lengths:
-        thr = one[f"throughput_b{plan.batch}"][100]
+        thr = one[f"throughput_b{plan.batch}"]["100"]
         ratio = thr["onnx-opt"]["rows_per_s"] / thr["torch"]["rows_per_s"]
         add(f"B={plan.batch} L=100 1 thread: optimised ONNX vs torch eager", ">= 5x", ratio, ratio >= 5)
         for key, label in (("latency_b1", "cold"), ("latency_b1_warm", "warm")):
-            lat = one[key][100]
+            lat = one[key]["100"]
             ratio = lat["onnx-opt"]["p50_ms"] / lat["torch"]["p50_ms"]
             add(f"B=1 L=100 1 thread ({label}): optimised ONNX p50 / torch eager p50", "<= 0.25", ratio, ratio <= 0.25)
         ratio = thr["onnx-int8"]["rows_per_s"] / thr["onnx-opt"]["rows_per_s"]
@@ -584,56 +585,70 @@ def targets(record: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
     return out
 
 
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
 def format_table(record: dict[str, Any], plan: Plan) -> str:
-    lines = []
+    """The results as Markdown tables (printed, and written beside the JSON for docs/bench.md)."""
+    env = record["environment"]
+    lines = [f"{env['cpu']}, {env['cpu_count']} cores; load average {_loads(env['load_average_start'])} at the "
+             f"start, {_loads(env.get('load_average_end'))} at the end; malloc "
+             + ", ".join(f"{k}={v}" for k, v in env["malloc"].items()), ""]
     for threads, result in record["engines"].items():
-        engines = list(result[f"throughput_b{plan.batch}"][plan.lengths[0]])
-        header = f"{'threads ' + threads:<22}" + "".join(f"{e:>14}" for e in engines)
-        lines += ["", header, "-" * len(header)]
+        thr_all = result[f"throughput_b{plan.batch}"]
+        engines = list(thr_all[str(plan.lengths[0])])
+        rows = []
         for seq in plan.lengths:
             for label, key, q in (("p50", "latency_b1", "p50_ms"), ("p99", "latency_b1", "p99_ms"),
                                   ("warm p50", "latency_b1_warm", "p50_ms")):
-                lat = result[key][seq]
-                lines.append(f"{f'B=1 L={seq} {label} ms':<22}" +
-                             "".join(f"{lat[e][q]:>14.3f}" if e in lat else f"{'-':>14}" for e in engines))
+                lat = result[key][str(seq)]
+                rows.append([f"B=1 L={seq} {label} ms", *(f"{lat[e][q]:.3f}" if e in lat else "-" for e in engines)])
         for seq in plan.lengths:
-            thr = result[f"throughput_b{plan.batch}"][seq]
-            lines.append(f"{f'B={plan.batch} L={seq} rows/s':<22}" +
-                         "".join(f"{thr[e]['rows_per_s']:>14,.0f}" for e in engines))
-            lines.append(f"{'  x torch':<22}" +
-                         "".join(f"{thr[e]['rows_per_s'] / thr['torch']['rows_per_s']:>14.2f}" for e in engines))
-    lines += ["", f"{'model':<12}{'export s':>10}{'model MB':>10}{'dir MB':>10}{'load p50 ms':>13}"
-                  f"{'valid AUC':>11}{'max |dp|':>11}"]
-    for name, m in record["models"].items():
-        lines.append(f"{name:<12}{m['export_seconds']:>10.1f}{m['model_bytes'] / 1e6:>10.2f}"
-                     f"{m['dir_bytes'] / 1e6:>10.2f}{record['load_ms'][name]['p50_ms']:>13.1f}"
-                     f"{m['valid_auc']:>11.4f}{m['max_abs_diff_prob']:>11.2e}")
+            thr = thr_all[str(seq)]
+            rows.append([f"B={plan.batch} L={seq} rows/s", *(f"{thr[e]['rows_per_s']:,.0f}" for e in engines)])
+            rows.append(["  x torch", *(f"{thr[e]['rows_per_s'] / thr['torch']['rows_per_s']:.2f}" for e in engines)])
+        lines += md_table([f"{threads} thread(s)", *engines], rows)
+    rows = []
+    for name, size in record["load_model_bytes"].items():
+        m = record["models"].get(name)
+        rows.append([name, f"{m['export_seconds']:.1f}" if m else "-", f"{m['model_bytes'] / 1e6:.2f}" if m else "-",
+                     f"{size / 1e6:.2f}", f"{record['load_ms'][name]['p50_ms']:.1f}",
+                     f"{m['valid_auc']:.4f}" if m else "-", f"{m['max_abs_diff_prob']:.1e}" if m else "-"])
+    lines += md_table(["model", "export s", "model.onnx MB", "dir MB", "Scorer.load p50 ms", "valid AUC",
+                       "max abs prob diff (verify)"], rows)
     c = record["candidates"]
-    lines += ["", f"1 user x {c['candidates']} candidates (L={c['history_len']}): score_candidates "
-                  f"{c['score_candidates']['p50_ms']:.2f} ms, score(rows) {c['score_rows']['p50_ms']:.2f} ms "
-                  f"({c['speedup_vs_rows']:.2f}x), row by row {c['score_row_by_row']['p50_ms']:.2f} ms "
-                  f"({c['speedup_vs_row_by_row']:.2f}x)"]
-    lines += ["", f"{'training':<12}{'ours samples/s':>16}{'DeepCTR samples/s':>19}{'ours test AUC/GAUC':>22}"
-                  f"{'DeepCTR test AUC/GAUC':>24}"]
+    lines += md_table([f"1 user x {c['candidates']} candidates, L={c['history_len']}, {c['threads']} thread",
+                       "p50 ms", "score_candidates is faster by"],
+                      [["score_candidates", f"{c['score_candidates']['p50_ms']:.2f}", "-"],
+                       [f"score({c['candidates']} rows), one call", f"{c['score_rows']['p50_ms']:.2f}",
+                        f"{c['speedup_vs_rows']:.2f}x"],
+                       [f"score([row]) x {c['candidates']}", f"{c['score_row_by_row']['p50_ms']:.2f}",
+                        f"{c['speedup_vs_row_by_row']:.2f}x"]])
+    rows = []
     for name, t in record["training"].items():
-        o, d = t["ours"], t["deepctr"]
-        lines.append(f"{name:<12}{o['samples_per_s']:>16,.0f}{d['samples_per_s']:>19,.0f}"
-                     f"{_auc_pair(o['test']):>22}{_auc_pair(d['test']):>24}")
-    for r in record.get("din_score_rss", []):
-        lines.append(f"din-score {r['rows']:>9,} rows: peak RSS {r['peak_rss_mb']:.0f} MB, "
-                     f"{r['rows_per_s']:,.0f} rows/s")
-    lines += ["", "targets:"]
-    for t in record["targets"]:
-        verdict = "met" if t["met"] else "MISSED"
-        lines.append(f"  [{verdict:>6}] {t['target']}: {t['value']:.4g} (goal {t['goal']})")
+        for who in ("ours", "deepctr"):
+            r = t[who]
+            rows.append([name, who, f"{r['samples_per_s']:,.0f}", " / ".join(f"{x:.0f}" for x in r["epoch_seconds"]),
+                         str(r["best_epoch"]), _metrics(r["test"])])
+    lines += md_table(["data", "model", "train samples/s", "epoch s", "best epoch", "test AUC / GAUC / logloss"], rows)
+    if record.get("din_score_rss"):
+        lines += md_table(["din-score rows", "peak RSS MB", "rows/s"],
+                          [[f"{r['rows']:,}", f"{r['peak_rss_mb']:.0f}", f"{r['rows_per_s']:,.0f}"]
+                           for r in record["din_score_rss"]])
+    lines += md_table(["target", "goal", "measured", ""],
+                      [[t["target"], t["goal"], f"{t['value']:.4g}", "met" if t["met"] else "**missed**"]
+                       for t in record["targets"]])
     return "\n".join(lines)
 
 
-def _auc_pair(metrics: dict[str, Any]) -> str:
-    def num(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.4f}"
+def _loads(loads: list[float] | None) -> str:
+    return "n/a" if loads is None else "/".join(f"{x:.1f}" for x in loads)
 
-    return f"{num(metrics['auc'])}/{num(metrics['gauc'])}"
+
+def _metrics(m: dict[str, Any]) -> str:
+    return " / ".join("n/a" if m[k] is None else f"{m[k]:.4f}" for k in ("auc", "gauc", "logloss"))
 
 
 def chart(record: dict[str, Any], plan: Plan) -> bytes:
@@ -647,10 +662,11 @@ def chart(record: dict[str, Any], plan: Plan) -> bytes:
     fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.6 * len(runs)), squeeze=False)
     for row, (threads, result) in enumerate(runs.items()):
         thr, lat = result[f"throughput_b{plan.batch}"], result["latency_b1"]
-        for engine in thr[plan.lengths[0]]:
-            axes[row][0].plot(plan.lengths, [thr[s][engine]["rows_per_s"] for s in plan.lengths], "o-", label=engine)
-            if engine in lat[plan.lengths[0]]:
-                axes[row][1].plot(plan.lengths, [lat[s][engine]["p50_ms"] for s in plan.lengths], "o-", label=engine)
+        keys = [str(s) for s in plan.lengths]
+        for engine in thr[keys[0]]:
+            axes[row][0].plot(plan.lengths, [thr[k][engine]["rows_per_s"] for k in keys], "o-", label=engine)
+            if engine in lat[keys[0]]:
+                axes[row][1].plot(plan.lengths, [lat[k][engine]["p50_ms"] for k in keys], "o-", label=engine)
         axes[row][0].set(title=f"B={plan.batch} throughput, {threads} thread(s)", xlabel="history length",
                          ylabel="rows/s", yscale="log", xscale="log")
         axes[row][1].set(title=f"B=1 latency p50 (cold), {threads} thread(s)", xlabel="history length", ylabel="ms",
@@ -778,7 +794,7 @@ def check_device(device: str) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Training epochs for both models (default 2, --quick 1).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/results"),
-              show_default=True, help="Directory for bench[-quick].json and .png.")
+              show_default=True, help="Directory for bench[-quick].json, .md and .png.")
 @click.option("--movielens", type=click.Path(exists=True, path_type=Path), default=None,
               help=f"ml-100k directory (default {SOURCES['movielens']}).")
 @click.option("--taobao", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -800,5 +816,7 @@ def bench_command(quick: bool, threads_text: str, device: str, epochs: int | Non
     stem = "bench-quick" if quick else "bench"
     write_json_atomic(out / f"{stem}.json", record)
     write_bytes_atomic(out / f"{stem}.png", chart(record, plan))
-    click.echo(format_table(record, plan))
-    click.echo(f"\nwrote {out / f'{stem}.json'} and {out / f'{stem}.png'}")
+    table = format_table(record, plan)
+    write_bytes_atomic(out / f"{stem}.md", f"`{record['command']}`\n\n{table}".encode())
+    click.echo(table)
+    click.echo(f"\nwrote {out / f'{stem}.json'}, .md and .png")
