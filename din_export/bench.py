@@ -49,6 +49,7 @@ ENGINES = ("torch", "torch-rewritten", "onnx-plain", "onnx-opt", "onnx-opt/32", 
 # "onnx-opt/32": the optimised session run on 32-row slices of the batch, to show what a runtime that
 # splits large batches would gain (the Dice passes over B x L x H values then stay in cache).
 CHUNK_ROWS = 32
+TRAIN_THREADS = 1  # see compare_training
 EXPORTS = {"onnx-plain": {"optimize": False}, "onnx-opt": {"optimize": True},
            "onnx-int8": {"optimize": True, "quantize": "int8"}}
 
@@ -284,19 +285,26 @@ class DeepCTRRun:
 
 
 def compare_training(data_dir: Path, run_dir: Path, plan: Plan) -> dict[str, Any]:
-    """Ours (`din_export.train.train`) and DeepCTR-Torch's DIN, epochs alternating, same everything else."""
+    """Ours (`din_export.train.train`) and DeepCTR-Torch's DIN, epochs alternating, same everything else.
+
+    Both train on TRAIN_THREADS torch threads: with more, a core taken by another process stalls every
+    parallel region of OpenMP's spinning threads, and epochs of either model slowed 10x at random here.
+    """
     from din_export.data import load_schema, load_split
     from din_export.train import TrainConfig, train
 
     schema = load_schema(data_dir)
     splits = {s: load_split(data_dir, s, schema) for s in ("train", "valid", "test")}
     cfg = ModelConfig()
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)
     theirs = DeepCTRRun(schema, cfg, splits, plan)
-    train_cfg = TrainConfig(lr=plan.lr, batch_size=plan.train_batch, patience=0, seed=0,
+    train_cfg = TrainConfig(lr=plan.lr, batch_size=plan.train_batch, patience=0, seed=0, threads=TRAIN_THREADS,
                             device="cuda" if plan.device == "cuda" else "cpu")
     for epoch in range(1, plan.epochs + 1):
         train(data_dir, run_dir, cfg, replace(train_cfg, epochs=epoch), resume=True, quiet=True)
         theirs.epoch()
+    torch.set_num_threads(default_threads)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     seconds = [h["seconds"] for h in metrics["history"]]
     rows = len(splits["train"]["label"])
@@ -304,7 +312,7 @@ def compare_training(data_dir: Path, run_dir: Path, plan: Plan) -> dict[str, Any
             "epoch_seconds": seconds, "samples_per_s": rows * len(seconds) / sum(seconds)}
     deepctr = theirs.result()
     return {"train_rows": rows, "epochs": plan.epochs, "batch_size": plan.train_batch, "lr": plan.lr,
-            "model": cfg.to_dict(), "ours": ours, "deepctr": deepctr,
+            "threads": TRAIN_THREADS, "model": cfg.to_dict(), "ours": ours, "deepctr": deepctr,
             "speedup": ours["samples_per_s"] / deepctr["samples_per_s"]}
 
 
@@ -632,7 +640,9 @@ def format_table(record: dict[str, Any], plan: Plan) -> str:
             r = t[who]
             rows.append([name, who, f"{r['samples_per_s']:,.0f}", " / ".join(f"{x:.0f}" for x in r["epoch_seconds"]),
                          str(r["best_epoch"]), _metrics(r["test"])])
-    lines += md_table(["data", "model", "train samples/s", "epoch s", "best epoch", "test AUC / GAUC / logloss"], rows)
+    threads = next(iter(record["training"].values()), {}).get("threads", "?")
+    lines += md_table(["data", "model", f"train samples/s ({threads} thread)", "epoch s", "best epoch",
+                       "test AUC / GAUC / logloss"], rows)
     if record.get("din_score_rss"):
         lines += md_table(["din-score rows", "peak RSS MB", "rows/s"],
                           [[f"{r['rows']:,}", f"{r['peak_rss_mb']:.0f}", f"{r['rows_per_s']:,.0f}"]

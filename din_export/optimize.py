@@ -12,7 +12,12 @@ W = [Wq | Wk | Wd | Wp] (each H x D):
                                =        c(q)       +   A(q) k,     A(q) = (Wk - Wd) + Wp diag(q)
 
 c(q) and A(q) are computed once per row (A costs B*H*D multiply-adds: Wp diag(q) scales the columns of
-Wp), after which each history position costs one D x H product instead of a 4D x H one.
+Wp), after which each history position costs one D x H product instead of a 4D x H one. In ONNX Runtime
+on CPU this per-row form beat the two alternatives (k (Wk - Wd)^T + (q * k) Wp^T, and [k, q * k] as one
+2D-wide GEMM) from L ~ 50 up; below that the two-GEMM form is faster (bench/first_layer.py).
+
+What remains per position is mostly elementwise (each Dice is five passes over B x L x H values), so the
+FLOP cut of ~3x in the attention turns into ~2.3x end to end at B = 256, L = 100 (docs/bench.md).
 """
 
 from __future__ import annotations
@@ -57,14 +62,16 @@ def fold_dice(dice: Dice, before: nn.Linear, after: nn.Linear) -> ScaledDice:
         return ScaledDice(-dice.running_mean * a, dice.alpha.detach().clone())
 
 
-def fold_affine_into_linear(linear: nn.Linear, scale: Tensor, shift: Tensor) -> None:
-    """Merge a per-feature affine map before a Linear into it (in place):
+class InputAffine(nn.Module):
+    """x * scale + shift, per feature: the MLP input's dense standardisation and BatchNorm as one map."""
 
-        W (scale * x + shift) + b = (W diag(scale)) x + (W shift + b)
-    """
-    with torch.no_grad():
-        linear.bias.add_(linear.weight @ shift)
-        linear.weight.mul_(scale)
+    def __init__(self, scale: Tensor, shift: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.shift
 
 
 def fold_mlp(mlp: MLP) -> tuple[list[nn.Linear], list[nn.Module]]:
@@ -89,6 +96,11 @@ def chain(activations: list[nn.Module], linears: list[nn.Linear]) -> nn.Sequenti
 
 def mlp_input_affine(model: DIN) -> tuple[Tensor, Tensor]:
     """The MLP input's eval-mode affine map as (scale, shift) over the concatenated input.
+
+    It stays a separate map rather than merging into the first Linear (W (s x + t) + b = (W diag(s)) x
+    + (W t + b)): merged, raw dense values (age ~ 40) and embeddings (~ 0.1) would enter one MatMul,
+    whose per-tensor int8 scale then flattens the embeddings (measured: the int8 export's AUC drop went
+    from 0.003 to 0.0005 by keeping it, at no fp32 cost: two ops over B x 224 values).
 
     Dense standardisation (x - m) / s acts on the trailing dense columns; BatchNorm in eval mode is
     gamma (x - mu) / sqrt(var + eps) + beta. Composed: scale = d g, shift = e g + (beta - mu g) with
@@ -162,8 +174,7 @@ class InferenceDIN(nn.Module):
                 scale_output(linears[-1], 1.0 / math.sqrt(dim))
             self.unit = FactoredActivationUnit(linears[0], chain(activations, linears[1:]), dim)
         linears, activations = fold_mlp(model.mlp)
-        fold_affine_into_linear(linears[0], *mlp_input_affine(model))
-        self.mlp = nn.Sequential(linears[0], chain(activations, linears[1:]))
+        self.mlp = nn.Sequential(InputAffine(*mlp_input_affine(model)), linears[0], chain(activations, linears[1:]))
         self.eval()
 
     def forward(self, x: dict[str, Tensor], return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
@@ -180,7 +191,7 @@ class InferenceDIN(nn.Module):
             pooled = torch.matmul(rows, keys).flatten(1)
         parts = [profile, query, pooled]
         if "dense" in x:
-            parts.append(x["dense"])  # raw: the standardisation is folded into the MLP's first Linear
+            parts.append(x["dense"])  # raw: InputAffine standardises it
         logits = self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
         return (logits, weights) if return_attention else logits
 
