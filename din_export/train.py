@@ -526,7 +526,7 @@ def resolve_configs(preset: str | None, saved: dict | None, model_flags: dict, t
 
 @click.command("train")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory to write (model.safetensors, metrics.json, config.json, curve.png, state/).")
 @click.option("--model", type=click.Choice(MODELS), help="din, or the paper's base model (sum pooling).")
 @click.option("--config", "preset", metavar="PRESET",
@@ -639,7 +639,8 @@ def dataset_manifest(data_dir: Path, schema: Schema) -> Manifest:
 @click.command("predict")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("requests", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
-@click.option("-o", "--output", required=True, help="Scores file (.jsonl or .csv; - is stdout), as din-score writes.")
+@click.option("-o", "--out", "--output", "output", required=True,
+              help="Scores file (.jsonl or .csv; - is stdout), as din-score writes.")
 @click.option("--output-format", type=click.Choice(["auto", "jsonl", "csv"]), default="auto", show_default=True)
 @click.option("--id-field", help="Request field copied to each output row beside its score.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
