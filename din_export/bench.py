@@ -673,16 +673,19 @@ def chart(record: dict[str, Any], plan: Plan) -> bytes:
     for row, (threads, result) in enumerate(runs.items()):
         thr, lat = result[f"throughput_b{plan.batch}"], result["latency_b1"]
         keys = [str(s) for s in plan.lengths]
-        for engine in thr[keys[0]]:
-            axes[row][0].plot(plan.lengths, [thr[k][engine]["rows_per_s"] for k in keys], "o-", label=engine)
+        for i, engine in enumerate(thr[keys[0]]):
+            style = {"marker": "o", "color": f"C{i}", "label": engine}  # one colour per engine in every panel
+            axes[row][0].plot(plan.lengths, [thr[k][engine]["rows_per_s"] for k in keys], **style)
             if engine in lat[keys[0]]:
-                axes[row][1].plot(plan.lengths, [lat[k][engine]["p50_ms"] for k in keys], "o-", label=engine)
+                axes[row][1].plot(plan.lengths, [lat[k][engine]["p50_ms"] for k in keys], **style)
         axes[row][0].set(title=f"B={plan.batch} throughput, {threads} thread(s)", xlabel="history length",
                          ylabel="rows/s", yscale="log", xscale="log")
         axes[row][1].set(title=f"B=1 latency p50 (cold), {threads} thread(s)", xlabel="history length", ylabel="ms",
                          yscale="log", xscale="log")
         for ax in axes[row]:
-            ax.grid(True, which="both", alpha=0.3)
+            ax.set_xticks(plan.lengths, [str(n) for n in plan.lengths])
+            ax.minorticks_off()
+            ax.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"din-export bench{' --quick' if plan.quick else ''} ({record['environment']['cpu']})", fontsize=10)
     fig.tight_layout()
