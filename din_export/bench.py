@@ -512,10 +512,10 @@ def candidate_workload(model_dir: Path, requests: list[dict], schema: Schema, pl
             "speedup_vs_row_by_row": times["score_row_by_row"]["p50_ms"] / times["score_candidates"]["p50_ms"]}
 
 
-def peak_rss(command: list[str], log: Path, poll_s: float = 0.02) -> tuple[float, float]:
-    """Run `command`; -> (peak resident set in MB, seconds). Reads the child's own high-water mark
-    (/proc/PID/status VmHWM, reset by exec), since rusage's ru_maxrss would include this process's
-    RSS, inherited at fork."""
+def peak_rss(command: list[str], log: Path, poll_s: float = 0.02) -> tuple[float | None, float]:
+    """Run `command`; -> (peak resident set in MB, or None without /proc; seconds). Reads the child's own
+    high-water mark (/proc/PID/status VmHWM, reset by exec), since rusage's ru_maxrss would include this
+    process's RSS, inherited at fork."""
     peak_kb = 0
     with open(log, "wb") as out:
         start = time.perf_counter()
@@ -529,7 +529,7 @@ def peak_rss(command: list[str], log: Path, poll_s: float = 0.02) -> tuple[float
         seconds = time.perf_counter() - start
     if process.returncode != 0:
         raise click.ClickException(f"{' '.join(command[3:5])} failed: {log.read_text(errors='replace')[-2000:]}")
-    return peak_kb / 1024, seconds
+    return (peak_kb / 1024 if peak_kb else None), seconds
 
 
 def din_score_memory(model_dir: Path, data_dir: Path, rows: tuple[int, ...], work: Path) -> list[dict[str, Any]]:
@@ -586,7 +586,7 @@ def targets(record: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
             load = record["load_ms"][name]["p50_ms"]
             add(f"Scorer.load p50 ({name}, model dir {size / 1e6:.1f} MB)", "< 50 ms (10 MB model)", load, load < 50)
     rss = record.get("din_score_rss")
-    if rss:
+    if rss and all(r["peak_rss_mb"] for r in rss):
         growth = rss[-1]["peak_rss_mb"] / rss[0]["peak_rss_mb"]
         add(f"din-score peak RSS {rss[-1]['rows']:,} rows / {rss[0]['rows']:,} rows", "flat (~1.0)", growth,
             growth < 1.1)
@@ -645,7 +645,8 @@ def format_table(record: dict[str, Any], plan: Plan) -> str:
                        "test AUC / GAUC / logloss"], rows)
     if record.get("din_score_rss"):
         lines += md_table(["din-score rows", "peak RSS MB", "rows/s"],
-                          [[f"{r['rows']:,}", f"{r['peak_rss_mb']:.0f}", f"{r['rows_per_s']:,.0f}"]
+                          [[f"{r['rows']:,}", f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else "n/a",
+                            f"{r['rows_per_s']:,.0f}"]
                            for r in record["din_score_rss"]])
     lines += md_table(["target", "goal", "measured", ""],
                       [[t["target"], t["goal"], f"{t['value']:.4g}", "met" if t["met"] else "**missed**"]
