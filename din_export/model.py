@@ -92,28 +92,33 @@ class Dice(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features))
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        mean, var = self.running_mean, self.running_var
         if self.training:
-            mean, var = self._batch_statistics(x, mask)
-        p = torch.sigmoid((x - mean) / torch.sqrt(var + self.eps))
-        return p * x + (1.0 - p) * self.alpha * x
+            centered, var = self._batch_statistics(x, mask)
+        else:
+            centered, var = x - self.running_mean, self.running_var
+        p = torch.sigmoid(centered * torch.rsqrt(var + self.eps))
+        # p s + (1 - p) alpha s, with one pass fewer over the (..., H) values
+        return x * (self.alpha + (1.0 - self.alpha) * p)
 
     def _batch_statistics(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """-> (x - mean, var) over the real positions. The weighted sums are (1, N) @ (N, H) products:
+        one GEMM instead of a masked copy and a reduction, which matters at N = B * L."""
         flat = x.reshape(-1, x.shape[-1])
         if mask is None:
-            weight = torch.ones(flat.shape[0], 1, dtype=x.dtype, device=x.device)
+            weight = torch.ones(1, flat.shape[0], dtype=x.dtype, device=x.device)
         else:
-            weight = mask.reshape(-1, 1).to(x.dtype)
+            weight = mask.reshape(1, -1).to(x.dtype)
         n = weight.sum()
         if n.item() == 0:  # a batch of empty histories has no statistics: fall back to the running ones
-            return self.running_mean, self.running_var
-        mean = (flat * weight).sum(0) / n
-        var = (((flat - mean) ** 2) * weight).sum(0) / n
+            return x - self.running_mean, self.running_var
+        mean = (weight @ flat).squeeze(0) / n
+        centered = x - mean
+        var = (weight @ centered.reshape(-1, x.shape[-1]).square()).squeeze(0) / n
         with torch.no_grad():
             unbiased = var * (n / (n - 1)) if n > 1 else var
             self.running_mean.lerp_(mean.detach(), self.momentum)
             self.running_var.lerp_(unbiased.detach(), self.momentum)
-        return mean, var
+        return centered, var
 
 
 class PReLU(nn.Module):
@@ -165,10 +170,20 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out = nn.Linear(dims[-1], 1)
 
+    @property
+    def first(self) -> nn.Linear:
+        return self.linears[0] if len(self.linears) else self.out
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        for linear, act in zip(self.linears, self.activations, strict=True):
-            x = self.dropout(act(linear(x), mask))
-        return self.out(x)
+        return self.after_first(self.first(x), mask)
+
+    def after_first(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The rest of the MLP, given the first Linear's output h: (..., hidden[0]) -> (..., 1)."""
+        if not len(self.linears):
+            return h
+        for act, linear in zip(self.activations, [*self.linears[1:], self.out], strict=True):
+            h = linear(self.dropout(act(h, mask)))
+        return h
 
 
 # --- Embeddings --------------------------------------------------------------------------------------
@@ -217,16 +232,27 @@ def history_mask(hist_len: Tensor, seq_len: int) -> Tensor:
 class ActivationUnit(nn.Module):
     """a(v_A, e_j) = MLP([q, k, q - k, q * k]) -> scalar per position. q (B, D), k (B, L, D) -> (B, L).
 
-    The official code's cheap stand-ins for the paper's outer product (q - k, q * k).
+    The official code's cheap stand-ins for the paper's outer product (q - k, q * k). The 4D-wide input
+    is never built: with the first Linear's weight split as W = [Wq | Wk | Wd | Wp] (each H x D),
+
+        W [q, k, q - k, q * k] + b = ((Wq + Wd) q + b) + [Wk - Wd | Wp] [k, q * k],
+
+    the query term once per row and a 2D-wide product per position instead of a 4D-wide one: half the
+    FLOPs of the model's largest layer, forward and backward, with the same parameters and function.
     """
 
     def __init__(self, dim: int, cfg: ModelConfig) -> None:
         super().__init__()
+        self.dim = dim
         self.mlp = MLP(4 * dim, cfg.attention_hidden, cfg.attention_activation, cfg)
 
     def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
-        q = query.unsqueeze(1).expand_as(keys)
-        return self.mlp(torch.cat([q, keys, q - keys, q * keys], dim=-1), mask).squeeze(-1)
+        first = self.mlp.first
+        w_q, w_k, w_d, w_p = first.weight.split(self.dim, dim=1)
+        per_row = nn.functional.linear(query, w_q + w_d, first.bias)
+        q = query.unsqueeze(1)
+        per_position = torch.cat([keys, q * keys], dim=-1) @ torch.cat([w_k - w_d, w_p], dim=1).T
+        return self.mlp.after_first(per_position + per_row.unsqueeze(1), mask).squeeze(-1)
 
 
 class AttentionPooling(nn.Module):
