@@ -532,15 +532,15 @@ def resolve_configs(preset: str | None, saved: dict | None, model_flags: dict, t
 @click.option("--config", "preset", metavar="PRESET",
               help="A preset name from models/ (paper, official, edge) or the path of a preset JSON.")
 @click.option("--epochs", type=int, help="Most epochs to run (early stopping may end sooner).")
-@click.option("--seed", type=int)
-@click.option("--lr", type=float)
-@click.option("--batch-size", type=int)
+@click.option("--seed", type=int, help="Seed of initialisation, shuffling and dropout (a run is repeatable).")
+@click.option("--lr", type=float, help="Learning rate (the preset's, else 1e-3).")
+@click.option("--batch-size", type=int, help="Training rows per step, over all processes.")
 @click.option("--threads", type=int, help="torch intra-op threads (0: torch's default).")
 @click.option("--attention-norm", type=click.Choice(ATTENTION_NORMS),
               help="none: the paper's unnormalised weights; softmax: the official code.")
 @click.option("--mba-lambda", type=float, help="Mini-batch aware L2 on the embeddings (paper: 0.01).")
 @click.option("--patience", type=int, help="Epochs without a better validation GAUC before stopping (0: never).")
-@click.option("--device", type=click.Choice(DEVICES))
+@click.option("--device", type=click.Choice(DEVICES), help="auto: cuda when torch sees a GPU, else cpu.")
 @click.option("--checkpoint-steps", type=int, help="Also save the resume state every N steps.")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE",
               help="Any other model or train field, e.g. --set model.embed_dim=16 --set train.weight_decay=1e-6.")
@@ -590,7 +590,8 @@ def check_same_inputs(run_schema: Schema, data_schema: Schema, data_dir: Path) -
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", "split_names", type=click.Choice(["valid", "test"]), multiple=True,
               help="Splits to score (default: valid and test).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Rows per forward pass; memory grows with it.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
               help="Also write the metrics as JSON to this file ('-': stdout instead of the table).")
 def evaluate_command(run_dir: Path, data_dir: Path, split_names: tuple[str, ...], batch_size: int,
@@ -641,9 +642,11 @@ def dataset_manifest(data_dir: Path, schema: Schema) -> Manifest:
 @click.argument("requests", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("-o", "--out", "--output", "output", required=True,
               help="Scores file (.jsonl or .csv; - is stdout), as din-score writes.")
-@click.option("--output-format", type=click.Choice(["auto", "jsonl", "csv"]), default="auto", show_default=True)
+@click.option("--output-format", type=click.Choice(["auto", "jsonl", "csv"]), default="auto", show_default=True,
+              help="Output format; auto goes by extension (stdout: jsonl), as in din-score.")
 @click.option("--id-field", help="Request field copied to each output row beside its score.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Requests encoded and scored per forward pass.")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Dataset directory whose vocabularies encode the requests (default: the run's).")
 def predict_command(run_dir: Path, requests: str, output: str, output_format: str, id_field: str | None,

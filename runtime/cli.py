@@ -62,7 +62,8 @@ from din_runtime.scorer import Scorer
               help="stop at the first bad row, or skip bad rows (needs --errors).")
 @click.option("--errors", "errors_path", type=click.Path(dir_okay=False),
               help="JSONL file receiving each rejected row (line, field, error, raw).")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+              help="cuda needs onnxruntime-gpu (the gpu extra); auto takes cuda when it is available.")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads (default: all cores).")
 @click.version_option(__version__, prog_name="din-score")
 def main(model_dir: Path, input_path: str, output: str, input_format: str, output_format: str, list_sep: str,
