@@ -48,6 +48,7 @@ from din_export.sources import (
 IMPLICIT = "implicit-leave-last-out"
 EXPLICIT = "explicit-user-split"
 SPLITS = ("train", "valid", "test")
+HISTORIES = ("clicks", "all")  # explicit protocol: which of the user's earlier events form the history
 MIN_POSITIVES = 3  # implicit: one train-or-history item, one validation target, one test target
 # working-set sizes, in int64 cells: a block of users makes about this many history cells, and the
 # in-place remap of the memory-mapped arrays goes this many cells at a time (~32 MB each)
@@ -190,9 +191,38 @@ class _Plan:
     table: _Table
     max_len: int
     rng: np.random.Generator
-    pool: np.ndarray | None = None  # implicit: the items negatives are drawn from
+    pools: tuple[np.ndarray, ...] = ()  # implicit: per split, the items its negatives are drawn from
     user_split: np.ndarray | None = None  # explicit: user block -> split
     clicks_before: np.ndarray | None = None  # explicit: clicks in the sorted table before each row
+
+
+def _implicit_positions(table: _Table) -> np.ndarray:
+    """Implicit protocol: the split of each event's position (0 train or history, 1 valid, 2 test)."""
+    counts = np.diff(table.starts)
+    from_end = np.repeat(table.starts[1:], counts) - np.arange(len(table.item))  # 1 for a user's last event
+    return np.where(from_end == 1, 2, np.where(from_end == 2, 1, 0)).astype(np.int8)
+
+
+def _negative_pools(table: _Table) -> tuple[np.ndarray, ...]:
+    """Per split, the distinct items at that split's positions: train negatives come from the items the
+    train split shows (its targets and histories), validation/test negatives from the items that are some
+    user's validation/test target. A negative thus looks like the positives it is paired with: an item
+    that is only ever a held-out target never enters training (as a negative it would teach "this id is
+    never clicked"), and a held-out positive is no likelier to be unknown to the vocabulary than its
+    negative (docs/data.md)."""
+    position = _implicit_positions(table)
+    pools = tuple(np.unique(table.item[position == i]).astype(np.int64) for i in range(len(SPLITS)))
+    for s, pool in zip(SPLITS, pools, strict=True):
+        in_pool = np.zeros(len(table.names[ITEM]), dtype=bool)
+        in_pool[pool] = True
+        # a user's kept items are distinct, so this counts the pool items they touched
+        touched = np.add.reduceat(in_pool[table.item].astype(np.int64), table.starts[:-1])
+        full = np.flatnonzero(touched >= len(pool))
+        if len(full):
+            who = table.names[USER][table.user[table.starts[full[0]]]]
+            raise PrepareError(f"user {who!r} touched every one of the {len(pool)} items at {s} positions: "
+                               f"no {s} negative can be drawn for them")
+    return pools
 
 
 def _negatives(table: _Table, pool: np.ndarray, rows: np.ndarray, block: tuple[int, int],
@@ -228,7 +258,9 @@ def _block_samples(plan: _Plan, block: tuple[int, int]) -> dict[str, dict[str, n
         h_len = np.minimum(pos, max_len)
         h_end = rows
         # each positive is followed by its negative, which shares the history
-        negs = _negatives(table, plan.pool, rows, block, plan.rng)
+        negs = np.empty(len(rows), dtype=np.int64)
+        for i, pool in enumerate(plan.pools):
+            negs[split == i] = _negatives(table, pool, rows[split == i], block, plan.rng)
         rows, split, h_len, h_end = (np.repeat(a, 2) for a in (rows, split, h_len, h_end))
         target = np.empty(len(rows), dtype=np.int64)
         target[0::2], target[1::2] = table.item[rows[0::2]], negs
@@ -383,11 +415,18 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0,
-            valid_fraction: float = 0.1, test_fraction: float = 0.1, force: bool = False) -> dict:
-    """Write the dataset directory `out` from `events`; returns the stats also saved in stats.json."""
+            valid_fraction: float = 0.1, test_fraction: float = 0.1, history: str = "clicks",
+            force: bool = False) -> dict:
+    """Write the dataset directory `out` from `events`; returns the stats also saved in stats.json.
+
+    history (explicit protocol): "clicks", the user's earlier clicks, or "all", every earlier event
+    (MovieLens: every movie rated before the target, the paper's wording). Implicit events are all
+    positives, so there the two are the same."""
     out = Path(out)
     if max_len < 1:
         raise PrepareError(f"max_len must be >= 1, got {max_len}")
+    if history not in HISTORIES:
+        raise PrepareError(f"history must be one of {HISTORIES}, got {history!r}")
     _check_out(out, force)
     rng = np.random.default_rng(seed)
     protocol = EXPLICIT if events.explicit else IMPLICIT
@@ -397,15 +436,11 @@ def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0
         table = _implicit_filter(table, ev_stats)
         if table.n_users == 0:
             raise PrepareError(f"no user has {MIN_POSITIVES} or more distinct positive items")
-        pool = np.flatnonzero(table.cate_of_item >= 0)
-        full = np.diff(table.starts) >= len(pool)
-        if full.any():
-            who = table.names[USER][table.user[table.starts[np.flatnonzero(full)[0]]]]
-            raise PrepareError(f"user {who!r} touched every item: no negative can be sampled")
-        plan = _Plan(table, max_len, rng, pool=pool)
+        plan = _Plan(table, max_len, rng, pools=_negative_pools(table))
     else:
         user_split = _assign_user_splits(table, rng, valid_fraction, test_fraction, ev_stats)
-        clicks_before = np.concatenate([[0], np.cumsum(table.label, dtype=np.int64)])
+        in_history = table.label if history == "clicks" else np.ones_like(table.label)
+        clicks_before = np.concatenate([[0], np.cumsum(in_history, dtype=np.int64)])
         plan = _Plan(table, max_len, rng, user_split=user_split, clicks_before=clicks_before)
     ev_stats["events_used"] = len(table.item)
     sizes = _split_sizes(table, plan.user_split)
@@ -413,7 +448,7 @@ def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0
         raise PrepareError(f"no training sample: every user has exactly {MIN_POSITIVES} distinct items, "
                            "which go to history, validation and test")
     with_user = protocol == IMPLICIT  # explicit test users are never in train: user_id would be all OOV
-    hist_src = table.item if table.label is None else table.item[table.label == 1]
+    hist_src = table.item if (table.label is None or history == "all") else table.item[table.label == 1]
     keys = _vocab_keys(with_user, tuple(table.sparse))
     spec = {k: (np.dtype(np.int64), (max_len,) if k in (HIST_ITEM, HIST_CATE) else ()) for k in keys}
     spec.update({"hist_len": (np.dtype(np.int64), ()), "label": (np.dtype(np.float32), ()),
@@ -468,10 +503,14 @@ def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0
             sparse=tuple(SparseField(k, v) for k, v in keys.items() if k not in (ITEM, HIST_ITEM, CATE, HIST_CATE)),
             dense=tuple(DenseField(n, float(m), float(sd)) for n, m, sd in zip(dense_names, mean, std, strict=True)),
             group=USER, source=events.source, protocol=protocol,
-            extra={"seed": seed, **events.notes},
+            extra={"seed": seed, **({"history": history} if protocol == EXPLICIT else {}), **events.notes},
         )
         schema.save(tmp / "schema.json")
         stats = _stats(events, protocol, seed, max_len, ev_stats, table, plan.user_split, tmp, vocab_sizes, oov)
+        if protocol == EXPLICIT:
+            stats["history"] = history
+        if plan.pools:
+            stats["negative_pool_items"] = {s: len(p) for s, p in zip(SPLITS, plan.pools, strict=True)}
         write_json_atomic(tmp / "stats.json", stats)
         _publish(tmp, out)
     except BaseException:
@@ -559,6 +598,8 @@ def _summary(out: Path, stats: dict) -> str:
 @click.option("--sparse-features", default="", metavar="COL,COL",
               help="events: extra categorical columns (user profile or context), comma separated.")
 @click.option("--dense-features", default="", metavar="COL,COL", help="events: extra numeric columns.")
+@click.option("--history", type=click.Choice(HISTORIES), default="clicks", show_default=True,
+              help="explicit protocol: the history is the user's earlier clicks, or all their earlier events.")
 @click.option("--valid-fraction", default=0.1, show_default=True, type=FRACTION,
               help="explicit protocol: share of users held out for validation.")
 @click.option("--test-fraction", default=0.1, show_default=True, type=FRACTION,
@@ -566,7 +607,7 @@ def _summary(out: Path, stats: dict) -> str:
 @click.option("--force", is_flag=True, help="Replace a non-empty --out directory.")
 def prepare_command(source: str, path: Path | None, out: Path, max_len: int, seed: int, meta: Path | None,
                     all_behaviours: bool, sparse_features: str, dense_features: str,
-                    valid_fraction: float, test_fraction: float, force: bool) -> None:
+                    history: str, valid_fraction: float, test_fraction: float, force: bool) -> None:
     """Turn raw events at PATH into a dataset directory (docs/data.md).
 
     \b
@@ -581,7 +622,7 @@ def prepare_command(source: str, path: Path | None, out: Path, max_len: int, see
         events = load_source(source, path, meta=meta, all_behaviours=all_behaviours,
                              sparse_features=sparse_features, dense_features=dense_features, seed=seed)
         stats = prepare(events, out, max_len=max_len, seed=seed, valid_fraction=valid_fraction,
-                        test_fraction=test_fraction, force=force)
+                        test_fraction=test_fraction, history=history, force=force)
     except (SourceError, PrepareError) as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:  # unreadable input, --out under a file, disk full: the system's own words

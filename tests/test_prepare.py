@@ -383,6 +383,39 @@ def test_implicit_negatives_never_touched(implicit_dir: tuple[Path, pd.DataFrame
     np.testing.assert_array_equal(tr["hist_item_id"][0::2], tr["hist_item_id"][1::2])
 
 
+def test_implicit_negative_pools(implicit_dir: tuple[Path, pd.DataFrame]) -> None:
+    # train negatives come from the items at training positions (each user's items before their
+    # validation target), validation/test negatives from the items that are some user's
+    # validation/test target; an item that is only ever a held-out target never reaches train
+    out, frame = implicit_dir
+    seqs = {u: s for u, s in expected_sequences(frame).items() if len(s) >= 3}
+    train_items = {it for s in seqs.values() for it in s[:-2]}
+    pools = {"train": train_items, "valid": {s[-2] for s in seqs.values()}, "test": {s[-1] for s in seqs.values()}}
+    held_out_only = (pools["valid"] | pools["test"]) - train_items
+    assert held_out_only  # the fixture must exercise the rule
+    _, splits, vocabs = load_dir(out)
+    tr = splits["train"]
+    negatives = set(decode(vocabs["item_id"], tr["item_id"][tr["label"] == 0]))
+    assert negatives <= train_items and len(negatives) > 1
+    for split in ("valid", "test"):
+        drawn = {r["item_id"] for r in requests(out, split) if r["label"] == 0}
+        assert drawn <= pools[split] and len(drawn) > 1
+    # nothing of a held-out target leaks into train: the item vocabulary is exactly the train items
+    assert set(vocabs["item_id"]) == train_items
+    assert not held_out_only & set(vocabs["item_id"])
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["negative_pool_items"] == {s: len(p) for s, p in pools.items()}
+
+
+def test_implicit_negative_pool_exhausted(tmp_path: Path) -> None:
+    # both users' validation target is "v": the validation pool {v} holds nothing either may get
+    frame = pd.DataFrame({"user": ["a"] * 4 + ["b"] * 4, "item": ["x", "y", "v", "t1", "z", "w", "v", "t2"],
+                          "category": ["c"] * 8, "timestamp": [0, 1, 2, 3] * 2})
+    with pytest.raises(PrepareError, match=r"user 'a' touched every one of the 1 items at valid positions"):
+        prepare(events_from_frame(frame), tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+
+
 def test_npz_layout(implicit_dir: tuple[Path, pd.DataFrame]) -> None:
     out, _ = implicit_dir
     schema, splits, vocabs = load_dir(out)
@@ -502,6 +535,28 @@ def test_explicit_user_split(tmp_path: Path) -> None:
     age = tr["dense"][:, 0].astype(np.float64)
     assert schema.dense[0].mean == pytest.approx(age.mean(), rel=1e-6)
     assert schema.dense[0].std == pytest.approx(age.std(), rel=1e-6)
+
+
+def test_explicit_history_all(tmp_path: Path) -> None:
+    # --history all: every earlier event (MovieLens: every movie rated before), clicked or not
+    frame = explicit_frame()
+    out = tmp_path / "d"
+    stats = prepare(events_from_frame(frame), out, max_len=3, seed=11, history="all")
+    assert stats["history"] == "all" and Schema.load(out).extra["history"] == "all"
+    expected = {}
+    for user, g in sorted_events(frame).groupby("user", sort=False):
+        items, labels = g["item"].astype(str).tolist(), g["label"].tolist()
+        expected[str(user)] = [(items[i], labels[i], items[:i][-3:]) for i in range(1, len(items))]
+    for split in ("valid", "test"):
+        got: dict[str, list] = {}
+        for r in requests(out, split):
+            got.setdefault(r["user_id"], []).append((r["item_id"], r["label"], r["hist_item_id"]))
+        assert got and got == {u: expected[u] for u in got}
+    # the same users and samples as the default history, only the histories differ
+    clicks = prepare(events_from_frame(frame), tmp_path / "c", max_len=3, seed=11)
+    assert clicks["history"] == "clicks" and clicks["samples"] == stats["samples"]
+    with pytest.raises(PrepareError, match="history must be one of"):
+        prepare(events_from_frame(frame), tmp_path / "x", history="rated")
 
 
 def test_explicit_too_few_users(tmp_path: Path) -> None:
@@ -777,6 +832,13 @@ def test_taobao_real(tmp_path: Path) -> None:
     assert Schema.load(tmp_path / "tb").sparse[0].name == "user_id"
     assert stats["events"]["events_used"] == len(ev.frame) - stats["events"]["duplicate_events_dropped"] \
         - stats["events"]["events_of_dropped_users"]
+    # most held-out targets here are items no training position shows, so a leak-free split needs
+    # negatives that are as often out of the vocabulary, and item identity must carry no signal
+    for split in ("valid", "test"):
+        with np.load(tmp_path / "tb" / f"{split}.npz", allow_pickle=False) as z:
+            oov, label = z["item_id"] == OOV_INDEX, z["label"] == 1
+        assert oov[label].mean() > 0.5
+        assert abs(oov[label].mean() - oov[~label].mean()) < 0.05
 
 
 def test_cli_amazon_end_to_end(tmp_path: Path) -> None:
