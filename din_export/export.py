@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +32,17 @@ from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_floa
 from torch import Tensor, nn
 
 from din_export import __version__
-from din_export.optimize import inference_module
+from din_export.optimize import candidate_module, inference_module
 from din_export.schema import OOV_INDEX, PAD_INDEX, Schema, write_bytes_atomic, write_json_atomic
 from din_export.train import load_run
 from din_export.triton import NAME_PATTERN, TritonError, sibling_temp_dir, write_triton_model
-from din_export.verify import format_report, resolve_data_dir, verify_model_dir
+from din_export.verify import VerifyError, format_report, resolve_data_dir, verify_model_dir
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 16  # lowest opset the exporter's down-conversion was checked at (docs/export.md)
 MANIFEST_VERSION = 1
 MODEL_FILE = "model.onnx"
+CANDIDATE_FILE = "candidates.onnx"  # one user x many candidates (optimize.CandidateDIN), optional in a model dir
 # ONNX ops that would make the graph slow (per-row control flow) or unportable; see docs/export.md.
 FORBIDDEN_OPS = frozenset({"Loop", "Scan", "If"})
 FORBIDDEN_PREFIXES = ("Sequence", "ConcatFromSequence", "SplitToSequence")
@@ -134,6 +135,23 @@ def graph_spec(schema: Schema, with_attention: bool = False) -> GraphSpec:
     return spec
 
 
+def candidate_spec(schema: Schema) -> GraphSpec:
+    """The candidate graph's interface (optimize.CandidateDIN): the model's inputs in the same order, each
+    history (1, seq) and hist_len (1,) for the one user, everything else per candidate."""
+    main = graph_spec(schema)
+    inputs = []
+    for t in main.inputs:
+        if t.name in schema.histories:
+            dims: tuple[str | int, ...] = (1, "seq")
+        elif t.name == "hist_len":
+            dims = (1,)
+        else:
+            dims = ("candidates", *t.dims[1:])
+        inputs.append(replace(t, dims=dims))
+    outputs = tuple(replace(t, dims=("candidates",)) for t in main.outputs)
+    return GraphSpec(tuple(inputs), outputs)
+
+
 class GraphWrapper(nn.Module):
     """Positional inputs in spec order -> (logit, prob[, attention]): the signature the ONNX graph gets."""
 
@@ -162,7 +180,7 @@ def example_sizes(schema: Schema) -> tuple[int, int]:
 def to_onnx(model: nn.Module, schema: Schema, spec: GraphSpec, opset: int, example: tuple[int, int]) -> onnx.ModelProto:
     """Trace `model` (eval mode) with torch's dynamo exporter; batch and seq stay symbolic."""
     wrapper = GraphWrapper(model, spec).eval()
-    args = spec.example(schema, {"batch": example[0], "seq": example[1]})
+    args = spec.example(schema, {"batch": example[0], "candidates": example[0], "seq": example[1]})
     # The exporter reports every skipped torchvision op and its own internal deprecations; none concern us.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
@@ -178,6 +196,20 @@ def to_onnx(model: nn.Module, schema: Schema, spec: GraphSpec, opset: int, examp
             raise ExportError(f"torch.onnx.export failed at opset {opset}: {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from e
     return program.model_proto
+
+
+def build_graph(module: nn.Module, schema: Schema, spec: GraphSpec, *, opset: int, precision: str,
+                quantize: str | None, example: tuple[int, int]) -> bytes:
+    """Trace, check, convert to the variant, stamp the metadata, check again: the serialized graph."""
+    graph = to_onnx(module, schema, spec, opset, example)
+    check_graph(graph, spec, example)
+    if precision == "fp16":
+        graph = to_fp16(graph)
+    elif quantize == "int8":
+        graph = to_int8(graph)
+    set_metadata(graph, schema)
+    check_graph(graph, spec, example)
+    return graph.SerializeToString()
 
 
 def set_metadata(model: onnx.ModelProto, schema: Schema) -> None:
@@ -418,10 +450,11 @@ def _read_json(path: Path) -> dict:
 def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, precision: str = "fp32",
                quantize: str | None = None, with_attention: bool = False, optimize: bool = True,
                tolerance: float | None = None, triton_repo: str | Path | None = None, triton_name: str = "din",
-               force: bool = False, example: tuple[int, int] | None = None) -> dict[str, Any]:
+               force: bool = False, example: tuple[int, int] | None = None, candidates: bool = True) -> dict[str, Any]:
     """Export, check, write to a temporary sibling of `out`, verify there, then rename; returns the manifest.
 
-    `example`: the (batch, seq) to trace with, default `example_sizes(schema)`.
+    `example`: the (batch, seq) to trace with, default `example_sizes(schema)`. `candidates`: also write
+    the candidate graph (CANDIDATE_FILE, declared in the manifest's "candidates"); optimised exports only.
     """
     run_dir, out = Path(run_dir), Path(out)
     if precision == "fp16" and quantize:
@@ -443,30 +476,35 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
 
     spec = graph_spec(schema, with_attention)
     example = example or example_sizes(schema)
-    # int8 always quantises the plain graph: the inference rewrite feeds raw dense features and embeddings
-    # into one matrix, which a per-tensor int8 scale cannot hold (docs/export.md has the measurements)
-    optimize = optimize and quantize is None
-    traced = inference_module(model) if optimize else model
-    graph = to_onnx(traced, schema, spec, opset, example)
-    check_graph(graph, spec, example)
-    if precision == "fp16":
-        graph = to_fp16(graph)
-    elif quantize == "int8":
-        graph = to_int8(graph)
-    set_metadata(graph, schema)
-    check_graph(graph, spec, example)
-    model_bytes = graph.SerializeToString()
+    variant = {"opset": opset, "precision": precision, "quantize": quantize, "example": example}
+    model_bytes = build_graph(inference_module(model) if optimize else model, schema, spec, **variant)
     manifest = build_manifest(model_bytes, schema, spec, config, metrics, opset=opset, precision=precision,
                               quantize=quantize, optimized=optimize, example=example)
+    extra_files = {}
+    if optimize and candidates:
+        cspec = candidate_spec(schema)
+        extra_files[CANDIDATE_FILE] = build_graph(candidate_module(model), schema, cspec, **variant)
+        manifest["candidates"] = {"model_file": CANDIDATE_FILE,
+                                  "sha256": hashlib.sha256(extra_files[CANDIDATE_FILE]).hexdigest(),
+                                  "inputs": [t.to_manifest() for t in cspec.inputs],
+                                  "outputs": [t.to_manifest() for t in cspec.outputs]}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = sibling_temp_dir(out)
     try:
         write_model_dir(tmp, model_bytes, manifest, data_dir, schema)
+        for name, data in extra_files.items():
+            write_bytes_atomic(tmp / name, data)
         stray = has_external_data(tmp)
         if stray:
             raise GraphCheckError(f"model.onnx is not self-contained: {stray}")
-        report = verify_model_dir(tmp, model, schema, data_dir, tolerance=tolerance)
+        try:
+            report = verify_model_dir(tmp, model, schema, data_dir, tolerance=tolerance)
+        except VerifyError as e:
+            if quantize == "int8" and optimize:
+                e.message += ("; this was int8 of the optimised graph: `--no-optimize` quantises the plain "
+                              "graph instead (slower, sometimes closer, docs/export.md)")
+            raise
         manifest["parity"] = report
         manifest["variant"] = report["variant"]
         write_json_atomic(tmp / "manifest.json", manifest)
@@ -498,16 +536,19 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
               help="Also write REPO/NAME/1/model.onnx and REPO/NAME/config.pbtxt for Triton.")
 @click.option("--triton-name", default="din", show_default=True, help="Model name in the Triton repository.")
 @click.option("--no-optimize", is_flag=True, help="Export the plain model instead of the exact inference rewrite.")
+@click.option("--no-candidate-graph", is_flag=True,
+              help=f"Do not write {CANDIDATE_FILE}, the one-user x many-candidates graph (optimised exports only).")
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Max abs probability difference vs torch (default: 1e-5 fp32, 1e-3 fp16, int8 policy).")
 @click.option("--force", is_flag=True, help="Replace an existing model directory / Triton model.")
 def export_command(run_dir: Path, out: Path, opset: int, precision: str, quantize: str | None, with_attention: bool,
-                   triton_repo: Path | None, triton_name: str, no_optimize: bool, tolerance: float | None,
-                   force: bool) -> None:
+                   triton_repo: Path | None, triton_name: str, no_optimize: bool, no_candidate_graph: bool,
+                   tolerance: float | None, force: bool) -> None:
     """Export RUN_DIR to an ONNX model directory, verified against torch before it is written."""
     manifest = export_run(run_dir, out, opset=opset, precision=precision, quantize=quantize,
                           with_attention=with_attention, optimize=not no_optimize, tolerance=tolerance,
-                          triton_repo=triton_repo, triton_name=triton_name, force=force)
+                          triton_repo=triton_repo, triton_name=triton_name, force=force,
+                          candidates=not no_candidate_graph)
     click.echo(format_report(manifest["parity"]))
     click.echo(f"wrote {out} (sha256 {manifest['sha256'][:16]}...)")
     if triton_repo is not None:

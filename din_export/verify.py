@@ -7,13 +7,17 @@ eval mode, never the inference rewrite that was exported.
 
 Shapes checked: batch {1, 3, 64, 257} x history {0, 1, 7, max_len, 2 max_len} with random ids (padded
 positions hold random ids too, so masking is exercised), ragged lengths and an all-padded row, then
-the validation split in batches trimmed to their longest history. Failures raise one named error:
-ShapeError (an output has the wrong shape), DynamicAxisError (an interface dim is fixed, or the model
-fails at some size), ToleranceError (a difference above the variant's tolerance, see POLICY).
+the validation split in batches trimmed to their longest history. A candidate graph (manifest
+"candidates": one user's history, many candidates) is compared with the torch model on that user's row
+repeated, at candidates {1, 3, 64, 257} x the same histories, and for validation users x candidates.
+Failures raise one named error: ShapeError (an output has the wrong shape), DynamicAxisError (an
+interface dim is fixed, or the model fails at some size), ToleranceError (a difference above the
+variant's tolerance, see POLICY).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -34,6 +38,8 @@ from din_export.schema import Schema, write_json_atomic
 from din_export.train import load_run
 
 GRID_BATCHES = (1, 3, 64, 257)
+CANDIDATE_USERS = 8  # validation rows whose history scores VALID_CANDIDATES validation targets each
+VALID_CANDIDATES = 256
 VALID_BATCH = 1024
 DEFAULT_VALID_ROWS = 20000
 # Per variant: the max abs probability difference, the max relative logit (and attention) difference
@@ -240,6 +246,8 @@ def verify_model_dir(model_dir: str | Path, model: nn.Module, schema: Schema, da
                                          **compare(outputs, torch_outputs(model, arrays, with_attention))})
         valid = validation_rows(Path(data_dir), schema, valid_rows)
         v = report["validation"] = validate(exported, model, schema, valid, with_attention)
+        if "candidates" in manifest:
+            report["candidates"] = verify_candidates(model_dir, manifest, model, schema, valid, rng)
         rows = report["shapes"] + [v]
         report["max_abs_diff"] = {k: max((r[k] for r in rows), key=_nan_high) for k in ("prob", "logit")}
         report["variant"] = {"name": variant, "precision": manifest.get("precision", "fp32"),
@@ -248,6 +256,9 @@ def verify_model_dir(model_dir: str | Path, model: nn.Module, schema: Schema, da
                              "max_abs_diff_logit": report["max_abs_diff"]["logit"], "valid_rows": v["rows"],
                              "valid_auc_torch_fp32": v["auc_torch"], "valid_auc": v["auc_model"],
                              "auc_change": v["auc_change"]}
+        if "candidates" in report:
+            report["variant"]["max_abs_diff_prob_candidates"] = max((r["prob"] for r in report["candidates"]),
+                                                                    key=_nan_high)
         judge(report, policy)
     except VerifyError as e:
         report["error"] = e.message
@@ -275,6 +286,11 @@ def judge(report: dict[str, Any], policy: dict[str, float | None]) -> None:
             where = "on the validation split" if "rows" in row else f"at batch {row['batch']}, seq {row['seq']}"
             raise ToleranceError(f"{where}: {describe(row)} exceeds the tolerance (probability {policy['prob']:g}, "
                                  f"relative logit {policy['logit_rel']})")
+    for row in report.get("candidates", []):
+        if not within(row, policy):
+            raise ToleranceError(f"candidate graph, {row['user']} user x {row['candidates']} candidates, seq "
+                                 f"{row['seq']}: {describe(row)} exceeds the tolerance (probability "
+                                 f"{policy['prob']:g}, relative logit {policy['logit_rel']})")
     v = report["validation"]
     if policy["auc_drop"] is not None and not math.isnan(v["auc_torch"]) and not v["auc_change"] >= -policy["auc_drop"]:
         raise ToleranceError(f"validation AUC drops by {-v['auc_change']:.3g} ({v['auc_torch']:.5f} -> "
@@ -315,6 +331,49 @@ def validate(exported: ExportedModel, model: nn.Module, schema: Schema, valid: d
     return {"rows": n, **row, "auc_torch": auc_torch, "auc_model": auc_model, "auc_change": auc_model - auc_torch}
 
 
+def verify_candidates(model_dir: Path, manifest: dict, model: nn.Module, schema: Schema,
+                      valid: dict[str, np.ndarray], rng: np.random.Generator) -> list[dict[str, Any]]:
+    """The candidate graph against the torch model on the user's row repeated for every candidate: random
+    users at the grid's sizes (ragged and empty histories included), then validation users x targets."""
+    entry = manifest["candidates"]
+    data = (model_dir / entry["model_file"]).read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise VerifyError(f"{entry['model_file']} does not match the SHA-256 in the manifest")
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs()]
+    user_fields = (*schema.histories, "hist_len")
+    cases = []
+    for n in GRID_BATCHES:
+        for seq in grid_seqs(schema.max_len):
+            arrays = random_inputs(manifest["inputs"], schema, n, seq, rng)
+            arrays["hist_len"] = rng.integers(0, seq + 1, n)
+            cases.append(("random", arrays))
+    n = min(VALID_CANDIDATES, len(valid["label"]))
+    for u in range(min(CANDIDATE_USERS, len(valid["label"]))):
+        width = int(valid["hist_len"][u])
+        arrays = {k: valid[k][:n] for k in schema.input_names()}
+        arrays.update({k: np.repeat(valid[k][u:u + 1, :width], n, axis=0) for k in schema.histories})
+        arrays["hist_len"] = np.repeat(valid["hist_len"][u:u + 1], n)
+        cases.append((f"validation row {u}", arrays))
+    rows = []
+    for user, arrays in cases:
+        n, seq = len(arrays["hist_len"]), arrays[schema.histories[0]].shape[1]
+        # the user: row 0's history for every candidate
+        arrays.update({k: np.repeat(arrays[k][:1], n, axis=0) for k in user_fields})
+        feeds = {k: arrays[k][:1] if k in user_fields else arrays[k] for k in arrays}
+        where = f"the candidate graph at {n} candidates, seq {seq}"
+        try:
+            out = dict(zip(outputs, session.run(outputs, feeds), strict=True))
+        except Exception as e:  # onnxruntime's pybind errors have no common public base class
+            raise DynamicAxisError(f"{where} fails: {e}") from e
+        for name in ("prob", "logit"):
+            if out[name].shape != (n,):
+                raise ShapeError(f"output {name!r} of {where} has shape {out[name].shape}; expected ({n},)")
+        rows.append({"user": user, "candidates": n, "seq": seq,
+                     **compare(out, torch_outputs(model, arrays, with_attention=False))})
+    return rows
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The per-shape differences as a table, then the validation line. null (non-finite) shows as nan."""
     def num(x: float | None, spec: str) -> str:
@@ -326,6 +385,11 @@ def format_report(report: dict[str, Any]) -> str:
     for r in report["shapes"]:
         line = f"{r['batch']:>6} {r['seq']:>5} {num(r['prob'], '>10.2e')} {num(r['logit'], '>10.2e')}"
         lines.append(line + (f" {num(r['attention'], '>10.2e')}" if has_attention else ""))
+    cand = report.get("candidates")
+    if cand:
+        worst = max(cand, key=lambda r: _nan_high(math.nan if r["prob"] is None else r["prob"]))
+        lines.append(f"candidate graph: {len(cand)} (user, candidates, seq) cases, max abs diff prob "
+                     f"{num(worst['prob'], '.2e')}, logit {num(worst['logit'], '.2e')}")
     v = report.get("validation")
     if v:
         lines.append(f"validation: {v['rows']} rows, max abs diff prob {num(v['prob'], '.2e')}, logit "

@@ -62,10 +62,17 @@ class Manifest:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     raw: Mapping[str, Any]
+    # The optional candidate graph (one user's history x many candidates): its file and SHA-256, or None.
+    candidate_file: str | None = None
+    candidate_sha256: str | None = None
 
     @property
     def model_path(self) -> Path:
         return self.model_dir / self.model_file
+
+    @property
+    def candidate_path(self) -> Path | None:
+        return None if self.candidate_file is None else self.model_dir / self.candidate_file
 
     @property
     def histories(self) -> tuple[str, ...]:
@@ -149,13 +156,42 @@ def load_manifest(model_dir: str | Path) -> Manifest:
             raise ManifestError(f"vocabulary {name!r} has no file in manifest vocab_files")
         vocabs[name] = _load_vocab(root, name, vocab_files[name], sizes[name])
     _check_input_entries(raw["inputs"], sparse, behaviour, dense)
+    candidate_file, candidate_sha = _candidate_graph(root, raw, inputs)
 
     return Manifest(
         model_dir=root, model_file=model_file, sha256=sha, max_len=max_len, group=group, sparse=sparse,
         behaviour=behaviour, dense=dense, vocab_sizes=MappingProxyType(dict(sizes)),
         vocabs=MappingProxyType({k: MappingProxyType(v) for k, v in vocabs.items()}),
         inputs=inputs, outputs=outputs, raw=MappingProxyType(raw),
+        candidate_file=candidate_file, candidate_sha256=candidate_sha,
     )
+
+
+def _candidate_graph(root: Path, raw: dict, inputs: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """The optional "candidates" entry: (file, sha256), or (None, None) when the manifest has none.
+
+    The graph takes the model's inputs in the same order (each history and hist_len for one user) and
+    returns "prob"; anything else is a manifest from another exporter, refused rather than half-used.
+    """
+    entry = raw.get("candidates")
+    if entry is None:
+        return None, None
+    if not isinstance(entry, dict):
+        raise ManifestError(f"manifest 'candidates' must be an object, got {entry!r:.80}")
+    model_file = _str(entry, "model_file", "manifest candidates")
+    _inside(root, model_file, "candidates model_file")
+    sha = _str(entry, "sha256", "manifest candidates").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise ManifestError(f"manifest candidates sha256 must be 64 hex digits, got {entry['sha256']!r}")
+    names = tuple(_str(i, "name", "manifest candidates inputs")
+                  for i in _list_of_objects(entry, "inputs", required=True))
+    if names != inputs:
+        raise ManifestError(f"manifest candidates inputs {list(names)} differ from the model's {list(inputs)}")
+    outputs = [_str(o, "name", "manifest candidates outputs")
+               for o in _list_of_objects(entry, "outputs", required=True)]
+    if "prob" not in outputs:
+        raise ManifestError(f"manifest candidates outputs {outputs} have no 'prob'")
+    return model_file, sha
 
 
 def _read_manifest(root: Path) -> dict:

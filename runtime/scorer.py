@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,15 @@ CUDA = "CUDAExecutionProvider"
 GPU_INSTALL = "pip uninstall -y onnxruntime && pip install 'din-toolkit[gpu]'"
 _DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
            "tensor(float16)": np.float16, "tensor(double)": np.float64}
+# On CPU a batch is scored in runs of about this many history positions (rows x history width): the
+# attention's per-position activations of one run (positions x 80 floats in the paper's unit) then stay
+# in cache instead of streaming through memory once per elementwise pass. docs/runtime.md has the figures.
+POSITIONS_PER_RUN = 2048
+
+
+def rows_per_run(width: int) -> int:
+    """Rows per onnxruntime run on CPU for histories `width` wide (at least 1)."""
+    return max(1, POSITIONS_PER_RUN // max(width, 1))
 
 
 def _import_onnxruntime() -> Any:
@@ -40,14 +50,19 @@ def _import_onnxruntime() -> Any:
 class Scorer:
     """Scores DIN requests with an exported model. Build it with `Scorer.load(model_dir)`."""
 
-    __slots__ = ("_manifest", "_session", "_device", "_dtypes", "_outputs")
+    __slots__ = ("_manifest", "_session", "_device", "_dtypes", "_outputs", "_new_session", "_candidates", "_lock")
 
-    def __init__(self, manifest: Manifest, session: Any, device: str) -> None:
+    def __init__(self, manifest: Manifest, session: Any, device: str,
+                 new_session: Callable[[bytes], Any] | None = None) -> None:
         self._manifest = manifest
         self._session = session
         self._device = device
         self._dtypes = {i.name: _DTYPES.get(i.type) for i in session.get_inputs()}
         self._outputs = tuple(o.name for o in session.get_outputs())
+        self._new_session = new_session
+        # The candidate graph's session, created at the first score_candidates call (see _candidate_session)
+        self._candidates: Any = None
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", threads: int | None = None) -> Scorer:
@@ -58,7 +73,7 @@ class Scorer:
         if threads is not None and (type(threads) is not int or threads < 1):
             raise DinRuntimeError(f"threads must be a positive integer, got {threads!r}")
         manifest = load_manifest(model_dir)
-        data = _read_verified(manifest)
+        data = _read_verified(manifest.model_path, manifest.sha256)
 
         want_cuda = device == "cuda" or (device == "auto" and CUDA in ort.get_available_providers())
         if device == "cuda" and CUDA not in ort.get_available_providers():
@@ -80,7 +95,9 @@ class Scorer:
                                   "cuDNN libraries missing?); use --device cpu or fix the CUDA install")
             log.warning("the CUDAExecutionProvider failed to start; scoring on CPU")
         _check_graph(manifest, session)
-        return cls(manifest, session, actual)
+        providers = [CUDA, CPU] if actual == "cuda" else [CPU]
+        return cls(manifest, session, actual,
+                   lambda data: ort.InferenceSession(data, sess_options=options, providers=providers))
 
     @property
     def manifest(self) -> Manifest:
@@ -114,9 +131,20 @@ class Scorer:
         `user`: the sparse profile fields and dense fields; `history`: each behaviour history field ->
         list of ids (oldest first); `candidates`: one mapping per candidate with the behaviour targets,
         which may also override any sparse or dense field of `user` (item-side or context features).
-        Equals `score` of rows {**user, **history, **candidate}.
+        Equals `score` of rows {**user, **history, **candidate} (up to float rounding; int8 models
+        quantise each run's activations with their own scale, so there the two may differ by more).
+
+        A model directory with a candidate graph (manifest "candidates") scores them all in it, the
+        history gathered and the attention's first layer computed once for every candidate; without one
+        the user's row is repeated through the main graph.
         """
-        return self._run(self._candidate_arrays(user, history, candidates), "prob")
+        arrays = self._candidate_arrays(user, history, candidates)
+        session = self._candidate_session()
+        if session is None:
+            n = len(arrays[self._manifest.targets[0]])
+            shared = (*self._manifest.histories, "hist_len")
+            return self._run({k: np.repeat(v, n, axis=0) if k in shared else v for k, v in arrays.items()}, "prob")
+        return self._run_candidates(session, arrays)
 
     def explain(self, rows: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
         """Attention weight of each kept history item, per row (models exported with attention)."""
@@ -130,17 +158,73 @@ class Scorer:
         if len(arrays["hist_len"]) == 0:
             return np.zeros((0,) if output == "prob" else (0, 0), dtype=np.float32)
         feeds = {name: np.ascontiguousarray(arrays[name], dtype=self._dtypes[name]) for name in self.input_names}
+        batch, width = len(arrays["hist_len"]), feeds[self._manifest.histories[0]].shape[1]
+        step = rows_per_run(width) if self._device == "cpu" else batch
+        results = []
+        for start in range(0, batch, step):
+            rows = min(step, batch - start)
+            result = self._run_once(self._session, {k: v[start:start + rows] for k, v in feeds.items()}, output)
+            expected = (rows,) if output == "prob" else (rows, width)
+            if result.shape != expected:
+                # The graph is the one the manifest hashed, but nothing else vouches for what it computes.
+                raise IntegrityError(f"model.onnx returned {output!r} of shape {result.shape} for inputs of batch "
+                                     f"{rows}; expected {expected}: this is not a DIN model directory's graph")
+            results.append(result)
+        result = results[0] if len(results) == 1 else np.concatenate(results)
+        return result.astype(np.float32) if result.dtype == np.float16 else result
+
+    def _run_candidates(self, session: Any, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The candidate graph over candidates in runs of `rows_per_run` (C x L positions per run, as in _run)."""
+        m = self._manifest
+        n = len(arrays[m.targets[0]])
+        if n == 0:
+            return np.zeros((0,), dtype=np.float32)
+        feeds = {name: np.ascontiguousarray(arrays[name], dtype=self._dtypes[name]) for name in self.input_names}
+        shared = (*m.histories, "hist_len")
+        step = rows_per_run(feeds[m.histories[0]].shape[1]) if self._device == "cpu" else n
+        results = []
+        for start in range(0, n, step):
+            rows = min(step, n - start)
+            result = self._run_once(session, {k: v if k in shared else v[start:start + rows]
+                                              for k, v in feeds.items()}, "prob")
+            if result.shape != (rows,):
+                raise IntegrityError(f"{m.candidate_file} returned 'prob' of shape {result.shape} for {rows} "
+                                     f"candidates; expected ({rows},): this is not a DIN candidate graph")
+            results.append(result)
+        result = results[0] if len(results) == 1 else np.concatenate(results)
+        return result.astype(np.float32) if result.dtype == np.float16 else result
+
+    @staticmethod
+    def _run_once(session: Any, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
         try:
-            (result,) = self._session.run([output], feeds)
+            (result,) = session.run([output], feeds)
         except Exception as e:  # onnxruntime raises its own pybind exception types
             raise DinRuntimeError(f"onnxruntime failed to score the batch: {e}") from e
-        batch = len(arrays["hist_len"])
-        expected = (batch,) if output == "prob" else (batch, arrays[self._manifest.histories[0]].shape[1])
-        if result.shape != expected:
-            # The graph is the one the manifest hashed, but nothing else vouches for what it computes.
-            raise IntegrityError(f"model.onnx returned {output!r} of shape {result.shape} for inputs of batch "
-                                 f"{batch}; expected {expected}: this is not a DIN model directory's graph")
-        return result.astype(np.float32) if result.dtype == np.float16 else result
+        return result
+
+    def _candidate_session(self) -> Any:
+        """The candidate graph's session, or None without one. Created on first use, so `load` (and every
+        caller that never scores candidates) pays neither its hashing nor its session; its integrity is
+        checked then, as `load` checks model.onnx."""
+        m = self._manifest
+        if m.candidate_path is None or self._new_session is None:
+            return None
+        if self._candidates is not None:
+            return self._candidates
+        with self._lock:
+            if self._candidates is None:
+                data = _read_verified(m.candidate_path, m.candidate_sha256)
+                try:
+                    session = self._new_session(data)
+                except Exception as e:  # onnxruntime raises its own pybind exception types
+                    raise IntegrityError(f"onnxruntime cannot load {m.candidate_path}: {e}") from e
+                names = tuple(i.name for i in session.get_inputs())
+                if names != m.inputs or "prob" not in [o.name for o in session.get_outputs()]:
+                    raise IntegrityError(f"{m.candidate_path} has inputs {list(names)} and outputs "
+                                         f"{[o.name for o in session.get_outputs()]}; the manifest declares "
+                                         f"{list(m.inputs)} and 'prob'")
+                self._candidates = session
+            return self._candidates
 
     def _check_arrays(self, given: dict[str, Any]) -> dict[str, np.ndarray]:
         m = self._manifest
@@ -188,19 +272,18 @@ class Scorer:
             if not isinstance(value, Mapping):
                 raise InputError(f"{what} must be a mapping of field -> value, got {type(value).__name__}")
         candidates = _as_rows(candidates)
-        n = len(candidates)
+        histories = m.histories  # a property that builds a tuple: once, not per candidate
         for i, candidate in enumerate(candidates):
-            misplaced = next((h for h in m.histories if h in candidate), None)
+            misplaced = next((h for h in histories if h in candidate), None)
             if misplaced:
                 raise InputError("histories belong in `history`, not in a candidate", row=i, field=misplaced)
         missing = next((h for h in m.histories if h not in history), None)
         if missing:
             raise InputError("missing from `history`", field=missing)
         try:
-            one = encode_histories(m, {h: [history[h]] for h in m.histories})[0]
+            arrays = dict(encode_histories(m, {h: [history[h]] for h in m.histories})[0])  # the user's, (1, L)
         except InputError as e:
             raise InputError(f"history: {e.reason}", field=e.field) from None
-        arrays = {name: np.repeat(a, n, axis=0) for name, a in one.items()}
         for s in m.sparse:
             arrays[s.name] = self._per_candidate(
                 s.name, user, candidates, lambda v, s=s: encode_ids(v, m.vocabs[s.vocab], s.name)[0])
@@ -237,15 +320,14 @@ def _first_bad(bad: np.ndarray, field: str, reason: str) -> None:
         raise InputError(reason, row=row, field=field)
 
 
-def _read_verified(manifest: Manifest) -> bytes:
-    path = manifest.model_path
+def _read_verified(path: Path, sha256: str) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as e:
         raise IntegrityError(f"cannot read {path}: {e.strerror}") from e
     digest = hashlib.sha256(data).hexdigest()
-    if digest != manifest.sha256:
-        raise IntegrityError(f"{path} has SHA-256 {digest}, the manifest says {manifest.sha256}: the file was "
+    if digest != sha256:
+        raise IntegrityError(f"{path} has SHA-256 {digest}, the manifest says {sha256}: the file was "
                              f"changed or damaged after export")
     try:
         external = external_data_tensors(data)

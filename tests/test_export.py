@@ -16,14 +16,16 @@ import pytest
 from click.testing import CliRunner
 from din_runtime import Scorer
 from din_runtime.manifest import load_manifest
-from export_helpers import VALID_ROWS, exported, make_run, one_torch_thread, run_dir, tiny_schema
+from export_helpers import MAX_LEN, VALID_ROWS, exported, make_run, one_torch_thread, run_dir, tiny_schema
 from onnx import helper, numpy_helper
 
 from din_export.cli import main
 from din_export.export import (
+    CANDIDATE_FILE,
     FORBIDDEN_OPS,
     MODEL_FILE,
     GraphCheckError,
+    candidate_spec,
     check_graph,
     example_sizes,
     export_run,
@@ -164,7 +166,8 @@ def test_manifest_describes_the_directory(name: str) -> None:
 @pytest.mark.parametrize("name", ["fp32", "plain", "fp16", "int8"])
 def test_directory_is_self_contained_and_graph_passes_its_checks(name: str) -> None:
     model_dir = exported(name)
-    assert sorted(p.name for p in model_dir.iterdir()) == ["manifest.json", MODEL_FILE, "vocab"]
+    files = ["manifest.json", MODEL_FILE, "vocab"] + ([] if name == "plain" else [CANDIDATE_FILE])
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(files)
     assert not list(model_dir.parent.glob(f".{name}.*")), "a temporary sibling was left behind"
     umask = os.umask(0)
     os.umask(umask)
@@ -178,24 +181,74 @@ def test_directory_is_self_contained_and_graph_passes_its_checks(name: str) -> N
     _, schema, _ = load_run(run_dir())
     spec = graph_spec(schema, with_attention=len(manifest["outputs"]) == 3)
     check_graph(graph, spec, tuple(manifest["example_sizes"].values()))
+    if name != "plain":
+        candidates = onnx.load(model_dir / CANDIDATE_FILE)
+        check_graph(candidates, candidate_spec(schema), tuple(manifest["example_sizes"].values()))
+        entry = manifest["candidates"]
+        assert entry["sha256"] == hashlib.sha256((model_dir / CANDIDATE_FILE).read_bytes()).hexdigest()
+        assert entry["inputs"] == [t.to_manifest() for t in candidate_spec(schema).inputs]
+
+
+@pytest.mark.parametrize("name", ["fp32", "fp16", "int8"])
+def test_candidate_graph_is_verified_and_scores_candidates_like_torch(name: str) -> None:
+    scorer, manifest, _ = load(name)
+    assert scorer.manifest.candidate_file == CANDIDATE_FILE and "candidates" not in load("plain")[1]
+    rows = manifest["parity"]["candidates"]
+    assert {r["candidates"] for r in rows} >= set(GRID_BATCHES) and any(r["user"] != "random" for r in rows)
+    assert manifest["variant"]["max_abs_diff_prob_candidates"] == max(r["prob"] for r in rows)
+    # through the runtime: one user's history (ragged, ids known and unknown) for many candidates
+    _, schema, _ = load_run(run_dir())
+    vocabs = scorer.manifest.vocabs
+    item_ids, cate_ids = list(vocabs["item_id"]), list(vocabs["cate_id"])
+    user = {"user_id": list(vocabs["user_id"])[3], "age": 51.0}
+    history = {"hist_item_id": item_ids[:9] + ["never-seen"], "hist_cate_id": cate_ids[:5] * 2}
+    candidates = [{"item_id": item_ids[k % len(item_ids)], "cate_id": cate_ids[k % len(cate_ids)]} for k in range(70)]
+    candidates[5]["age"] = 20.0  # a per-candidate override of a user field
+    got = scorer.score_candidates(user, history, candidates)
+    arrays = scorer.encode([{**user, **history, **c} for c in candidates]).arrays
+    expected = torch_probs(arrays)
+    tolerance = {"fp32": 1e-5, "fp16": 1e-3, "int8": 5e-2}[name]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance)
+    assert arrays["hist_len"][0] == MAX_LEN < len(history["hist_item_id"])  # the runtime's max_len cut
+
+
+def test_no_candidate_graph_when_asked(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    manifest = export_run(run_dir(), out, candidates=False)
+    assert "candidates" not in manifest and not (out / CANDIDATE_FILE).exists()
+    assert Scorer.load(out).manifest.candidate_file is None
 
 
 def test_int8_quantises_every_linear_and_keeps_ranking() -> None:
     _, manifest, graph = load("int8")
     ops = [n.op_type for n in graph.graph.node]
-    assert "MatMulInteger" in ops and "Gemm" not in ops and "MatMul" not in ops
-    assert manifest["quantize"] == "int8" and manifest["optimized"] is False
+    assert "MatMulInteger" in ops and "Gemm" not in ops
+    # what stays fp32 are the products of two activations (the per-row k A(q)^T, the pooling)
+    constants = {i.name for i in graph.graph.initializer}
+    assert all(not set(n.input) & constants for n in graph.graph.node if n.op_type == "MatMul")
+    assert manifest["quantize"] == "int8" and manifest["optimized"] is True
     v = manifest["variant"]
     assert v["name"] == "int8" and 0 < v["max_abs_diff_prob"] <= 0.05
     assert abs(v["auc_change"]) <= 0.005 and v["valid_auc_torch_fp32"] > 0.6
 
 
+def test_int8_of_the_plain_graph_on_request_and_the_hint_when_verification_fails(tmp_path: Path) -> None:
+    manifest = export_run(run_dir(), tmp_path / "plain-int8", quantize="int8", optimize=False)
+    assert manifest["optimized"] is False and manifest["parity"]["passed"] and "candidates" not in manifest
+    with pytest.raises(ToleranceError, match=r"exceeds the tolerance.*`--no-optimize` quantises the plain graph"):
+        export_run(run_dir(), tmp_path / "strict", quantize="int8", tolerance=1e-9)
+    assert not (tmp_path / "strict").exists()
+
+
 def test_gemm_to_matmul_is_exact() -> None:
     graph = onnx.load(exported("plain") / MODEL_FILE)
-    assert "Gemm" in [n.op_type for n in graph.graph.node]
+    constants = {i.name for i in graph.graph.initializer}
+    # the plain model computes some Linear weights at run time (model.py's split first layer): those stay
+    with_constant_weight = [n for n in graph.graph.node if n.op_type == "Gemm" and n.input[1] in constants]
+    assert with_constant_weight
     rewritten = onnx.ModelProto.FromString(graph.SerializeToString())
-    assert gemm_to_matmul(rewritten) == [n.op_type for n in graph.graph.node].count("Gemm")
-    assert "Gemm" not in [n.op_type for n in rewritten.graph.node]
+    assert gemm_to_matmul(rewritten) == len(with_constant_weight)
+    assert all(n.input[1] not in constants for n in rewritten.graph.node if n.op_type == "Gemm")
     x = inputs(40, 6, seed=6)
     before, after = (ort.InferenceSession(g.SerializeToString(), providers=["CPUExecutionProvider"])
                      .run(["logit"], x)[0] for g in (graph, rewritten))
