@@ -197,10 +197,15 @@ class _Plan:
 
 
 def _implicit_positions(table: _Table) -> np.ndarray:
-    """Implicit protocol: the split of each event's position (0 train or history, 1 valid, 2 test)."""
+    """Implicit protocol: the split whose samples show each event (0 train, 1 valid, 2 test; -1 none).
+
+    A user's last event is their test target, the one before their validation target, the rest are
+    train targets or train history; a user with exactly MIN_POSITIVES events has no train sample, so
+    their first event appears in validation and test histories only."""
     counts = np.diff(table.starts)
     from_end = np.repeat(table.starts[1:], counts) - np.arange(len(table.item))  # 1 for a user's last event
-    return np.where(from_end == 1, 2, np.where(from_end == 2, 1, 0)).astype(np.int8)
+    in_train = np.repeat(counts > MIN_POSITIVES, counts)
+    return np.select([from_end == 1, from_end == 2, in_train], [2, 1, 0], -1).astype(np.int8)
 
 
 def _negative_pools(table: _Table) -> tuple[np.ndarray, ...]:

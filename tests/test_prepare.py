@@ -383,13 +383,18 @@ def test_implicit_negatives_never_touched(implicit_dir: tuple[Path, pd.DataFrame
     np.testing.assert_array_equal(tr["hist_item_id"][0::2], tr["hist_item_id"][1::2])
 
 
-def test_implicit_negative_pools(implicit_dir: tuple[Path, pd.DataFrame]) -> None:
-    # train negatives come from the items at training positions (each user's items before their
-    # validation target), validation/test negatives from the items that are some user's
-    # validation/test target; an item that is only ever a held-out target never reaches train
-    out, frame = implicit_dir
+def test_implicit_negative_pools(tmp_path: Path) -> None:
+    # train negatives come from the items the train split shows (the items before each user's
+    # validation target, for users with a train sample), validation/test negatives from the items
+    # that are some user's validation/test target; an item never shown in train never reaches it
+    # a user with 3 items of their own has no train sample: "s0" is only in validation/test histories
+    solo = pd.DataFrame({"user": "solo", "item": ["s0", "s1", "s2"], "category": "c9", "timestamp": [0, 1, 2]})
+    frame = pd.concat([implicit_frame(), solo], ignore_index=True)
+    out = tmp_path / "d"
+    prepare(events_from_frame(frame), out, max_len=3, seed=7)
     seqs = {u: s for u, s in expected_sequences(frame).items() if len(s) >= 3}
-    train_items = {it for s in seqs.values() for it in s[:-2]}
+    train_items = {it for s in seqs.values() if len(s) > 3 for it in s[:-2]}
+    assert "s0" not in train_items
     pools = {"train": train_items, "valid": {s[-2] for s in seqs.values()}, "test": {s[-1] for s in seqs.values()}}
     held_out_only = (pools["valid"] | pools["test"]) - train_items
     assert held_out_only  # the fixture must exercise the rule
