@@ -10,14 +10,21 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from export_helpers import one_torch_thread
 from torch import Tensor, nn
 
 from din_export.model import ACTIVATIONS, DIN, Dice, ModelConfig
-from din_export.optimize import FactoredActivationUnit, ScaledDice, fold_dice, inference_module
+from din_export.optimize import FactoredActivationUnit, ScaledDice, candidate_module, fold_dice, inference_module
 from din_export.schema import Behaviour, DenseField, Schema, SparseField
 
 MAX_LEN = 8
 TOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    with one_torch_thread():
+        yield
 
 
 def make_schema(dense: bool = True, sparse: bool = True) -> Schema:
@@ -171,6 +178,41 @@ def test_attention_first_layer_is_factored() -> None:
     query = torch.randn(3, dim)
     assert unit.per_row_key_weight(query).shape == (3, dim, 10)
     assert all(not isinstance(m, nn.Linear) or m.in_features != 4 * dim for m in unit.modules())
+
+
+def one_user(x: dict[str, Tensor], schema: Schema) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(candidate-graph inputs: row 0's history once, per-candidate fields as they are; the same rows
+    with row 0's history repeated, for the model)."""
+    n = len(x["hist_len"])
+    shared = (*schema.histories, "hist_len")
+    user = {k: v[:1] if k in shared else v for k, v in x.items()}
+    repeated = {k: v[:1].expand(n, *v.shape[1:]) if k in shared else v for k, v in x.items()}
+    return user, repeated
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.model}-{c.attention_norm}-{c.attention_activation}")
+def test_candidate_module_scores_one_user_like_the_model(cfg: ModelConfig) -> None:
+    schema = make_schema()
+    model = trained(schema, cfg)
+    cand = candidate_module(model)
+    for n, seq, length in [(1, 0, 0), (1, 1, 1), (4, MAX_LEN, 3), (9, MAX_LEN, 0), (13, 2 * MAX_LEN, 2 * MAX_LEN)]:
+        x = make_batch(schema, n, seq, seed=n * 7 + seq)
+        x["hist_len"][0] = length
+        user, repeated = one_user(x, schema)
+        with torch.no_grad():
+            got, expected = torch.sigmoid(cand(user)), torch.sigmoid(model(repeated))
+        assert got.shape == (n,)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("dense,sparse", [(False, True), (True, False), (False, False)])
+def test_candidate_module_without_dense_or_profile_features(dense: bool, sparse: bool) -> None:
+    schema = make_schema(dense=dense, sparse=sparse)
+    model = trained(schema, ModelConfig(embed_dim=4, use_hist_sum=False))
+    user, repeated = one_user(make_batch(schema, 6, MAX_LEN, seed=5), schema)
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.sigmoid(candidate_module(model)(user)), torch.sigmoid(model(repeated)),
+                                   rtol=0, atol=TOL)
 
 
 # --- ONNX: export with dynamic batch and seq, then compare in onnxruntime at other sizes --------------
