@@ -32,6 +32,7 @@ from typing import Any
 import click
 import numpy as np
 import torch
+from din_runtime.scorer import rows_per_run
 
 import din_export
 from din_export.model import DIN, Dice, ModelConfig
@@ -45,10 +46,10 @@ SPEED_DATASET = "taobao"  # its run is the model every speed workload uses (item
 # threshold is glibc's maximum on 64-bit, so large tensors come from the heap, not fresh page faults.
 MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_": 32 * 1024 * 1024, "MALLOC_TRIM_THRESHOLD_": 1024 * 1024 * 1024}
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers, glibc malloc.h
-ENGINES = ("torch", "torch-rewritten", "onnx-plain", "onnx-opt", "onnx-opt/32", "onnx-int8", "deepctr")
-# "onnx-opt/32": the optimised session run on 32-row slices of the batch, to show what a runtime that
-# splits large batches would gain (the Dice passes over B x L x H values then stay in cache).
-CHUNK_ROWS = 32
+CHUNKED = "onnx-opt/chunked"
+ENGINES = ("torch", "torch-rewritten", "onnx-plain", "onnx-opt", CHUNKED, "onnx-int8", "deepctr")
+# CHUNKED: the optimised session run on slices of the batch of din_runtime's `rows_per_run(L)` rows, as the
+# Scorer runs it on CPU (the Dice passes over B x L x H values then stay in cache), without its checks.
 TRAIN_THREADS = 1  # see compare_training
 EXPORTS = {"onnx-plain": {"optimize": False}, "onnx-opt": {"optimize": True},
            "onnx-int8": {"optimize": True, "quantize": "int8"}}
@@ -330,7 +331,9 @@ def export_variants(run_dir: Path, out: Path) -> tuple[dict[str, Path], dict[str
         manifest = export_run(run_dir, dirs[name], **options)
         seconds = time.perf_counter() - start
         variant = manifest["parity"]["variant"]
+        candidates = dirs[name] / "candidates.onnx"
         report[name] = {"export_seconds": seconds, "model_bytes": (dirs[name] / "model.onnx").stat().st_size,
+                        "candidate_bytes": candidates.stat().st_size if candidates.exists() else 0,
                         "dir_bytes": sum(p.stat().st_size for p in dirs[name].rglob("*") if p.is_file()),
                         "max_abs_diff_prob": variant["max_abs_diff_prob"], "valid_rows": variant["valid_rows"],
                         "valid_auc": variant["valid_auc"], "valid_auc_torch_fp32": variant["valid_auc_torch_fp32"]}
@@ -427,9 +430,9 @@ class Engines:
             feeds = {i.name: arrays[i.name] for i in session.get_inputs()}
             out[name] = lambda s=session, f=feeds: s.run(["prob"], f)
             if name == "onnx-opt":
-                n = len(arrays["hist_len"])
-                chunks = [{k: v[i:i + CHUNK_ROWS] for k, v in feeds.items()} for i in range(0, n, CHUNK_ROWS)]
-                out["onnx-opt/32"] = lambda s=session, cs=chunks: [s.run(["prob"], c) for c in cs]
+                n, step = len(arrays["hist_len"]), rows_per_run(arrays[self.schema.histories[0]].shape[1])
+                chunks = [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, n, step)]
+                out[CHUNKED] = lambda s=session, cs=chunks: [s.run(["prob"], c) for c in cs]
         model = self.deepctr(arrays[self.schema.histories[0]].shape[1])
         matrix = deepctr_matrix(model, deepctr_inputs(arrays, self.schema)).to(self.torch_device)
         out["deepctr"] = lambda: _torch_call(model, matrix, sync)
@@ -459,7 +462,7 @@ def engine_workloads(engines: Engines, plan: Plan) -> dict[str, Any]:
     cold, warm, throughput, agreement = {}, {}, {}, {}
     for seq in plan.lengths:
         thunks = engines.thunks(workload_arrays(schema, 1, seq, seed=seq))
-        del thunks["onnx-opt/32"]
+        del thunks[CHUNKED]
         key = str(seq)  # JSON object keys are strings; the record uses them from the start
         cold[key] = {k: quantiles(t) for k, t in alternate(thunks, plan.latency_rounds, warmup=5).items()}
         times = alternate(thunks, max(plan.latency_rounds // 10, 2), warmup=1, back_to_back=11)
@@ -481,12 +484,27 @@ def read_requests(data_dir: Path) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
+def without_candidate_graph(model_dir: Path, out: Path) -> Path:
+    """A copy of `model_dir` whose manifest declares no candidate graph, as older exports had none."""
+    import shutil
+
+    shutil.copytree(model_dir, out, ignore=shutil.ignore_patterns("candidates.onnx"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.pop("candidates", None)
+    write_json_atomic(out / "manifest.json", manifest)
+    return out
+
+
 def candidate_workload(model_dir: Path, requests: list[dict], schema: Schema, plan: Plan,
-                       threads: int) -> dict[str, Any]:
-    """One user x N candidates: Scorer.score_candidates vs the same N rows in one score() call vs N calls."""
+                       threads: int, work: Path) -> dict[str, Any]:
+    """One user x N candidates: Scorer.score_candidates (with the model's candidate graph, and without one:
+    the user's row repeated through the main graph) vs the same N rows in one score() call vs N calls."""
     from din_runtime import Scorer
 
     scorer = Scorer.load(model_dir, threads=threads)
+    if scorer.manifest.candidate_file is None:
+        raise click.ClickException(f"{model_dir} has no candidate graph: the export did not write one")
+    main_only = Scorer.load(without_candidate_graph(model_dir, work / "no-candidate-graph"), threads=threads)
     user_row = max(requests, key=lambda r: len(r[schema.histories[0]]))
     user = {f: user_row[f] for f in [s.name for s in schema.sparse] + list(schema.dense_names)}
     history = {h: user_row[h] for h in schema.histories}
@@ -500,16 +518,20 @@ def candidate_workload(model_dir: Path, requests: list[dict], schema: Schema, pl
             break
     rows = [{**user, **history, **c} for c in candidates]
     together = scorer.score_candidates(user, history, candidates)
-    if np.abs(together - scorer.score(rows)).max() > 1e-6:
-        raise click.ClickException("score_candidates and score disagree on the same rows: a runtime bug")
+    max_diff = float(np.abs(together - scorer.score(rows)).max())
+    if max_diff > 1e-5:  # both graphs are fp32 and verified to 1e-5 against torch
+        raise click.ClickException(f"score_candidates and score differ by {max_diff:.2g} on the same rows")
     thunks = {"score_candidates": lambda: scorer.score_candidates(user, history, candidates),
+              "score_candidates_main_graph": lambda: main_only.score_candidates(user, history, candidates),
               "score_rows": lambda: scorer.score(rows),
               "score_row_by_row": lambda: [scorer.score([r]) for r in rows]}
     times = {name: quantiles(t) for name, t in alternate(thunks, plan.candidate_rounds).items()}
+    fastest = times["score_candidates"]["p50_ms"]
     return {"candidates": len(candidates), "history_len": min(len(history[schema.histories[0]]), schema.max_len),
-            "threads": threads, **times,
-            "speedup_vs_rows": times["score_rows"]["p50_ms"] / times["score_candidates"]["p50_ms"],
-            "speedup_vs_row_by_row": times["score_row_by_row"]["p50_ms"] / times["score_candidates"]["p50_ms"]}
+            "threads": threads, "max_abs_diff_vs_rows": max_diff, **times,
+            "speedup_vs_rows": times["score_rows"]["p50_ms"] / fastest,
+            "speedup_vs_main_graph": times["score_candidates_main_graph"]["p50_ms"] / fastest,
+            "speedup_vs_row_by_row": times["score_row_by_row"]["p50_ms"] / fastest}
 
 
 def peak_rss(command: list[str], log: Path, poll_s: float = 0.02) -> tuple[float | None, float]:
@@ -604,6 +626,10 @@ def format_table(record: dict[str, Any], plan: Plan) -> str:
     lines = [f"{env['cpu']}, {env['cpu_count']} cores; load average {_loads(env['load_average_start'])} at the "
              f"start, {_loads(env.get('load_average_end'))} at the end; malloc "
              + ", ".join(f"{k}={v}" for k, v in env["malloc"].items()), ""]
+    code = env.get("code")
+    if code:
+        lines[-1:-1] = [f"Code: commit {code['head'][:10]}{' with uncommitted changes' if code['uncommitted'] else ''};"
+                        f" the torch baseline is model.py as of {code['model_py']}."]
     for threads, result in record["engines"].items():
         thr_all = result[f"throughput_b{plan.batch}"]
         engines = list(thr_all[str(plan.lengths[0])])
@@ -622,14 +648,17 @@ def format_table(record: dict[str, Any], plan: Plan) -> str:
     for name, size in record["load_model_bytes"].items():
         m = record["models"].get(name)
         rows.append([name, f"{m['export_seconds']:.1f}" if m else "-", f"{m['model_bytes'] / 1e6:.2f}" if m else "-",
+                     f"{m.get('candidate_bytes', 0) / 1e6:.2f}" if m else "-",
                      f"{size / 1e6:.2f}", f"{record['load_ms'][name]['p50_ms']:.1f}",
                      f"{m['valid_auc']:.4f}" if m else "-", f"{m['max_abs_diff_prob']:.1e}" if m else "-"])
-    lines += md_table(["model", "export s", "model.onnx MB", "dir MB", "Scorer.load p50 ms", "valid AUC",
-                       "max abs prob diff (verify)"], rows)
+    lines += md_table(["model", "export s", "model.onnx MB", "candidates.onnx MB", "MB read by load",
+                       "Scorer.load p50 ms", "valid AUC", "max abs prob diff (verify)"], rows)
     c = record["candidates"]
     lines += md_table([f"1 user x {c['candidates']} candidates, L={c['history_len']}, {c['threads']} thread",
                        "p50 ms", "score_candidates is faster by"],
                       [["score_candidates", f"{c['score_candidates']['p50_ms']:.2f}", "-"],
+                       ["score_candidates without the candidate graph",
+                        f"{c['score_candidates_main_graph']['p50_ms']:.2f}", f"{c['speedup_vs_main_graph']:.2f}x"],
                        [f"score({c['candidates']} rows), one call", f"{c['score_rows']['p50_ms']:.2f}",
                         f"{c['speedup_vs_rows']:.2f}x"],
                        [f"score([row]) x {c['candidates']}", f"{c['score_row_by_row']['p50_ms']:.2f}",
@@ -708,10 +737,27 @@ def environment(malloc: dict[str, Any], plan: Plan) -> dict[str, Any]:
                  if line.startswith("model name")]
         cpu = names[0] if names else cpu
     dc = import_deepctr()
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+    return {"cpu": cpu, "code": code_version(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
             "deepctr_torch": dc.__version__, "numpy": np.__version__, "din_toolkit": din_export.__version__,
             "malloc": malloc, "load_average_start": os.getloadavg(), "device": plan.device}
+
+
+def code_version() -> dict[str, Any] | None:
+    """The commit the bench ran from, the last commit of model.py (the torch baseline is whatever model.py
+    holds) and whether the package or runtime had uncommitted changes; None outside a git checkout."""
+    root = Path(din_export.__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    try:
+        return {"head": git("rev-parse", "HEAD"),
+                "model_py": git("log", "-1", "--format=%h %s", "--", "din_export/model.py"),
+                "uncommitted": bool(git("status", "--porcelain", "--", "din_export", "runtime"))}
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def run_bench(plan: Plan, sources: dict[str, Path], work: Path, echo: Callable[[str], None]) -> dict[str, Any]:
@@ -745,12 +791,14 @@ def run_bench(plan: Plan, sources: dict[str, Path], work: Path, echo: Callable[[
 
             padded = f"onnx-opt-{plan.load_model_mb:g}MB"
             dirs_for_load = {**dirs, padded: work / "models" / padded}
-            export_run(padded_run(run_dir, work, plan.load_model_mb * 1e6), dirs_for_load[padded])
+            export_run(padded_run(run_dir, work, plan.load_model_mb * 1e6), dirs_for_load[padded], candidates=False)
     else:
         dirs_for_load = dirs
     with phase("load", "Scorer.load ..."):
         record["load_ms"] = load_times(dirs_for_load, plan.load_rounds)
-        record["load_model_bytes"] = {k: sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+        # what Scorer.load reads: all but the candidate graph, which is read at the first score_candidates
+        record["load_model_bytes"] = {k: sum(p.stat().st_size for p in d.rglob("*")
+                                             if p.is_file() and p.name != "candidates.onnx")
                                       for k, d in dirs_for_load.items()}
     model, schema, _ = load_run(run_dir)
     record["engines"] = {}
@@ -765,7 +813,7 @@ def run_bench(plan: Plan, sources: dict[str, Path], work: Path, echo: Callable[[
     torch.set_num_threads(default_threads)
     with phase("candidates", "1 user x candidates through the Scorer ..."):
         requests = read_requests(data[SPEED_DATASET])
-        record["candidates"] = candidate_workload(dirs["onnx-opt"], requests, schema, plan, threads=1)
+        record["candidates"] = candidate_workload(dirs["onnx-opt"], requests, schema, plan, threads=1, work=work)
     if plan.rss_rows:
         with phase("din_score", f"din-score peak RSS on {', '.join(f'{n:,}' for n in plan.rss_rows)} rows ..."):
             record["din_score_rss"] = din_score_memory(dirs["onnx-opt"], data[SPEED_DATASET], plan.rss_rows, work)

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from din_export.bench import (
+    CHUNKED,
     ENGINES,
     Plan,
     alternate,
@@ -137,7 +138,7 @@ def test_smoke_run_measures_every_engine_and_writes_a_report(tmp_path: Path) -> 
     for seq in ("3", "100"):
         assert set(record["engines"]["1"]["throughput_b8"][seq]) == set(ENGINES)
         for workload in ("latency_b1", "latency_b1_warm"):
-            assert set(record["engines"]["1"][workload][seq]) == set(ENGINES) - {"onnx-opt/32"}
+            assert set(record["engines"]["1"][workload][seq]) == set(ENGINES) - {CHUNKED}
         diff = record["engines"]["1"]["max_abs_diff_prob_vs_torch"][seq]
         assert diff["torch-rewritten"] <= 1e-5 and diff["onnx-plain"] <= 1e-5 and diff["onnx-opt"] <= 1e-5
         assert diff["onnx-int8"] <= 5e-2
@@ -148,7 +149,13 @@ def test_smoke_run_measures_every_engine_and_writes_a_report(tmp_path: Path) -> 
     padded = record["load_model_bytes"]["onnx-opt-1.5MB"]
     assert record["load_model_bytes"]["onnx-opt"] < 1.5e6 < padded < 1.5e6 + 0.5e6  # the vocabulary adds a little
     assert record["load_ms"]["onnx-opt-1.5MB"]["p50_ms"] > 0
-    assert record["candidates"]["candidates"] == 10
+    cand = record["candidates"]
+    assert cand["candidates"] == 10 and cand["max_abs_diff_vs_rows"] <= 1e-5
+    assert cand["score_candidates_main_graph"]["p50_ms"] > 0 and cand["speedup_vs_main_graph"] > 0
+    models = record["models"]
+    assert models["onnx-opt"]["candidate_bytes"] > 0 and models["onnx-plain"]["candidate_bytes"] == 0
+    code = record["environment"]["code"]
+    assert len(code["head"]) == 40 and code["model_py"]
     assert [r["rows"] for r in record["din_score_rss"]] == [50, 200]
     assert all(r["peak_rss_mb"] > 10 for r in record["din_score_rss"])
     assert all(np.isfinite(t["value"]) for t in record["targets"])
