@@ -32,7 +32,7 @@ from din_export.model import DIN, MLP, Dice, Pointwise, history_mask
 
 
 class ScaledDice(nn.Module):
-    """Dice in the scaled coordinate u = a s (see `fold_mlp`): g(u) = u (alpha + (1 - alpha) sigmoid(u + b))."""
+    """Dice in the scaled coordinate u = a s (see `fold_dice`): g(u) = u (alpha + (1 - alpha) sigmoid(u + b))."""
 
     def __init__(self, shift: Tensor, alpha: Tensor) -> None:
         super().__init__()
@@ -44,8 +44,25 @@ class ScaledDice(nn.Module):
         return u * (self.alpha + self.one_minus_alpha * torch.sigmoid(u + self.shift))
 
 
-def fold_dice(dice: Dice, before: nn.Linear, after: nn.Linear) -> ScaledDice:
-    """Fold Dice's running statistics into the Linears around it (in place); return what is left.
+class OffsetDice(nn.Module):
+    """Dice with its slopes folded too (see `fold_dice`): h(u) = u (sigmoid(u + b) + gamma), four passes."""
+
+    def __init__(self, shift: Tensor, gamma: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("shift", shift)
+        self.register_buffer("gamma", gamma)
+
+    def forward(self, u: Tensor) -> Tensor:
+        return u * (torch.sigmoid(u + self.shift) + self.gamma)
+
+
+# Below this |1 - alpha| a channel's gamma = alpha / (1 - alpha) would overflow or nearly: keep ScaledDice.
+MIN_ONE_MINUS_ALPHA = 1e-3
+
+
+def fold_dice(dice: Dice, before: nn.Linear, after: nn.Linear) -> nn.Module:
+    """Fold Dice's running statistics (and, where possible, its slopes) into the Linears around it, in
+    place; return what is left.
 
     At inference Dice is elementwise with constant statistics:
         f(s) = p s + (1 - p) alpha s = s (alpha + (1 - alpha) sigmoid(a s + b)),
@@ -53,13 +70,24 @@ def fold_dice(dice: Dice, before: nn.Linear, after: nn.Linear) -> ScaledDice:
     With u = a s, made by `before` with its rows scaled by a, f(s) = g(u) / a, g as in ScaledDice,
     and 1/a goes into the columns of `after`: W f(s) = (W diag(1/a)) g(u). Five elementwise ops
     per hidden value instead of seven; a > 0 since eps > 0, so nothing is divided by zero.
+
+    If no channel has alpha = 1, the slopes fold as well: alpha + (1 - alpha) p = (1 - alpha)(p + gamma)
+    with gamma = alpha / (1 - alpha), so W f(s) = (W diag((1 - alpha) / a)) h(u), h as in OffsetDice:
+    four passes. The rounding stays that of the five-pass form: gamma's relative error ~1e-7 comes back
+    multiplied by (1 - alpha), whatever gamma's size.
     """
     with torch.no_grad():
         a = torch.rsqrt(dice.running_var + dice.eps)
         before.weight.mul_(a.unsqueeze(1))
         before.bias.mul_(a)
         after.weight.div_(a)
-        return ScaledDice(-dice.running_mean * a, dice.alpha.detach().clone())
+        shift = -dice.running_mean * a
+        alpha = dice.alpha.detach().clone()
+        one_minus_alpha = 1.0 - alpha
+        if bool((one_minus_alpha.abs() >= MIN_ONE_MINUS_ALPHA).all()):
+            after.weight.mul_(one_minus_alpha)
+            return OffsetDice(shift, alpha / one_minus_alpha)
+        return ScaledDice(shift, alpha)
 
 
 class InputAffine(nn.Module):

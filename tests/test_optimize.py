@@ -14,7 +14,14 @@ from export_helpers import one_torch_thread
 from torch import Tensor, nn
 
 from din_export.model import ACTIVATIONS, DIN, Dice, ModelConfig
-from din_export.optimize import FactoredActivationUnit, ScaledDice, candidate_module, fold_dice, inference_module
+from din_export.optimize import (
+    FactoredActivationUnit,
+    OffsetDice,
+    ScaledDice,
+    candidate_module,
+    fold_dice,
+    inference_module,
+)
 from din_export.schema import Behaviour, DenseField, Schema, SparseField
 
 MAX_LEN = 8
@@ -135,22 +142,25 @@ def test_padded_ids_change_nothing() -> None:
         torch.testing.assert_close(opt(x), opt(y), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("mean,var,alpha", [(0.7, 2.5, 0.3), (-3.0, 1e-9, 1.0), (0.0, 0.0, -0.4)],
-                         ids=["typical", "vanishing-var-linear", "prelu-limit"])
-def test_fold_dice_is_dice_between_its_linears(mean: float, var: float, alpha: float) -> None:
+@pytest.mark.parametrize("mean,var,alpha,form", [
+    (0.7, 2.5, 0.3, OffsetDice), (-3.0, 1e-9, 1.0, ScaledDice), (0.0, 0.0, -0.4, OffsetDice),
+    (0.2, 1.5, 0.9995, ScaledDice), (0.2, 1.5, 0.99, OffsetDice), (0.2, 1.5, 40.0, OffsetDice),
+], ids=["typical", "vanishing-var-linear", "prelu-limit", "alpha-at-1", "alpha-near-1", "large-alpha"])
+def test_fold_dice_is_dice_between_its_linears(mean: float, var: float, alpha: float, form: type) -> None:
     torch.manual_seed(0)
     dice = Dice(5).eval()
     with torch.no_grad():
         dice.running_mean.fill_(mean).add_(torch.randn(5) * 0.1)
         dice.running_var.fill_(var)
         dice.alpha.fill_(alpha)
+        dice.alpha[0] = 0.1  # channels differ
     before, after = nn.Linear(4, 5), nn.Linear(5, 3)
     x = torch.randn(50, 4) * 3
     with torch.no_grad():
         expected = after(dice(before(x)))
-        scaled = fold_dice(dice, before, after)
-        got = after(scaled(before(x)))
-    assert isinstance(scaled, ScaledDice)
+        folded = fold_dice(dice, before, after)
+        got = after(folded(before(x)))
+    assert type(folded) is form
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
