@@ -186,12 +186,53 @@ class FactoredActivationUnit(nn.Module):
         return self.key_weight_t + query.unsqueeze(-1) * self.product_weight_t
 
 
+class CombinedEmbeddings(nn.Module):
+    """Every embedding table stacked into one, so that the fields read together are one Gather.
+
+    A lookup of fields f_1..f_n returns what concatenating their separate lookups would, in that layout
+    already: table[stack(id_i + offset_i, -1)] is (..., n, E), flattened to (..., n E). For the history this
+    replaces one Gather per behaviour and a Concat of (B, L, D) floats with an integer add and a Concat
+    of (B, L, n) ids. Each table is padded to a multiple of 8 rows: the offsets are then never the small
+    sizes the exporter traces with (which its graph check would read as a frozen axis). Padding rows are
+    zero and unreachable, as the runtime checks every id against its own vocabulary's size.
+    """
+
+    def __init__(self, model: DIN) -> None:
+        super().__init__()
+        emb = model.embeddings
+        parts, self.offsets = [], {}
+        rows = 0
+        for vocab, table in emb.tables.items():
+            weight = table.weight.detach()
+            padded = -(-weight.shape[0] // 8) * 8
+            parts.append(torch.cat([weight, weight.new_zeros(padded - weight.shape[0], weight.shape[1])]))
+            self.offsets[vocab] = rows
+            rows += padded
+        self.register_buffer("table", torch.cat(parts))
+        self.sparse = list(emb.sparse)
+        self.targets = [(t, v) for t, _, v in emb.behaviour]
+        self.histories = [(h, v) for _, h, v in emb.behaviour]
+
+    def lookup(self, x: dict[str, Tensor], fields: list[tuple[str, str]]) -> Tensor:
+        """(name, vocab) fields of equal shape S -> (*S, n E), their embeddings side by side."""
+        ids = [x[name] + self.offsets[vocab] if self.offsets[vocab] else x[name] for name, vocab in fields]
+        if len(ids) == 1:
+            return self.table[ids[0]]
+        return self.table[torch.stack(ids, dim=-1)].flatten(-2)
+
+    def forward(self, x: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """-> profile (B, n_sparse E), query (B, D), keys (B, L, D), as model.Embeddings."""
+        query = self.lookup(x, self.targets)
+        profile = self.lookup(x, self.sparse) if self.sparse else query[:, :0]
+        return profile, query, self.lookup(x, self.histories)
+
+
 class InferenceDIN(nn.Module):
     """Eval-only DIN computing the same function as `model.eval()` (see `inference_module`)."""
 
     def __init__(self, model: DIN) -> None:
         super().__init__()
-        self.embeddings = copy.deepcopy(model.embeddings)
+        self.embeddings = CombinedEmbeddings(model)
         self.attention_norm = model.cfg.attention_norm
         self.use_hist_sum = model.cfg.use_hist_sum
         self.unit: FactoredActivationUnit | None = None
@@ -251,13 +292,11 @@ class CandidateDIN(nn.Module):
 
     def forward(self, x: dict[str, Tensor]) -> Tensor:
         din = self.din
-        emb = din.embeddings
-        query = torch.cat([emb.tables[v](x[t]) for t, _, v in emb.behaviour], dim=-1)  # (C, D)
-        keys = torch.cat([emb.tables[v](x[h][0]) for _, h, v in emb.behaviour], dim=-1)  # (L, D)
+        profile, query, keys = din.embeddings(x)  # (C, .), (C, D), (1, L, D)
+        keys = keys[0]
         maskf = history_mask(x["hist_len"], keys.shape[0])[0].to(keys.dtype)  # (L,)
         n = query.shape[0]
-        parts = [emb.tables[vocab](x[name]) for name, vocab in emb.sparse]
-        parts.append(query)
+        parts = [profile, query]
         summed = (maskf @ keys).expand(n, -1)
         if din.unit is None:
             parts.append(summed)
