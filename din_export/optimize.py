@@ -216,6 +216,8 @@ class CombinedEmbeddings(nn.Module):
     def lookup(self, x: dict[str, Tensor], fields: list[tuple[str, str]]) -> Tensor:
         """(name, vocab) fields of equal shape S -> (*S, n E), their embeddings side by side."""
         ids = [x[name] + self.offsets[vocab] if self.offsets[vocab] else x[name] for name, vocab in fields]
+        # table[ids], not F.embedding: the exporter makes it GatherND, which onnxruntime ran 1.9x faster
+        # than Gather on the (B, L, 2) history ids (125 vs 238 us at B = 20, L = 100, one thread)
         if len(ids) == 1:
             return self.table[ids[0]]
         return self.table[torch.stack(ids, dim=-1)].flatten(-2)
