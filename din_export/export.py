@@ -477,13 +477,14 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
     spec = graph_spec(schema, with_attention)
     example = example or example_sizes(schema)
     variant = {"opset": opset, "precision": precision, "quantize": quantize, "example": example}
-    model_bytes = build_graph(inference_module(model) if optimize else model, schema, spec, **variant)
+    int8 = quantize == "int8"
+    model_bytes = build_graph(inference_module(model, int8) if optimize else model, schema, spec, **variant)
     manifest = build_manifest(model_bytes, schema, spec, config, metrics, opset=opset, precision=precision,
                               quantize=quantize, optimized=optimize, example=example)
     extra_files = {}
     if optimize and candidates:
         cspec = candidate_spec(schema)
-        extra_files[CANDIDATE_FILE] = build_graph(candidate_module(model), schema, cspec, **variant)
+        extra_files[CANDIDATE_FILE] = build_graph(candidate_module(model, int8), schema, cspec, **variant)
         manifest["candidates"] = {"model_file": CANDIDATE_FILE,
                                   "sha256": hashlib.sha256(extra_files[CANDIDATE_FILE]).hexdigest(),
                                   "inputs": [t.to_manifest() for t in cspec.inputs],
