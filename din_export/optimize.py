@@ -210,8 +210,10 @@ class CombinedEmbeddings(nn.Module):
         emb = model.embeddings
         parts, self.offsets = [], {}
         rows = 0
-        for vocab, table in emb.tables.items():
-            weight = table.weight.detach()
+        # the item's table first: its ids (target and history) then need no offset, two nodes fewer
+        order = dict.fromkeys([v for _, _, v in emb.behaviour] + list(emb.tables))
+        for vocab in order:
+            weight = emb.tables[vocab].weight.detach()
             padded = -(-weight.shape[0] // 8) * 8
             parts.append(torch.cat([weight, weight.new_zeros(padded - weight.shape[0], weight.shape[1])]))
             self.offsets[vocab] = rows
