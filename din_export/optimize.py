@@ -195,12 +195,13 @@ class FactoredActivationUnit(nn.Module):
 
 
 class CombinedEmbeddings(nn.Module):
-    """Every embedding table stacked into one, so that the fields read together are one Gather.
+    """Every embedding table stacked into one, so that the histories are one gather.
 
-    A lookup of fields f_1..f_n returns what concatenating their separate lookups would, in that layout
-    already: table[stack(id_i + offset_i, -1)] is (..., n, E), flattened to (..., n E). For the history this
-    replaces one Gather per behaviour and a Concat of (B, L, D) floats with an integer add and a Concat
-    of (B, L, n) ids. Each table is padded to a multiple of 8 rows: the offsets are then never the small
+    table[stack(id_i + offset_i, -1)] is (B, L, n, E), flattened to (B, L, n E): what concatenating the
+    histories' separate lookups gives, in that layout already. It replaces one Gather per behaviour and a
+    Concat of (B, L, D) floats with an integer add and a Concat of (B, L, n) ids. The per-row fields
+    (targets, profile) keep one small Gather each: stacking them would only add nodes, which is what
+    B = 1 pays for. Each table is padded to a multiple of 8 rows: the offsets are then never the small
     sizes the exporter traces with (which its graph check would read as a frozen axis). Padding rows are
     zero and unreachable, as the runtime checks every id against its own vocabulary's size.
     """
@@ -223,20 +224,22 @@ class CombinedEmbeddings(nn.Module):
         self.targets = [(t, v) for t, _, v in emb.behaviour]
         self.histories = [(h, v) for _, h, v in emb.behaviour]
 
-    def lookup(self, x: dict[str, Tensor], fields: list[tuple[str, str]]) -> Tensor:
-        """(name, vocab) fields of equal shape S -> (*S, n E), their embeddings side by side."""
-        ids = [x[name] + self.offsets[vocab] if self.offsets[vocab] else x[name] for name, vocab in fields]
-        # table[ids], not F.embedding: the exporter makes it GatherND, which onnxruntime ran 1.9x faster
-        # than Gather on the (B, L, 2) history ids (125 vs 238 us at B = 20, L = 100, one thread)
-        if len(ids) == 1:
-            return self.table[ids[0]]
-        return self.table[torch.stack(ids, dim=-1)].flatten(-2)
+    def ids(self, x: dict[str, Tensor], name: str, vocab: str) -> Tensor:
+        return x[name] + self.offsets[vocab] if self.offsets[vocab] else x[name]
+
+    def per_row(self, x: dict[str, Tensor], fields: list[tuple[str, str]]) -> Tensor:
+        """(name, vocab) fields of shape (B,) -> (B, n E), one Gather each."""
+        return torch.cat([nn.functional.embedding(self.ids(x, name, vocab), self.table) for name, vocab in fields],
+                         dim=-1)
 
     def forward(self, x: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """-> profile (B, n_sparse E), query (B, D), keys (B, L, D), as model.Embeddings."""
-        query = self.lookup(x, self.targets)
-        profile = self.lookup(x, self.sparse) if self.sparse else query[:, :0]
-        return profile, query, self.lookup(x, self.histories)
+        query = self.per_row(x, self.targets)
+        profile = self.per_row(x, self.sparse) if self.sparse else query[:, :0]
+        # table[ids], not F.embedding: the exporter makes it GatherND, which onnxruntime ran 1.9x faster
+        # than Gather on the (B, L, 2) history ids (125 vs 238 us at B = 20, L = 100, one thread)
+        stacked = torch.stack([self.ids(x, name, vocab) for name, vocab in self.histories], dim=-1)
+        return profile, query, self.table[stacked].flatten(-2)
 
 
 class InferenceDIN(nn.Module):
