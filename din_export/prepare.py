@@ -441,7 +441,7 @@ def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0
         table = _implicit_filter(table, ev_stats)
         if table.n_users == 0:
             raise PrepareError(f"no user has {MIN_POSITIVES} or more distinct positive items")
-        plan = _Plan(table, max_len, rng, pools=_negative_pools(table))
+        plan = _Plan(table, max_len, rng)
     else:
         user_split = _assign_user_splits(table, rng, valid_fraction, test_fraction, ev_stats)
         in_history = table.label if history == "clicks" else np.ones_like(table.label)
@@ -452,6 +452,8 @@ def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0
     if sizes["train"] == 0:
         raise PrepareError(f"no training sample: every user has exactly {MIN_POSITIVES} distinct items, "
                            "which go to history, validation and test")
+    if protocol == IMPLICIT:
+        plan.pools = _negative_pools(table)
     with_user = protocol == IMPLICIT  # explicit test users are never in train: user_id would be all OOV
     hist_src = table.item if (table.label is None or history == "all") else table.item[table.label == 1]
     keys = _vocab_keys(with_user, tuple(table.sparse))
