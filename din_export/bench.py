@@ -855,10 +855,11 @@ def check_device(device: str) -> None:
 @click.option("--quick", is_flag=True, help="Small data, few rounds, one epoch: about a minute, for a smoke check.")
 @click.option("--threads", "threads_text", default="1,all", show_default=True,
               help="Comma-separated thread counts for the engine workloads ('all': every core available).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cuda: torch and onnxruntime on the GPU (needs torch with CUDA and the gpu extra).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Training epochs for both models (default 2, --quick 1).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/results"),
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/results"),
               show_default=True, help="Directory for bench[-quick].json, .md and .png.")
 @click.option("--movielens", type=click.Path(exists=True, path_type=Path), default=None,
               help=f"ml-100k directory (default {SOURCES['movielens']}).")

@@ -148,14 +148,19 @@ def write_events(frame: pd.DataFrame, path: str | Path) -> None:
         raise
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--users", default=SyntheticConfig.users, show_default=True, type=click.IntRange(min=1))
-@click.option("--items", default=SyntheticConfig.items, show_default=True, type=click.IntRange(min=3))
-@click.option("--categories", default=SyntheticConfig.categories, show_default=True, type=click.IntRange(min=3))
-@click.option("--min-events", default=SyntheticConfig.min_events, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-events", default=SyntheticConfig.max_events, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generator (a table is repeatable).")
+@click.option("--users", default=SyntheticConfig.users, show_default=True, type=click.IntRange(min=1),
+              help="Number of shoppers.")
+@click.option("--items", default=SyntheticConfig.items, show_default=True, type=click.IntRange(min=3),
+              help="Number of items in the catalogue.")
+@click.option("--categories", default=SyntheticConfig.categories, show_default=True, type=click.IntRange(min=3),
+              help="Number of item categories (a shopper's interests are a few of them).")
+@click.option("--min-events", default=SyntheticConfig.min_events, show_default=True, type=click.IntRange(min=1),
+              help="Fewest events per shopper.")
+@click.option("--max-events", default=SyntheticConfig.max_events, show_default=True, type=click.IntRange(min=1),
+              help="Most events per shopper.")
 def main(out: Path, seed: int, **sizes: int) -> None:
     """Write a synthetic shoppers events table to OUT (.csv or .parquet)."""
     try:

@@ -531,17 +531,18 @@ def resolve_configs(preset: str | None, saved: dict | None, model_flags: dict, t
 @click.option("--model", type=click.Choice(MODELS), help="din, or the paper's base model (sum pooling).")
 @click.option("--config", "preset", metavar="PRESET",
               help="A preset name from models/ (paper, official, edge) or the path of a preset JSON.")
-@click.option("--epochs", type=int, help="Most epochs to run (early stopping may end sooner).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Most epochs to run (early stopping may end sooner).")
 @click.option("--seed", type=int, help="Seed of initialisation, shuffling and dropout (a run is repeatable).")
 @click.option("--lr", type=float, help="Learning rate (the preset's, else 1e-3).")
-@click.option("--batch-size", type=int, help="Training rows per step, over all processes.")
-@click.option("--threads", type=int, help="torch intra-op threads (0: torch's default).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Training rows per step, over all processes.")
+@click.option("--threads", type=click.IntRange(min=0), help="torch intra-op threads (0: torch's default).")
 @click.option("--attention-norm", type=click.Choice(ATTENTION_NORMS),
               help="none: the paper's unnormalised weights; softmax: the official code.")
 @click.option("--mba-lambda", type=float, help="Mini-batch aware L2 on the embeddings (paper: 0.01).")
-@click.option("--patience", type=int, help="Epochs without a better validation GAUC before stopping (0: never).")
+@click.option("--patience", type=click.IntRange(min=0),
+              help="Epochs without a better validation GAUC before stopping (0: never).")
 @click.option("--device", type=click.Choice(DEVICES), help="auto: cuda when torch sees a GPU, else cpu.")
-@click.option("--checkpoint-steps", type=int, help="Also save the resume state every N steps.")
+@click.option("--checkpoint-steps", type=click.IntRange(min=1), help="Also save the resume state every N steps.")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE",
               help="Any other model or train field, e.g. --set model.embed_dim=16 --set train.weight_decay=1e-6.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (or start it).")
