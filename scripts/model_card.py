@@ -29,6 +29,17 @@ def metric_row(split: str, m: dict) -> str:
     return f"| {split} | {m['auc']:.4f} | {m['gauc']:.4f} | {m['logloss']:.4f} | {m['rows']:,} |"
 
 
+def candidate_parity(manifest: dict) -> str:
+    """The candidate graph's line of the parity section, or nothing for a directory without one."""
+    if "candidates" not in manifest:
+        return ""
+    cases = manifest["parity"]["candidates"]
+    worst = max(c["prob"] for c in cases)
+    return (f"\nThe candidate graph ({manifest['candidates']['model_file']}, one user against many candidates, "
+            f"used by `Scorer.score_candidates`):\nmax absolute difference in probability {worst:.2e} over "
+            f"{len(cases)} (user, candidates, history) cases.\n")
+
+
 def card(model_dir: Path, data_dir: Path) -> str:
     manifest = json.loads((model_dir / "manifest.json").read_text())
     stats = json.loads((data_dir / "stats.json").read_text())
@@ -91,11 +102,12 @@ Selected on validation GAUC: best epoch {metrics['best_epoch']} of {metrics['epo
 Max absolute difference in probability {variant['max_abs_diff_prob']:.2e}, in logit
 {variant['max_abs_diff_logit']:.2e}, over {variant['valid_rows']:,} validation rows and a grid of
 {len(parity['shapes'])} batch x history sizes; tolerance {parity['tolerance']['prob']:g}.
-
+{candidate_parity(manifest)}
 ## Size
 
 model.onnx {len(onnx_bytes):,} bytes, sha256 `{hashlib.sha256(onnx_bytes).hexdigest()}`;
-the whole directory (model, manifest, vocabularies) {total:,} bytes.
+the whole directory (model, {'candidate graph, ' if 'candidates' in manifest else ''}manifest, vocabularies) \
+{total:,} bytes.
 
 ## Versions
 
