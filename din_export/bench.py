@@ -52,7 +52,8 @@ ENGINES = ("torch", "torch-rewritten", "onnx-plain", "onnx-opt", CHUNKED, "onnx-
 # Scorer runs it on CPU (the Dice passes over B x L x H values then stay in cache), without its checks.
 TRAIN_THREADS = 1  # see compare_training
 EXPORTS = {"onnx-plain": {"optimize": False}, "onnx-opt": {"optimize": True},
-           "onnx-int8": {"optimize": True, "quantize": "int8"}}
+           "onnx-int8": {"optimize": True, "quantize": "int8"}, "onnx-fp16": {"optimize": True, "precision": "fp16"}}
+PRECISION_ENGINES = ("torch", "torch-fp16", "onnx-opt", "onnx-fp16")  # the fp32/fp16 workload's engines
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,21 @@ class Plan:
     load_model_mb: float | None = 10.0  # also time Scorer.load on the optimised model padded to this size
     train_batch: int = 256
     lr: float = 1e-3
+    # fp32 against fp16 (torch and ONNX) at these batch sizes, history precision_seq; by default on a GPU only
+    precision_batches: tuple[int, ...] = ()
+    precision_seq: int = 100
+    precision_rounds: int = 20
 
 
 def make_plan(quick: bool, threads: tuple[int, ...], device: str, epochs: int | None) -> Plan:
+    gpu = device == "cuda"
     if quick:
         return Plan(quick=True, threads=threads, device=device, epochs=epochs or 1, train_rows=1000,
                     lengths=(20, 100), latency_rounds=30, throughput_rounds=3, candidate_rounds=5, load_rounds=3,
-                    rss_rows=(5_000, 20_000), load_model_mb=None)
-    return Plan(quick=False, threads=threads, device=device, epochs=epochs or 2, train_rows=None)
+                    rss_rows=(5_000, 20_000), load_model_mb=None, precision_batches=(1, 256) if gpu else (),
+                    precision_rounds=5)
+    return Plan(quick=False, threads=threads, device=device, epochs=epochs or 2, train_rows=None,
+                precision_batches=(1, 256, 1024, 4096) if gpu else ())
 
 
 # --- Fair timing -------------------------------------------------------------------------------------
@@ -320,12 +328,13 @@ def compare_training(data_dir: Path, run_dir: Path, plan: Plan) -> dict[str, Any
 # --- Export, size, load ------------------------------------------------------------------------------
 
 
-def export_variants(run_dir: Path, out: Path) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Each variant through `din-export export` (trace, checks, verification); its time, size, parity."""
+def export_variants(run_dir: Path, out: Path, names: tuple[str, ...]) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Each variant of `names` through `din-export export` (trace, checks, verification); its time, size, parity."""
     from din_export.export import export_run
 
     dirs, report = {}, {}
-    for name, options in EXPORTS.items():
+    for name in names:
+        options = EXPORTS[name]
         dirs[name] = out / name
         start = time.perf_counter()
         manifest = export_run(run_dir, dirs[name], **options)
@@ -390,18 +399,12 @@ class Engines:
     """Every engine on the trained run's weights; `thunks(arrays)` -> one callable per engine."""
 
     def __init__(self, model: DIN, schema: Schema, dirs: dict[str, Path], threads: int, device: str) -> None:
-        import onnxruntime as ort
 
         from din_export.optimize import inference_module
 
         self.schema, self.threads, self.device = schema, threads, device
         self.torch_models = {"torch": model.to(device).eval(), "torch-rewritten": inference_module(model).to(device)}
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        self.sessions = {name: ort.InferenceSession((d / "model.onnx").read_bytes(), options, providers=providers)
-                         for name, d in dirs.items()}
+        self.sessions = {name: onnx_session(d, threads, device) for name, d in dirs.items()}
         self.deepctr_state = None
         self.deepctr_weights: dict[str, list[str]] = {}
         self.deepctr_models: dict[int, torch.nn.Module] = {}
@@ -428,7 +431,7 @@ class Engines:
             out[name] = lambda m=m: _torch_call(m, x, sync)
         for name, session in self.sessions.items():
             feeds = {i.name: arrays[i.name] for i in session.get_inputs()}
-            out[name] = lambda s=session, f=feeds: s.run(["prob"], f)
+            out[name] = onnx_call(session, arrays, self.device)
             if name == "onnx-opt":
                 n, step = len(arrays["hist_len"]), rows_per_run(arrays[self.schema.histories[0]].shape[1])
                 chunks = [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, n, step)]
@@ -453,6 +456,67 @@ def _torch_call(model: torch.nn.Module, x: object, sync: Callable[[], None]) -> 
     with torch.inference_mode():
         model(x)
     sync()
+
+
+def onnx_session(model_dir: Path, threads: int, device: str) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    return ort.InferenceSession((model_dir / "model.onnx").read_bytes(), options, providers=providers)
+
+
+def onnx_call(session: Any, arrays: dict[str, np.ndarray], device: str) -> Thunk:
+    """One `prob` run of `session` on `arrays`. On a GPU the inputs are copied to the device once and the
+    output stays there (I/O binding), as torch's inputs are moved once: both then time the model, not the
+    host-device copies."""
+    feeds = {i.name: arrays[i.name] for i in session.get_inputs()}
+    if device != "cuda":
+        return lambda: session.run(["prob"], feeds)
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    on_device = {k: ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0) for k, v in feeds.items()}
+    for name, value in on_device.items():
+        binding.bind_ortvalue_input(name, value)
+    binding.bind_output("prob", "cuda")
+
+    def call(_inputs: tuple[Any, ...] = tuple(on_device.values())) -> None:  # the device inputs live as long
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    return call
+
+
+def precision_workload(model: DIN, schema: Schema, dirs: dict[str, Path], plan: Plan, threads: int) -> dict[str, Any]:
+    """fp32 against fp16 at each batch of `plan.precision_batches`, history `plan.precision_seq`: torch eager
+    (the model, and a `.half()` copy fed fp16 dense values) and the optimised export (fp32, and
+    `--precision fp16`), alternating. Per engine and batch: p50 ms, rows/s, max |prob - torch fp32 prob|."""
+    device = plan.device
+    torch_device = "cuda:0" if device == "cuda" else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    models = {"torch": model.to(torch_device).eval(), "torch-fp16": copy.deepcopy(model).half().to(torch_device)}
+    sessions = {name: onnx_session(dirs[name], threads, device) for name in ("onnx-opt", "onnx-fp16")}
+    result: dict[str, Any] = {"seq": plan.precision_seq, "device": device, "batches": {}}
+    for batch in plan.precision_batches:
+        arrays = workload_arrays(schema, batch, plan.precision_seq, seed=batch)
+        x = {k: torch.from_numpy(v).to(torch_device) for k, v in arrays.items()}
+        inputs = {"torch": x, "torch-fp16": {k: v.half() if v.is_floating_point() else v for k, v in x.items()}}
+        thunks: dict[str, Thunk] = {name: (lambda m=m, i=inputs[name]: _torch_call(m, i, sync))
+                                    for name, m in models.items()}
+        thunks.update({name: onnx_call(s, arrays, device) for name, s in sessions.items()})
+        with torch.inference_mode():
+            probs = {name: torch.sigmoid(m(inputs[name]).float()).cpu().numpy() for name, m in models.items()}
+        probs.update({name: s.run(["prob"], {i.name: arrays[i.name] for i in s.get_inputs()})[0]
+                      for name, s in sessions.items()})
+        times = alternate(thunks, plan.precision_rounds, warmup=3)
+        result["batches"][str(batch)] = {
+            name: {**quantiles(times[name]), "rows_per_s": batch / float(np.median(times[name])),
+                   "max_abs_diff_prob": float(np.abs(probs[name] - probs["torch"]).max())}
+            for name in PRECISION_ENGINES}
+    return result
 
 
 def engine_workloads(engines: Engines, plan: Plan) -> dict[str, Any]:
@@ -680,6 +744,17 @@ def format_table(record: dict[str, Any], plan: Plan) -> str:
                           [[f"{r['rows']:,}", f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else "n/a",
                             f"{r['rows_per_s']:,.0f}"]
                            for r in record["din_score_rss"]])
+    if record.get("precision"):
+        prec = record["precision"]
+        rows = []
+        for batch, by_engine in prec["batches"].items():
+            base = by_engine["torch"]["rows_per_s"]
+            cells = [by_engine[e] for e in PRECISION_ENGINES]
+            rows.append([f"B={batch}", *(f"{c['p50_ms']:.3f} ms, {c['rows_per_s']:,.0f}/s, "
+                                         f"{c['rows_per_s'] / base:.2f}x, diff {c['max_abs_diff_prob']:.0e}"
+                                         for c in cells)])
+        lines += md_table([f"{prec['device']}, L={prec['seq']}: p50, rows/s, x torch, max abs prob diff",
+                           *PRECISION_ENGINES], rows)
     lines += md_table(["target", "goal", "measured", ""],
                       [[t["target"], t["goal"], f"{t['value']:.4g}", "met" if t["met"] else "**missed**"]
                        for t in record["targets"]])
@@ -786,8 +861,9 @@ def run_bench(plan: Plan, sources: dict[str, Path], work: Path, echo: Callable[[
         with phase(f"train_{name}", f"training ours and DeepCTR-Torch on {name}, {plan.epochs} epoch(s) ..."):
             record["training"][name] = compare_training(data_dir, work / f"run-{name}", plan)
     run_dir = work / f"run-{SPEED_DATASET}"
-    with phase("export", "exporting the plain, optimised and int8 variants, each verified ..."):
-        dirs, record["models"] = export_variants(run_dir, work / "models")
+    variants = ("onnx-plain", "onnx-opt", "onnx-int8", *(("onnx-fp16",) if plan.precision_batches else ()))
+    with phase("export", f"exporting {', '.join(variants)}, each verified ..."):
+        dirs, record["models"] = export_variants(run_dir, work / "models", variants)
     if plan.load_model_mb:
         with phase("padded_export", f"exporting the optimised model padded to {plan.load_model_mb:g} MB ..."):
             from din_export.export import export_run
@@ -814,6 +890,9 @@ def run_bench(plan: Plan, sources: dict[str, Path], work: Path, echo: Callable[[
             record["engines"][str(threads)] = engine_workloads(engines, plan)
             record["deepctr_weights"] = engines.deepctr_weights
     torch.set_num_threads(default_threads)
+    if plan.precision_batches:
+        with phase("precision", f"fp32 and fp16 on {plan.device}, B up to {max(plan.precision_batches)} ..."):
+            record["precision"] = precision_workload(model, schema, dirs, plan, max(plan.threads))
     with phase("candidates", "1 user x candidates through the Scorer ..."):
         requests = read_requests(data[SPEED_DATASET])
         record["candidates"] = candidate_workload(dirs["onnx-opt"], requests, schema, plan, threads=1, work=work)

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from din_export.bench import (
     CHUNKED,
     ENGINES,
+    PRECISION_ENGINES,
     Plan,
     alternate,
     bench_command,
@@ -23,8 +24,10 @@ from din_export.bench import (
     deepctr_inputs,
     deepctr_matrix,
     format_table,
+    make_plan,
     parse_threads,
     peak_rss,
+    precision_workload,
     run_bench,
     workload_arrays,
 )
@@ -68,6 +71,36 @@ def test_parse_threads() -> None:
     for bad in ("0", "x", "1,-2"):
         with pytest.raises(Exception, match="positive integer"):
             parse_threads(bad)
+
+
+def test_gpu_plans_add_fp16_up_to_batch_4096() -> None:
+    assert make_plan(False, (1,), "cuda", None).precision_batches == (1, 256, 1024, 4096)
+    assert max(make_plan(True, (1,), "cuda", None).precision_batches) == 256
+    assert make_plan(False, (1,), "cpu", None).precision_batches == ()
+
+
+def test_precision_workload_times_fp32_and_fp16_on_the_same_weights() -> None:
+    """The GPU bench's fp32/fp16 workload, run on the CPU (where no GPU is lent): same rows for every engine,
+    fp16 agreeing with fp32 torch to fp16 precision, and a table section from the record."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from export_helpers import exported, one_torch_thread, run_dir
+
+    from din_export.train import load_run
+
+    model, schema, _ = load_run(run_dir())
+    plan = Plan(quick=True, threads=(1,), device="cpu", epochs=1, train_rows=None, precision_batches=(1, 9),
+                precision_seq=7, precision_rounds=2)
+    with one_torch_thread():
+        result = precision_workload(model, schema, {"onnx-opt": exported("fp32"), "onnx-fp16": exported("fp16")},
+                                    plan, threads=1)
+    assert result["seq"] == 7 and list(result["batches"]) == ["1", "9"]
+    for by_engine in result["batches"].values():
+        assert tuple(by_engine) == PRECISION_ENGINES
+        assert by_engine["torch"]["max_abs_diff_prob"] == 0.0
+        assert by_engine["onnx-opt"]["max_abs_diff_prob"] <= 1e-5
+        assert 0 < by_engine["onnx-fp16"]["max_abs_diff_prob"] <= 1e-3
+        assert 0 < by_engine["torch-fp16"]["max_abs_diff_prob"] <= 1e-2
+        assert all(e["rows_per_s"] > 0 and e["n"] == 2 for e in by_engine.values())
 
 
 def test_cli_rejects_bad_options_without_a_traceback(tmp_path: Path) -> None:
@@ -130,7 +163,8 @@ def tiny_taobao(tmp_path: Path) -> dict[str, Path]:
 def test_smoke_run_measures_every_engine_and_writes_a_report(tmp_path: Path) -> None:
     plan = Plan(quick=True, threads=(1,), device="cpu", epochs=1, train_rows=300, lengths=(3, 100), batch=8,
                 latency_rounds=3, throughput_rounds=2, candidates=10, candidate_rounds=2, load_rounds=2,
-                rss_rows=(50, 200), train_batch=64, load_model_mb=1.5)
+                rss_rows=(50, 200), train_batch=64, load_model_mb=1.5, precision_batches=(1, 8), precision_seq=5,
+                precision_rounds=2)
     work = tmp_path / "work"
     work.mkdir()
     record = run_bench(plan, tiny_taobao(tmp_path), work, echo=lambda m: None)
@@ -145,7 +179,8 @@ def test_smoke_run_measures_every_engine_and_writes_a_report(tmp_path: Path) -> 
     t = record["training"]["taobao"]
     assert t["train_rows"] == 300 and t["ours"]["samples_per_s"] > 0 and t["deepctr"]["samples_per_s"] > 0
     assert t["ours"]["test"]["auc"] is not None and t["deepctr"]["test"]["auc"] is not None
-    assert set(record["models"]) == {"onnx-plain", "onnx-opt", "onnx-int8"}
+    assert set(record["models"]) == {"onnx-plain", "onnx-opt", "onnx-int8", "onnx-fp16"}
+    assert set(record["precision"]["batches"]["8"]) == set(PRECISION_ENGINES)
     padded = record["load_model_bytes"]["onnx-opt-1.5MB"]
     assert record["load_model_bytes"]["onnx-opt"] < 1.5e6 < padded < 1.5e6 + 0.5e6  # the vocabulary adds a little
     assert record["load_ms"]["onnx-opt-1.5MB"]["p50_ms"] > 0
@@ -160,6 +195,7 @@ def test_smoke_run_measures_every_engine_and_writes_a_report(tmp_path: Path) -> 
     assert all(r["peak_rss_mb"] > 10 for r in record["din_score_rss"])
     assert all(np.isfinite(t["value"]) for t in record["targets"])
     assert "| target | goal | measured |" in format_table(record, plan)
+    assert "| cpu, L=5: p50, rows/s, x torch, max abs prob diff | torch | torch-fp16 |" in format_table(record, plan)
     assert chart(record, plan).startswith(b"\x89PNG")
     # the JSON alone regenerates the tables
     assert format_table(json.loads(json.dumps(record)), plan) == format_table(record, plan)
