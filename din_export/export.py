@@ -531,7 +531,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="fp16: half-precision weights and arithmetic (for GPUs), fp32 inputs and outputs.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="Dynamic int8 quantisation of the MLP weights (CPU).")
+              help="Dynamic int8 quantisation of the constant weight matrices (CPU; docs/export.md).")
 @click.option("--with-attention", is_flag=True, help="Add the attention weights output (batch, seq).")
 @click.option("--triton", "triton_repo", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write REPO/NAME/1/model.onnx and REPO/NAME/config.pbtxt for Triton.")
