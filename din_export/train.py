@@ -593,7 +593,7 @@ def check_same_inputs(run_schema: Schema, data_schema: Schema, data_dir: Path) -
               help="Splits to score (default: valid and test).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Rows per forward pass; memory grows with it.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+@click.option("--metrics-out", "--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
               help="Also write the metrics as JSON to this file ('-': stdout instead of the table).")
 def evaluate_command(run_dir: Path, data_dir: Path, split_names: tuple[str, ...], batch_size: int,
                      json_out: Path | None) -> None:

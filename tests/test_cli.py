@@ -86,6 +86,13 @@ def test_shared_options_have_one_type(option: str) -> None:
     assert len(set(kinds.values())) == 1, f"{option} has different types: {kinds}"
 
 
+def test_metrics_files_have_one_name() -> None:
+    """din-score and evaluate both write metrics JSON with --metrics-out (evaluate keeps --json too)."""
+    assert "--metrics-out" in options(COMMANDS["din-score"])
+    evaluate = options(COMMANDS["din-export evaluate"])
+    assert evaluate["--metrics-out"] is evaluate["--json"]
+
+
 def test_bench_threads_takes_a_list() -> None:
     """bench's --threads is a list of counts ("1,all"), the others one count: said in its help."""
     assert "Comma-separated" in options(COMMANDS["din-export bench"])["--threads"].help
