@@ -4,7 +4,8 @@
 
 The same trained-like DIN (paper dimensions: D = 64, H = 80) is exported four ways, differing only in
 how the activation unit's first layer W [q, k, q - k, q * k] + b is computed at each history position:
-  model     the plain model: concatenate the 4D-wide input, one GEMM (the baseline);
+  model     the plain model as model.py computes it (the baseline; since 2dc693d its training form
+            [k, q * k] [Wk - Wd; Wp]^T, before that the 4D-wide concat), nothing folded;
   per-row   c(q) + k A(q)^T with A(q) = (Wk - Wd) + Wp diag(q), one (D x H) matrix per row (optimize.py);
   plain     c(q) + k (Wk - Wd)^T + (q * k) Wp^T, two GEMMs of width D;
   stacked   c(q) + [k, q * k] [Wk - Wd; Wp]^T, one GEMM of width 2D.
