@@ -41,11 +41,12 @@ def encode_rows(manifest: Manifest, rows: Sequence[Mapping[str, Any]]) -> Encode
     problems: list[InputError] = []
     for name, vocab in [(s.name, s.vocab) for s in manifest.sparse] + [(b.target, b.vocab) for b in manifest.behaviour]:
         try:
-            arrays[name], oov[name] = encode_ids(column(rows, name), manifest.vocabs[vocab], name)
+            arrays[name], oov[name] = encode_ids(_column(rows, name, "", problems), manifest.vocabs[vocab], name)
         except InputError as e:
             problems.append(e)
     try:
-        hist_arrays, hist_oov = encode_histories(manifest, {h: column(rows, h) for h in manifest.histories})
+        hist_arrays, hist_oov = encode_histories(
+            manifest, {h: _column(rows, h, [], problems) for h in manifest.histories})
         arrays.update(hist_arrays)
         oov.update(hist_oov)
     except InputError as e:
@@ -53,15 +54,26 @@ def encode_rows(manifest: Manifest, rows: Sequence[Mapping[str, Any]]) -> Encode
     dense = []
     for name in manifest.dense:
         try:
-            dense.append(encode_dense(column(rows, name), name))
+            dense.append(encode_dense(_column(rows, name, 0.0, problems), name))
         except InputError as e:
             problems.append(e)
     if problems:
-        # Fields are checked one after the other; report the earliest row, as a reader of the file would.
+        # Fields are checked one after the other; report the earliest row (ties: the first check), as a reader
+        # of the file would.
         raise min(problems, key=lambda e: e.row)
     if manifest.dense:
         arrays["dense"] = np.stack(dense, axis=1)
     return Encoded({name: arrays[name] for name in manifest.inputs}, oov)
+
+
+def _column(rows: Sequence[Mapping[str, Any]], field: str, fill: Any, problems: list[InputError]) -> list[Any]:
+    """`column(rows, field)`; if a row lacks the field, adds that InputError and fills in a valid `fill`, so
+    the field's other checks still run and an earlier bad value is not hidden by a later missing one."""
+    try:
+        return column(rows, field)
+    except InputError as e:
+        problems.append(e)
+        return [row.get(field, fill) for row in rows]
 
 
 def _as_rows(rows: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
@@ -141,46 +153,72 @@ def encode_histories(
     manifest: Manifest, columns: Mapping[str, list[Any]]
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """History arrays (N, L) plus hist_len (N,), L = the longest kept history (at least 1)."""
+    problems: list[InputError] = []
+    lists = {name: _sequences(values, name, problems) for name, values in columns.items()}
+    lengths = {name: _lengths(seqs) for name, seqs in lists.items()}
     first = manifest.histories[0]
-    lists = {}
-    for name, values in columns.items():
-        if all(type(v) is list for v in values):
-            lists[name] = values
-        else:
-            lists[name] = [_as_sequence(v, i, name) for i, v in enumerate(values)]
-    raw_len = np.fromiter(map(len, lists[first]), dtype=np.int64, count=len(lists[first]))
+    raw_len = lengths[first]
     for name in manifest.histories[1:]:
-        other = np.fromiter(map(len, lists[name]), dtype=np.int64, count=len(lists[name]))
+        other = lengths[name]
         bad = np.flatnonzero(other != raw_len)
         if len(bad):
             i = int(bad[0])
-            raise InputError(f"has {other[i]} items but {first!r} has {raw_len[i]}; histories of a row "
-                             f"must have one length", row=i, field=name)
+            problems.append(InputError(f"has {other[i]} items but {first!r} has {raw_len[i]}; histories of a row "
+                                       f"must have one length", row=i, field=name))
     max_len = manifest.max_len
+    keys: dict[str, list[str]] = {}
+    for b in manifest.behaviour:
+        seqs = lists[b.history]
+        own_len = lengths[b.history]
+        if (own_len > max_len).any():
+            seqs = [s[-max_len:] if len(s) > max_len else s for s in seqs]
+        keys[b.history], bad_item, reason = _keys(list(chain.from_iterable(seqs)))
+        if bad_item is not None:
+            # Each history has its own lengths here (they may differ when the length check failed above).
+            own_kept = np.minimum(own_len, max_len)
+            row = int(np.searchsorted(np.cumsum(own_kept), bad_item, side="right"))
+            item = int(bad_item - (np.sum(own_kept[:row]) - own_len[row] + own_kept[row]))
+            problems.append(InputError(f"item {item}: {reason}", row=row, field=b.history))
+    if problems:
+        # Checks run field by field; report the earliest row (ties: the first check), as a reader of the file would.
+        raise min(problems, key=lambda e: e.row)
+
     kept = np.minimum(raw_len, max_len)
     n = len(raw_len)
     width = max(1, int(kept.max())) if n else 1
     starts = np.cumsum(kept) - kept
     rows = np.repeat(np.arange(n), kept)
     cols = np.arange(int(kept.sum())) - np.repeat(starts, kept)
-
     arrays: dict[str, np.ndarray] = {}
     oov: dict[str, int] = {}
     for b in manifest.behaviour:
-        seqs = lists[b.history]
-        if (raw_len > max_len).any():
-            seqs = [s[-max_len:] if len(s) > max_len else s for s in seqs]
-        keys, bad, reason = _keys(list(chain.from_iterable(seqs)))
-        if bad is not None:
-            row = int(rows[bad])
-            item = int(bad - starts[row] + raw_len[row] - kept[row])
-            raise InputError(f"item {item}: {reason}", row=row, field=b.history)
-        index, oov[b.history] = _lookup(keys, manifest.vocabs[b.vocab])
+        index, oov[b.history] = _lookup(keys[b.history], manifest.vocabs[b.vocab])
         out = np.full((n, width), PAD_INDEX, dtype=np.int64)
         out[rows, cols] = index
         arrays[b.history] = out
     arrays["hist_len"] = kept
     return arrays, oov
+
+
+def _sequences(values: list[Any], field: str, problems: list[InputError]) -> list[Sequence[Any]]:
+    """The histories of one field; a value that is not a list adds its InputError and stands as an empty one."""
+    if all(type(v) is list for v in values):
+        return values
+    seqs: list[Sequence[Any]] = []
+    first_error = None
+    for i, value in enumerate(values):
+        try:
+            seqs.append(_as_sequence(value, i, field))
+        except InputError as e:
+            first_error = first_error or e
+            seqs.append([])
+    if first_error:
+        problems.append(first_error)
+    return seqs
+
+
+def _lengths(seqs: list[Sequence[Any]]) -> np.ndarray:
+    return np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
 
 
 def encode_dense(values: list[Any], field: str) -> np.ndarray:

@@ -126,6 +126,56 @@ def test_earliest_bad_row_is_reported(manifest):
     assert (e.value.row, e.value.field) == (2, "age")
 
 
+def _missing(row: dict, field: str) -> dict:
+    del row[field]
+    return row
+
+
+@pytest.mark.parametrize("early, late", [
+    ({"hist_cate_id": [None, "Drama", "Comedy"]}, {"hist_item_id": [None, "101", "102"]}),
+    ({"hist_cate_id": ["Drama", False, "Comedy"]}, {"hist_item_id": "x"}),
+    ({"hist_cate_id": [None, "Drama", "Comedy"]}, {"hist_cate_id": ["Drama"]}),
+    ({"hist_cate_id": [None, "Drama", "Comedy"]}, {"hist_item_id": 5, "hist_cate_id": "x"}),
+    ({"hist_cate_id": "x"}, {"hist_item_id": "y"}),
+], ids=["null-cate-item-vs-null-item", "bool-cate-item-vs-string-history", "cate-item-vs-length",
+        "cate-item-vs-two-non-lists", "non-list-cate-vs-non-list-item"])
+def test_earliest_bad_row_wins_across_history_fields(manifest, early, late):
+    rows = [request(0), request(1, **early), request(2, **late), request(3)]
+    with pytest.raises(InputError) as e:
+        encode_rows(manifest, rows)
+    assert (e.value.row, e.value.field) == (1, "hist_cate_id")
+
+
+def test_earliest_bad_row_wins_over_a_later_missing_field(manifest):
+    rows = [request(0, hist_cate_id=["Drama", None, "Comedy"]), _missing(request(1), "hist_item_id")]
+    with pytest.raises(InputError, match="item 1: is null") as e:
+        encode_rows(manifest, rows)
+    assert (e.value.row, e.value.field) == (0, "hist_cate_id")
+    rows = [request(0, item_id=True), _missing(request(1), "item_id"), _missing(request(2), "age")]
+    with pytest.raises(InputError, match="boolean") as e:
+        encode_rows(manifest, rows)
+    assert (e.value.row, e.value.field) == (0, "item_id")
+
+
+@pytest.mark.parametrize("bad, field, message", [
+    ({"hist_item_id": ["100", None], "hist_cate_id": ["Drama"]}, "hist_cate_id", "has 1 items"),
+    ({"hist_item_id": 5, "hist_cate_id": [None]}, "hist_item_id", "list of ids"),
+    ({"hist_item_id": [None], "hist_cate_id": [None]}, "hist_item_id", "item 0: is null"),
+])
+def test_one_row_with_several_history_problems_keeps_the_first_check(manifest, bad, field, message):
+    with pytest.raises(InputError, match=message) as e:
+        encode_rows(manifest, [request(0), request(1, **bad)])
+    assert (e.value.row, e.value.field) == (1, field)
+
+
+def test_a_bad_item_in_a_history_longer_than_the_first_is_still_a_length_error(manifest):
+    # The items of hist_cate_id are checked with its own lengths: hist_item_id's would place item 3 past the batch.
+    rows = [request(0, hist_item_id=["100"], hist_cate_id=["Drama", "Drama", "Drama", None])]
+    with pytest.raises(InputError, match="has 4 items but 'hist_item_id' has 1") as e:
+        encode_rows(manifest, rows)
+    assert (e.value.row, e.value.field) == (0, "hist_cate_id")
+
+
 def test_extra_fields_are_ignored(manifest):
     plain = encode_rows(manifest, [request(0)])
     extra = encode_rows(manifest, [request(0, request_id="r-1", whatever=[1, 2])])

@@ -166,6 +166,17 @@ def test_stop_mode_reports_the_earliest_problem(model_dir, tmp_path):
     assert "line 3, field 'item_id'" in result.output
 
 
+@pytest.mark.parametrize("early, late", [
+    ({"hist_cate_id": [None, "Drama", "Comedy"]}, {"hist_item_id": [None, "101", "102"]}),
+    ({"hist_cate_id": ["Drama", "Drama", 3.5]}, {"hist_item_id": "x"}),
+    ({"hist_cate_id": [None, "Drama", "Comedy"]}, {"hist_cate_id": ["Drama"]}),
+])
+def test_stop_mode_reports_the_earliest_row_across_history_fields(model_dir, tmp_path, early, late):
+    rows = [request(0, **early), request(1, **late), request(2)]
+    result = run(model_dir, write_jsonl(tmp_path / "in.jsonl", rows))
+    assert result.exit_code == 1 and "line 1, field 'hist_cate_id'" in result.output, result.output
+
+
 def test_skip_mode_accounts_for_every_row(model_dir, scorer, tmp_path):
     rows = requests(25)
     lines = [json.dumps(r) for r in rows]
