@@ -236,6 +236,8 @@ def copy_weights_into_deepctr(ours: DIN, theirs: torch.nn.Module) -> dict[str, l
             unit.dense.load_state_dict(mlp.out.state_dict())
             for src, dst in zip(mlp.activations, unit.dnn.activation_layers, strict=True):
                 if isinstance(src, Dice):  # DeepCTR's Dice: a BatchNorm (affine 1, 0) and alpha (H, 1)
+                    if src.mode != "paper":
+                        raise ValueError("DeepCTR-Torch's Dice is the paper's: the bench needs dice_mode 'paper'")
                     dst.bn.running_mean.copy_(src.running_mean)
                     dst.bn.running_var.copy_(src.running_var)
                     dst.alpha.copy_(src.alpha.view_as(dst.alpha))

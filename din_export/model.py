@@ -24,6 +24,9 @@ from torch import Tensor, nn
 from din_export.schema import OOV_INDEX, PAD_INDEX, Schema
 
 ACTIVATIONS = ("dice", "prelu", "sigmoid", "relu")
+DICE_MODES = ("paper", "official")
+# tf.layers.batch_normalization's default epsilon: the official Dice normalises with it, not with dice_eps
+OFFICIAL_DICE_EPS = 1e-3
 ATTENTION_NORMS = ("none", "softmax")
 MODELS = ("din", "base")
 
@@ -41,6 +44,7 @@ class ModelConfig:
     use_hist_sum: bool = True  # DIN also sees the sum-pooled history (BaseModel sees only that)
     dropout: float = 0.0
     dice_eps: float = 1e-8
+    dice_mode: str = "paper"  # "official": the official code's Dice, with fixed statistics (see Dice)
     bn_momentum: float = 0.01  # running = (1 - m) * running + m * batch, torch's convention
 
     def __post_init__(self) -> None:
@@ -49,6 +53,7 @@ class ModelConfig:
             (self.attention_activation in ACTIVATIONS, f"attention_activation must be one of {ACTIVATIONS}"),
             (self.mlp_activation in ACTIVATIONS, f"mlp_activation must be one of {ACTIVATIONS}"),
             (self.attention_norm in ATTENTION_NORMS, f"attention_norm must be one of {ATTENTION_NORMS}"),
+            (self.dice_mode in DICE_MODES, f"dice_mode must be one of {DICE_MODES}"),
             (self.embed_dim >= 1, "embed_dim must be >= 1"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
         ]
@@ -77,26 +82,39 @@ class Dice(nn.Module):
 
     f(s) = p(s) * s + (1 - p(s)) * alpha * s,   p(s) = sigmoid((s - E[s]) / sqrt(Var[s] + eps))
 
-    Training uses the mini-batch mean/variance over *real* positions only (the mask), inference the
-    running averages, so at inference a row's output never depends on the rest of the batch. No
-    affine scale/shift inside p (the paper's formula; the official code's BN has center=scale=False).
-    With E = 0 and Var = 0 it is PReLU. x: (..., H), mask: x.shape[:-1] bool or None.
+    mode "paper": training uses the mini-batch mean/variance over *real* positions only (the mask),
+    inference the running averages, so at inference a row's output never depends on the rest of the
+    batch. No affine scale/shift inside p (the paper's formula). With E = 0 and Var = 0 it is PReLU.
+
+    mode "official": what the official TensorFlow code's `dice` computes. It calls
+    `tf.layers.batch_normalization(x, center=False, scale=False)` without `training=True`, so its
+    moving statistics stay at their initial E = 0, Var = 1 in training and at inference alike, and it
+    multiplies by a trainable per-channel beta (initialised to 0, so p = 1/2 at the start):
+        p(s) = sigmoid(beta * s / sqrt(1 + 1e-3))   (1e-3: TF's batch-norm epsilon)
+    The data-adaptive part of the paper's Dice is then absent; beta learns a fixed per-channel scale.
+
+    x: (..., H), mask: x.shape[:-1] bool or None.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-8, momentum: float = 0.01) -> None:
+    def __init__(self, num_features: int, eps: float = 1e-8, momentum: float = 0.01, mode: str = "paper") -> None:
         super().__init__()
-        self.eps = eps
+        if mode not in DICE_MODES:
+            raise ValueError(f"Dice mode must be one of {DICE_MODES}, got {mode!r}")
+        self.mode = mode
+        self.eps = OFFICIAL_DICE_EPS if mode == "official" else eps
         self.momentum = momentum
         self.alpha = nn.Parameter(torch.zeros(num_features))
+        self.beta = nn.Parameter(torch.zeros(num_features)) if mode == "official" else None
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        if self.training:
+        if self.training and self.mode == "paper":
             centered, var = self._batch_statistics(x, mask)
         else:
             centered, var = x - self.running_mean, self.running_var
-        p = torch.sigmoid(centered * torch.rsqrt(var + self.eps))
+        z = centered * torch.rsqrt(var + self.eps)
+        p = torch.sigmoid(z if self.beta is None else self.beta * z)
         # p s + (1 - p) alpha s, with one pass fewer over the (..., H) values
         return x * (self.alpha + (1.0 - self.alpha) * p)
 
@@ -145,7 +163,7 @@ class Pointwise(nn.Module):
 
 def make_activation(name: str, num_features: int, cfg: ModelConfig) -> nn.Module:
     if name == "dice":
-        return Dice(num_features, eps=cfg.dice_eps, momentum=cfg.bn_momentum)
+        return Dice(num_features, eps=cfg.dice_eps, momentum=cfg.bn_momentum, mode=cfg.dice_mode)
     if name == "prelu":
         return PReLU(num_features)
     if name == "sigmoid":

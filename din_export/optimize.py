@@ -56,8 +56,26 @@ class OffsetDice(nn.Module):
         return u * (torch.sigmoid(u + self.shift) + self.gamma)
 
 
+class UnfoldedDice(nn.Module):
+    """Dice at inference, nothing folded: s (alpha + (1 - alpha) sigmoid(a s + b)). For the official
+    mode's Dice when some channel's scale a = beta / sqrt(1 + eps) is (nearly) 0: scaling a Linear by a
+    would erase that channel (see `fold_dice`)."""
+
+    def __init__(self, scale: Tensor, shift: Tensor, alpha: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+        self.register_buffer("alpha", alpha)
+        self.register_buffer("one_minus_alpha", 1.0 - alpha)
+
+    def forward(self, s: Tensor) -> Tensor:
+        return s * (self.alpha + self.one_minus_alpha * torch.sigmoid(s * self.scale + self.shift))
+
+
 # Below this |1 - alpha| a channel's gamma = alpha / (1 - alpha) would overflow or nearly: keep ScaledDice.
 MIN_ONE_MINUS_ALPHA = 1e-3
+# Below this |a| folding would divide the next Linear's columns by (nearly) zero: keep Dice unfolded.
+MIN_SCALE = 1e-4
 
 
 def fold_dice(dice: Dice, before: nn.Linear, after: nn.Linear) -> nn.Module:
@@ -66,10 +84,12 @@ def fold_dice(dice: Dice, before: nn.Linear, after: nn.Linear) -> nn.Module:
 
     At inference Dice is elementwise with constant statistics:
         f(s) = p s + (1 - p) alpha s = s (alpha + (1 - alpha) sigmoid(a s + b)),
-        a = 1 / sqrt(var + eps) > 0,  b = -mean a.
-    With u = a s, made by `before` with its rows scaled by a, f(s) = g(u) / a, g as in ScaledDice,
-    and 1/a goes into the columns of `after`: W f(s) = (W diag(1/a)) g(u). Five elementwise ops
-    per hidden value instead of seven; a > 0 since eps > 0, so nothing is divided by zero.
+        a = beta / sqrt(var + eps),  b = -mean a,
+    beta = 1 in the paper's mode (so a > 0 since eps > 0), the trained beta in the official mode. With
+    u = a s, made by `before` with its rows scaled by a, f(s) = g(u) / a, g as in ScaledDice, and 1/a
+    goes into the columns of `after`: W f(s) = (W diag(1/a)) g(u). Five elementwise ops per hidden
+    value instead of seven. A channel with |a| < MIN_SCALE (an official beta near 0) cannot be
+    divided by: then nothing is folded and UnfoldedDice is returned.
 
     If no channel has alpha = 1, the slopes fold as well: alpha + (1 - alpha) p = (1 - alpha)(p + gamma)
     with gamma = alpha / (1 - alpha), so W f(s) = (W diag((1 - alpha) / a)) h(u), h as in OffsetDice:
@@ -78,6 +98,10 @@ def fold_dice(dice: Dice, before: nn.Linear, after: nn.Linear) -> nn.Module:
     """
     with torch.no_grad():
         a = torch.rsqrt(dice.running_var + dice.eps)
+        if dice.beta is not None:
+            a = a * dice.beta
+        if bool((a.abs() < MIN_SCALE).any()):
+            return UnfoldedDice(a.clone(), -dice.running_mean * a, dice.alpha.detach().clone())
         before.weight.mul_(a.unsqueeze(1))
         before.bias.mul_(a)
         after.weight.div_(a)

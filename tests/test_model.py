@@ -156,6 +156,51 @@ def test_dice_statistics_ignore_padded_positions() -> None:
     torch.testing.assert_close(out_a[mask], p * real)  # alpha starts at 0
 
 
+def test_official_dice_has_fixed_statistics_and_a_trained_beta() -> None:
+    """The official code's Dice: TF batch norm left in inference mode (E = 0, Var = 1, eps 1e-3) times a
+    trainable beta, in training too; rows stay independent of each other and nothing is accumulated."""
+    torch.manual_seed(0)
+    dice = Dice(3, mode="official")
+    with torch.no_grad():
+        dice.alpha.copy_(torch.tensor([0.1, -0.2, 0.3]))
+        dice.beta.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    x = torch.randn(32, 3) * 2 + 1
+    p = torch.sigmoid(dice.beta * x / math.sqrt(1 + 1e-3))
+    out = dice(x)
+    torch.testing.assert_close(out, p * x + (1 - p) * dice.alpha * x)
+    torch.testing.assert_close(dice(x[:1]), out[:1])  # in training as well
+    assert torch.equal(dice.running_mean, torch.zeros(3)) and torch.equal(dice.running_var, torch.ones(3))
+    out.sum().backward()
+    assert dice.beta.grad is not None and dice.beta.grad.abs().min() > 0
+    torch.testing.assert_close(dice.eval()(x), out.detach())
+
+
+def test_paper_and_official_dice_differ() -> None:
+    """Same alpha, same input, beta = 1: the paper's Dice centres and scales by the batch, the official one
+    does not; at initialisation the official beta = 0 makes p = 1/2 everywhere."""
+    x = torch.randn(64, 4) * 3 + 2
+    paper, official = Dice(4), Dice(4, mode="official")
+    with torch.no_grad():
+        official.beta.fill_(1.0)
+    assert not torch.allclose(paper(x), official(x), atol=1e-2)
+    assert not hasattr(paper, "beta") or paper.beta is None
+    torch.testing.assert_close(Dice(4, mode="official")(x), 0.5 * x)  # alpha = 0, beta = 0
+    with pytest.raises(ValueError, match="dice_mode"):
+        ModelConfig(dice_mode="tf")
+
+
+def test_official_preset_uses_the_official_dice() -> None:
+    import json
+    from pathlib import Path
+
+    preset = json.loads((Path(__file__).parents[1] / "models" / "official.json").read_text())
+    cfg = ModelConfig.from_dict(preset["model"])
+    model = DIN(SCHEMA, cfg)
+    dices = [m for m in model.modules() if isinstance(m, Dice)]
+    assert dices and all(d.mode == "official" and d.beta is not None for d in dices)
+    assert all(m.mode == "paper" for m in DIN(SCHEMA, ModelConfig()).modules() if isinstance(m, Dice))
+
+
 def test_dice_with_zero_statistics_is_prelu() -> None:
     dice = Dice(2).eval()
     with torch.no_grad():

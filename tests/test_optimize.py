@@ -19,6 +19,7 @@ from din_export.optimize import (
     InputAffine,
     OffsetDice,
     ScaledDice,
+    UnfoldedDice,
     candidate_module,
     fold_dice,
     inference_module,
@@ -82,6 +83,8 @@ def trained(schema: Schema, cfg: ModelConfig, steps: int = 4, seed: int = 0) -> 
         for name, p in model.named_parameters():
             if name.endswith("alpha"):
                 p.uniform_(-0.5, 1.5)
+            if name.endswith("beta"):  # the official Dice's scale: either sign, as training may leave it
+                p.uniform_(-2.0, 2.0)
     return model.eval()
 
 
@@ -114,10 +117,11 @@ def test_same_function_as_eval_model_at_many_shapes(cfg: ModelConfig) -> None:
 
 @pytest.mark.parametrize("cfg", [
     ModelConfig(mlp_input_bn=False, embed_dim=5),
+    ModelConfig(dice_mode="official", attention_norm="softmax", embed_dim=5),
     ModelConfig(use_hist_sum=False, embed_dim=5),
     ModelConfig(attention_hidden=(), mlp_hidden=(), embed_dim=5),  # each MLP is one Linear
     ModelConfig(attention_hidden=(9,), attention_norm="softmax", mlp_hidden=(12, 7, 5), embed_dim=5),
-], ids=["no-input-bn", "no-hist-sum", "no-hidden", "odd-widths"])
+], ids=["no-input-bn", "official-dice", "no-hist-sum", "no-hidden", "odd-widths"])
 def test_same_function_for_other_architectures(cfg: ModelConfig) -> None:
     schema = make_schema()
     model = trained(schema, cfg)
@@ -167,6 +171,26 @@ def test_fold_dice_is_dice_between_its_linears(mean: float, var: float, alpha: f
         dice.running_var.fill_(var)
         dice.alpha.fill_(alpha)
         dice.alpha[0] = 0.1  # channels differ
+    before, after = nn.Linear(4, 5), nn.Linear(5, 3)
+    x = torch.randn(50, 4) * 3
+    with torch.no_grad():
+        expected = after(dice(before(x)))
+        folded = fold_dice(dice, before, after)
+        got = after(folded(before(x)))
+    assert type(folded) is form
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("beta,form", [(1.5, OffsetDice), (-0.8, OffsetDice), (0.0, UnfoldedDice)],
+                         ids=["positive", "negative", "zero"])
+def test_fold_official_dice(beta: float, form: type) -> None:
+    """The official Dice's scale a = beta / sqrt(1 + eps) may be negative (folds) or 0 (cannot: unfolded)."""
+    torch.manual_seed(0)
+    dice = Dice(5, mode="official").eval()
+    with torch.no_grad():
+        dice.alpha.uniform_(-0.5, 0.9)
+        dice.beta.uniform_(0.5, 2.0).mul_(1.0 if beta > 0 else -1.0)
+        dice.beta[2] = beta
     before, after = nn.Linear(4, 5), nn.Linear(5, 3)
     x = torch.randn(50, 4) * 3
     with torch.no_grad():
@@ -278,8 +302,9 @@ def export_onnx(model: nn.Module, schema: Schema) -> bytes:
 
 
 @pytest.mark.parametrize("cfg", [ModelConfig(embed_dim=6), ModelConfig(embed_dim=6, attention_norm="softmax"),
-                                 ModelConfig(model="base", embed_dim=6, mlp_activation="prelu")],
-                         ids=["din-none", "din-softmax", "base"])
+                                 ModelConfig(model="base", embed_dim=6, mlp_activation="prelu"),
+                                 ModelConfig(embed_dim=6, dice_mode="official", attention_norm="softmax")],
+                         ids=["din-none", "din-softmax", "base", "official-dice"])
 def test_onnx_export_has_dynamic_shapes_and_matches_the_model(cfg: ModelConfig) -> None:
     schema = make_schema()
     model = trained(schema, cfg)
