@@ -16,7 +16,7 @@ from din_export import __version__
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "prepare": ("din_export.prepare", "prepare_command", "Turn raw events into a dataset directory."),
     "train": ("din_export.train", "train_command", "Train DIN or the base model on a dataset directory."),
-    "evaluate": ("din_export.train", "evaluate_command", "Score a dataset's test split with a trained run."),
+    "evaluate": ("din_export.train", "evaluate_command", "Score a dataset's validation and test splits."),
     "predict": ("din_export.train", "predict_command", "Score raw requests with the torch model."),
     "export": ("din_export.export", "export_command", "Export a run to an ONNX model directory, verified."),
     "verify": ("din_export.verify", "verify_command", "Check an exported model against its torch run."),

@@ -84,7 +84,10 @@ class Events:
 
 
 def _show(value: object) -> str:
-    """repr(value), shortened: a bad value may be megabytes long."""
+    """repr(value), shortened: a bad value may be megabytes long. numpy scalars show as the Python value
+    (2, not np.int64(2)): the user wrote the number, not the dtype."""
+    if isinstance(value, np.generic):
+        value = value.item()
     try:
         text = repr(value)
     except ValueError:  # an int beyond Python's digit limit for str()

@@ -292,7 +292,8 @@ def test_events_csv_and_parquet_prepare_identically(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("mutate", "kwargs", "needle"), [
     (lambda d: d.drop(columns="category"), {}, r"missing column\(s\) \['category'\]"),
     (lambda d: d, {"sparse": "colour"}, r"missing column\(s\) \['colour'\]"),
-    (lambda d: d.assign(label=[2] + [0] * (len(d) - 1)), {}, "line 2, field 'label': label must be 0 or 1"),
+    (lambda d: d.assign(label=[2] + [0] * (len(d) - 1)), {}, r"line 2, field 'label': label must be 0 or 1 \(got 2\)"),
+    (lambda d: d.assign(timestamp=[1005.5] * len(d)), {}, r"line 2, field 'timestamp': .*\(got 1005\.5\)"),
     (lambda d: d.assign(timestamp=["x"] * len(d)), {}, "line 2, field 'timestamp'"),
     (lambda d: d.assign(age=["old"] * len(d)), {"dense": "age"}, "line 2, field 'age'"),
     (lambda d: d.assign(item=[None] + d["item"].tolist()[1:]), {}, "line 2, field 'item': missing id"),
