@@ -220,8 +220,13 @@ def test_eval_scores_do_not_depend_on_the_batch() -> None:
 
 
 def test_batch_of_one_trains() -> None:
+    """One row has no batch variance: Dice and BatchNorm must not turn it into NaN logits or gradients."""
     model = DIN(SCHEMA, ModelConfig()).train()
-    model(batch(1, 3, lengths=[2])).sum().backward()
+    out = model(batch(1, 3, lengths=[2]))
+    assert out.shape == (1,) and torch.isfinite(out).all()
+    out.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
 def test_base_model_has_no_attention_and_differs_from_din() -> None:
