@@ -106,3 +106,14 @@ def test_card_commands_are_the_build_script(manifest: dict) -> None:
     for line in commands.group(1).splitlines():
         assert line in script
     assert "--config edge" in commands.group(1) and "--with-attention" in commands.group(1)
+
+
+def test_readme_shows_the_scores_the_model_gives(examples: list[dict], scorer: Scorer) -> None:
+    """The README's din-score excerpt is this model's output, so a rebuilt model cannot leave it stale."""
+    readme = (REPO / "README.md").read_text()
+    shown = {m["id"]: float(m["score"]) for m in re.finditer(
+        r'\{"request_id": "(?P<id>example-\d+)", "score": (?P<score>[0-9.e-]+)\}', readme)}
+    assert shown, "the README shows no din-score output lines for models/demo"
+    scores = dict(zip([e["request_id"] for e in examples], scorer.score(examples), strict=True))
+    for request_id, score in shown.items():
+        assert abs(scores[request_id] - score) <= 1e-6, (request_id, score, scores[request_id])
