@@ -316,7 +316,9 @@ class ScoreWriter:
         texts = [str(s) for s in scores]
         try:
             if self._csv:
-                self._csv.writerows(zip(ids, texts, strict=True) if ids is not None else ([t] for t in texts))
+                # Non-string ids as JSON text, as in JSONL output: true, null, ["a","b"], not Python reprs.
+                cells = None if ids is None else [i if isinstance(i, str) else _id_json(i) for i in ids]
+                self._csv.writerows(zip(cells, texts, strict=True) if cells is not None else ([t] for t in texts))
             elif ids is not None:
                 self._out.writelines(f'{{{self._id_key}: {_id_json(i)}, "score": {t}}}\n'
                                      for i, t in zip(ids, texts, strict=True))

@@ -82,6 +82,22 @@ def test_csv_in_csv_out_with_list_separator(model_dir, scorer, tmp_path):
     np.testing.assert_array_equal(np.array([t["score"] for t in table], dtype=np.float32), scorer.score(rows))
 
 
+def test_csv_output_writes_non_string_ids_as_json(model_dir, tmp_path):
+    ids = ["plain, \"quoted\"", 7, 1e16, True, None, ["a", "b"], {"k": 1}, "true"]
+    rows = [request(i, rid=rid) for i, rid in enumerate(ids)]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    result = run(model_dir, inp, "-o", tmp_path / "s.csv", "--id-field", "rid")
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "s.csv").open(newline="") as f:
+        cells = [t["rid"] for t in csv.DictReader(f)]
+    assert cells == ['plain, "quoted"', "7", "1e+16", "true", "null", '["a", "b"]', '{"k": 1}', "true"]
+    # the same text as the JSONL output carries
+    result = run(model_dir, inp, "-o", tmp_path / "s.jsonl", "--id-field", "rid")
+    assert result.exit_code == 0, result.output
+    jsonl = [json.loads(line)["rid"] for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert [c if isinstance(i, str) else json.loads(c) for i, c in zip(ids, cells, strict=True)] == jsonl == ids
+
+
 def test_csv_empty_history_cell_is_an_empty_list(model_dir, scorer, tmp_path):
     rows = [request(0, hist=0), request(1, hist=2)]
     result = run(model_dir, write_csv(tmp_path / "in.csv", rows), "-o", tmp_path / "s.jsonl")
