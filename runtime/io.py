@@ -98,13 +98,17 @@ _JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a num
 
 
 def read_jsonl(stream: BinaryIO) -> Iterator[Record]:
-    """One JSON object per line; blank lines are skipped."""
+    """One JSON object per line; blank (or whitespace-only) lines are skipped. A JSON array is refused."""
     rows = 0
     for line, raw in enumerate(stream, start=1):
         text = _decode(raw, line)
         if not text.strip():
             continue
         rows += 1
+        if rows == 1 and text.lstrip().startswith("["):
+            # .json maps to JSONL, so a JSON array file lands here; its lines are no rows worth skipping one by one.
+            raise InputFileError(f"line {line} starts with '[': this looks like a JSON array, but din-score reads "
+                                 f"JSON Lines (one object per line); convert it with: jq -c '.[]' FILE > FILE.jsonl")
         clean = text.rstrip("\r\n")
         if text.startswith(_BOM):
             yield Record(line, None, _MIDDLE_BOM, raw=clean)
@@ -137,8 +141,9 @@ def read_jsonl(stream: BinaryIO) -> Iterator[Record]:
 
 def read_csv(stream: BinaryIO, list_fields: Iterable[str], number_fields: Iterable[str],
              list_sep: str) -> Iterator[Record]:
-    """A header line, then one row per record. List fields are split on `list_sep` (an empty cell is an
-    empty list); number fields are parsed as floats; any other empty cell counts as a missing value."""
+    """A header line, then one row per record; blank (or whitespace-only) lines are skipped. List fields are
+    split on `list_sep` (an empty cell is an empty list); number fields are parsed as floats; any other empty
+    cell counts as a missing value."""
     list_fields, number_fields = set(list_fields), set(number_fields)
     consumed: list[str] = []
     line_no = 0
@@ -170,8 +175,8 @@ def read_csv(stream: BinaryIO, list_fields: Iterable[str], number_fields: Iterab
             rows += 1
             yield Record(start, None, f"malformed CSV: {e}", raw="".join(consumed).rstrip("\r\n"))
             continue
-        if not values:
-            continue
+        if not values or (len(values) == 1 and not "".join(consumed).strip()):
+            continue  # a blank or whitespace-only line is no record, as in JSONL
         if header is None:
             header = values
             _check_header(header)

@@ -383,6 +383,8 @@ RECOVERIES = [
              transform=blank_lines, summary=f"{ROWS} rows read"),
     Recovery("no-final-newline", "a valid last line without newline", "read as usual",
              transform=lambda d: d.rstrip(b"\n")),
+    Recovery("csv-blank-lines", "CSV with blank and whitespace-only lines, also before the header",
+             "skipped, not counted as rows", fmt="csv", transform=blank_lines, summary=f"{ROWS} rows read"),
     Recovery("csv-reordered-columns", "CSV columns in reverse order", "read by header name: the same scores",
              fmt="csv", transform=reorder_csv, real=True),
     Recovery("csv-extra-column", "CSV with an extra column holding commas in quotes", "ignored",
@@ -412,6 +414,12 @@ def rows_then(name: str, fmt: str, edit: Callable[[bytes], bytes], *options: str
         (tmp / name).write_bytes(edit(render(rows, fmt)))
         return [str(tmp / name), *options]
     return make
+
+
+def write_json_array(path: Path, rows: list[Row]) -> Path:
+    with path.open("w") as f:
+        json.dump(rows, f, indent=2)
+    return path
 
 
 def latin1_line_3(data: bytes) -> bytes:
@@ -465,6 +473,12 @@ FILE_CASES = [
     FileCase("empty-file", "an empty .jsonl file", write_bytes("in.jsonl", b""),
              "the input is empty: no rows to score"),
     FileCase("blank-file", "only blank lines", write_bytes("in.jsonl", b"\n  \n\r\n"), "the input is empty"),
+    FileCase("json-array-file", "a JSON array (`json.dump(rows, f, indent=2)`) named .json",
+             lambda tmp, rows, n: [str(write_json_array(tmp / "in.json", rows))],
+             "line 1 starts with '[': this looks like a JSON array, but din-score reads JSON Lines"),
+    FileCase("json-array-one-line", "a JSON array on one line, after blank lines",
+             write_bytes("in.jsonl", b"\n  \n" + b'[{"a": 1}, {"a": 2}]\n'),
+             "line 3 starts with '[': this looks like a JSON array"),
     FileCase("gzip-file", "gzip-compressed JSONL named .jsonl", rows_then("in.jsonl", "jsonl", gzip.compress),
              "holds a NUL byte: this looks like a binary file, not text"),
     FileCase("utf16-file", "JSONL saved as UTF-16",

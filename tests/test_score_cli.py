@@ -260,7 +260,8 @@ def test_oov_counts_in_summary(model_dir, tmp_path):
     (b'{"a": 1}\n\x00\x01\x02binary', "line 2 .*binary"),
     (b'{"user_id": "u1"}\n{"user_id": "caf\xe9"}\n', "line 2 is not UTF-8"),
     (b'{"user_id": "u1", "gender": "M"', "line 1: malformed JSON.*truncated"),
-    (b'[1, 2]\n', "line 1: expected a JSON object"),
+    (b'42\n', "line 1: expected a JSON object"),
+    (b'\n[1, 2]\n', r"line 2 starts with '\[': this looks like a JSON array.* jq -c '\.\[\]'"),
 ])
 def test_jsonl_file_errors(model_dir, tmp_path, content, message):
     (tmp_path / "in.jsonl").write_bytes(content)
