@@ -1,6 +1,6 @@
 """`din-score MODEL_DIR INPUT`: score request rows from JSONL, CSV or Parquet with an exported model.
 
-Streams the input in batches. A bad row stops the run (default) with its line and field, leaving no
+Streams the input in batches. A bad row stops the run (default) with the file, line and field, leaving no
 output file; with `--on-error skip --errors FILE` it is written to FILE instead, so rows read = scored +
 rejected. Summary, OOV counts and (with `--label-field`) AUC, GAUC and logloss go to stderr.
 """
@@ -29,6 +29,7 @@ from din_runtime.io import (
     INPUT_FORMATS,
     OUTPUT_FORMATS,
     AtomicText,
+    InputFileError,
     Record,
     ScoreWriter,
     format_of,
@@ -108,6 +109,10 @@ def _terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+class _BadRow(DinRuntimeError):
+    """A bad row in stop mode: the message names its line and field; `run` adds the input file."""
+
+
 class _Run:
     """One din-score run: its options and its counters."""
 
@@ -132,17 +137,22 @@ class _Run:
             errors = stack.enter_context(AtomicText(errors_path)) if errors_path else None
             writer = ScoreWriter(out, self.out_fmt, self.id_field)
             records = self._records(stream)
-            while batch := list(islice(records, self.batch_size)):
-                good, encoded, bad = self._split(batch)
-                for record, field, reason in bad:
-                    write_error(errors, record, field, reason)
-                self.rejected += len(bad)
-                self.read += len(batch)
-                if good:
-                    self._score(good, encoded, writer)
-                if progress:
-                    rate = self.read / max(time.perf_counter() - start, 1e-9)
-                    click.echo(f"\r{self.read} rows, {rate:,.0f} rows/s", nl=False, err=True)
+            try:
+                while batch := list(islice(records, self.batch_size)):
+                    good, encoded, bad = self._split(batch)
+                    for record, field, reason in bad:
+                        write_error(errors, record, field, reason)
+                    self.rejected += len(bad)
+                    self.read += len(batch)
+                    if good:
+                        self._score(good, encoded, writer)
+                    if progress:
+                        rate = self.read / max(time.perf_counter() - start, 1e-9)
+                        click.echo(f"\r{self.read} rows, {rate:,.0f} rows/s", nl=False, err=True)
+            except (InputFileError, _BadRow) as e:
+                # The line alone is ambiguous in a pipeline scoring many files; model and output errors name
+                # their own files, so only input problems get the input's name.
+                raise type(e)(f"{'<stdin>' if input_path == '-' else input_path}: {e}") from None
             if progress:
                 click.echo(err=True)
         seconds = time.perf_counter() - start
@@ -193,7 +203,7 @@ class _Run:
         if bad and not self.skip:
             record, field, reason = min(bad, key=lambda b: b[0].line)
             where = f"{self.where} {record.line}" + (f", field {field!r}" if field else "")
-            raise DinRuntimeError(f"{where}: {reason} (use --on-error skip --errors FILE to set bad rows aside)")
+            raise _BadRow(f"{where}: {reason} (use --on-error skip --errors FILE to set bad rows aside)")
         bad.sort(key=lambda b: b[0].line)
         return good, encoded, bad
 

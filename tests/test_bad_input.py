@@ -761,7 +761,7 @@ def check_bad_row(case: RowCase, model_dir: Path, scorer: Scorer, tmp_path: Path
 
     stop = din_score(model_dir, src, "-o", out, *case.args)
     assert stop.exit_code == 1, stop.output
-    head = f"{where} {line_of(case.fmt, bad[0])}" + (f", field '{field}'" if field else "") + ": "
+    head = f"Error: {src}: {where} {line_of(case.fmt, bad[0])}" + (f", field '{field}'" if field else "") + ": "
     assert head in stop.stderr and says in stop.stderr, stop.stderr
     assert not out.exists()
 

@@ -193,6 +193,29 @@ def test_stop_mode_reports_the_earliest_row_across_history_fields(model_dir, tmp
     assert result.exit_code == 1 and "line 1, field 'hist_cate_id'" in result.output, result.output
 
 
+def test_stop_mode_names_the_input_file(model_dir, tmp_path):
+    rows = requests(3)
+    del rows[1]["price"]
+    src = write_jsonl(tmp_path / "requests.jsonl", rows)
+    result = run(model_dir, src, "-o", tmp_path / "s.jsonl")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: {src}: line 2, field 'price': missing"), result.stderr
+    result = run(model_dir, "-", input=src.read_bytes())
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: <stdin>: line 2, field 'price': missing"), result.stderr
+    # problems with the whole input too, in either mode
+    src.write_bytes(b"\n")
+    for mode in [(), ("--on-error", "skip", "--errors", tmp_path / "e.jsonl")]:
+        result = run(model_dir, src, "-o", tmp_path / "s.jsonl", *mode)
+        assert result.exit_code == 1 and result.stderr.startswith(f"Error: {src}: the input is empty"), result.stderr
+    # the errors file of skip mode keeps its reason alone: its line names the place, the run names the file
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run(model_dir, src, "-o", tmp_path / "s.jsonl", "--on-error", "skip", "--errors", tmp_path / "e.jsonl")
+    assert result.exit_code == 0, result.output
+    (entry,) = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert (entry["line"], entry["field"], entry["error"]) == (2, "price", "missing")
+
+
 def test_skip_mode_accounts_for_every_row(model_dir, scorer, tmp_path):
     rows = requests(25)
     lines = [json.dumps(r) for r in rows]
