@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -147,14 +149,31 @@ def test_chunked_attention_keeps_every_row(tmp_path, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
-def test_candidate_session_is_created_once_under_threads(with_candidates):
+def test_candidate_session_is_created_once_under_threads(with_candidates, monkeypatch):
     scorer = Scorer.load(with_candidates)
+    reads = []
+    read_verified = scorer_module._read_verified
+
+    def counting_read(path: Path, sha256: str) -> bytes:
+        reads.append(path)
+        # Hold the first reader inside the creation, so that the other threads arrive while it is under way.
+        time.sleep(0.1)
+        return read_verified(path, sha256)
+
+    monkeypatch.setattr(scorer_module, "_read_verified", counting_read)
     cands = candidates(17)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda _: scorer.score_candidates(USER, HISTORY, cands), range(16)))
+    threads = 8
+    barrier = threading.Barrier(threads)
+
+    def score(_: int) -> np.ndarray:
+        barrier.wait(timeout=30)  # start together, so every thread meets the session still missing
+        return scorer.score_candidates(USER, HISTORY, cands)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        results = list(pool.map(score, range(threads)))
+    assert len(reads) == 1, reads
     for r in results[1:]:
         np.testing.assert_array_equal(r, results[0])
-    assert scorer._candidate_session() is scorer._candidate_session()
 
 
 def test_a_candidate_graph_returning_the_wrong_shape_is_an_integrity_error(tmp_path):
