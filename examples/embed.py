@@ -35,7 +35,9 @@ def main(model_dir: str) -> None:
     candidates = [{b.target: known(b.vocab, k) for b in m.behaviour} for k in range(10, 30)]
     candidates.append({b.target: "never-seen-id" for b in m.behaviour})  # unseen ids score as OOV
     scores = scorer.score_candidates(user, history, candidates)
-    print(f"top 5 of {len(candidates)} candidates for {m.group}={user.get(m.group)}:")
+    # The group (user) field is not always a model input (models/demo does not read user_id).
+    whose = f" for {m.group}={user[m.group]}" if m.group in user else ""
+    print(f"top 5 of {len(candidates)} candidates{whose}:")
     for i in scores.argsort()[::-1][:5]:
         print(f"  {candidates[i][m.behaviour[0].target]:>20}  {scores[i]:.4f}")
 

@@ -23,6 +23,17 @@ def test_embed_example(tmp_path):
     assert ranked == sorted(ranked, reverse=True)
 
 
+def test_embed_example_on_the_demo_model_without_a_user_field():
+    demo = Path(__file__).resolve().parents[1] / "models" / "demo"
+    done = subprocess.run([sys.executable, str(EXAMPLE), str(demo)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "None" not in done.stdout, done.stdout
+    assert lines[2] == "top 5 of 21 candidates:"
+    ranked = [float(line.split()[-1]) for line in lines[3:8]]
+    assert len(ranked) == 5 and ranked == sorted(ranked, reverse=True)
+
+
 def test_embed_example_reports_errors(tmp_path):
     done = subprocess.run([sys.executable, str(EXAMPLE), str(tmp_path / "missing")], capture_output=True,
                           text=True, timeout=60)
