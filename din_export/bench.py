@@ -35,6 +35,7 @@ import torch
 from din_runtime.scorer import rows_per_run
 
 import din_export
+from din_export.cli import CONTEXT_SETTINGS
 from din_export.model import DIN, Dice, ModelConfig
 from din_export.schema import Schema, write_bytes_atomic, write_json_atomic
 
@@ -932,7 +933,7 @@ def check_device(device: str) -> None:
                                    "(pip uninstall -y onnxruntime && pip install 'din-toolkit[gpu]')")
 
 
-@click.command("bench")
+@click.command("bench", context_settings=CONTEXT_SETTINGS)
 @click.option("--quick", is_flag=True, help="Small data, few rounds, one epoch: about a minute, for a smoke check.")
 @click.option("--threads", "threads_text", default="1,all", show_default=True,
               help="Comma-separated thread counts for the engine workloads ('all': every core available).")

@@ -12,6 +12,10 @@ import click
 
 from din_export import __version__
 
+# Every command takes -h too. Set on each command, not only inherited from the group: click caches a
+# command's help option, so a command first run on its own (tests, `python -m`) would keep only --help.
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
 # command name -> (module, attribute, one-line help shown by `din-export --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "prepare": ("din_export.prepare", "prepare_command", "Turn raw events into a dataset directory."),
@@ -40,7 +44,7 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, short) for name, (_, _, short) in COMMANDS.items()])
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, prog_name="din-export")
 def main() -> None:
     """Train a Deep Interest Network, export it to ONNX and prove the export scores like torch.

@@ -23,6 +23,7 @@ from din_runtime.errors import DinRuntimeError, InputError
 from din_runtime.io import read_jsonl
 from din_runtime.manifest import Manifest
 
+from din_export.cli import CONTEXT_SETTINGS
 from din_export.data import DataError
 from din_export.model import DIN
 from din_export.schema import OOV_INDEX, write_bytes_atomic
@@ -166,7 +167,7 @@ def read_request(source: str, line: int | None) -> tuple[dict[str, Any], str]:
                                else f"{source} holds no request")
 
 
-@click.command("explain")
+@click.command("explain", context_settings=CONTEXT_SETTINGS)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("request", metavar="REQUEST_JSON_OR_FILE")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),

@@ -32,6 +32,7 @@ from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_floa
 from torch import Tensor, nn
 
 from din_export import __version__
+from din_export.cli import CONTEXT_SETTINGS
 from din_export.optimize import candidate_module, inference_module
 from din_export.schema import OOV_INDEX, PAD_INDEX, Schema, write_bytes_atomic, write_json_atomic
 from din_export.train import load_run
@@ -522,7 +523,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
     return manifest
 
 
-@click.command("export")
+@click.command("export", context_settings=CONTEXT_SETTINGS)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
 @click.option("--opset", default=DEFAULT_OPSET, show_default=True,

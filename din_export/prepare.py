@@ -26,6 +26,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from din_export.cli import CONTEXT_SETTINGS
 from din_export.schema import (
     OOV_INDEX,
     PAD_INDEX,
@@ -591,7 +592,7 @@ def _summary(out: Path, stats: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command("prepare")
+@click.command("prepare", context_settings=CONTEXT_SETTINGS)
 @click.option("--source", type=click.Choice(SOURCES), required=True, help="Kind of raw data at PATH.")
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path, file_okay=False),

@@ -43,6 +43,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 import din_export
+from din_export.cli import CONTEXT_SETTINGS
 from din_export.data import Batches, DataError, load_frequencies, load_schema, load_split
 from din_export.model import ATTENTION_NORMS, DIN, MODELS, MBARegularizer, ModelConfig
 from din_export.schema import Schema, write_bytes_atomic, write_json_atomic
@@ -524,7 +525,7 @@ def resolve_configs(preset: str | None, saved: dict | None, model_flags: dict, t
     return ModelConfig.from_dict(model_d), TrainConfig.from_dict(train_d)
 
 
-@click.command("train")
+@click.command("train", context_settings=CONTEXT_SETTINGS)
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory to write (model.safetensors, metrics.json, config.json, curve.png, state/).")
@@ -586,7 +587,7 @@ def check_same_inputs(run_schema: Schema, data_schema: Schema, data_dir: Path) -
                             f"evaluate on the dataset the run was trained on")
 
 
-@click.command("evaluate")
+@click.command("evaluate", context_settings=CONTEXT_SETTINGS)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", "split_names", type=click.Choice(["valid", "test"]), multiple=True,
@@ -638,7 +639,7 @@ def dataset_manifest(data_dir: Path, schema: Schema) -> Manifest:
         inputs=tuple(schema.input_names()), outputs=("logit", "prob"), raw={"schema": schema.to_dict()})
 
 
-@click.command("predict")
+@click.command("predict", context_settings=CONTEXT_SETTINGS)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("requests", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("-o", "--out", "--output", "output", required=True,

@@ -33,6 +33,7 @@ from din_runtime.errors import DinRuntimeError
 from din_runtime.metrics import auc
 from torch import nn
 
+from din_export.cli import CONTEXT_SETTINGS
 from din_export.data import DataError, load_split
 from din_export.schema import Schema, write_json_atomic
 from din_export.train import load_run
@@ -399,7 +400,7 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@click.command("verify")
+@click.command("verify", context_settings=CONTEXT_SETTINGS)
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
