@@ -159,6 +159,18 @@ def test_padded_ids_change_nothing() -> None:
         torch.testing.assert_close(opt(x), opt(y), rtol=0, atol=0)
 
 
+def assert_folds_between_linears(dice: Dice, form: type) -> None:
+    """fold_dice(dice, before, after) leaves `form` and the same function between two Linears."""
+    before, after = nn.Linear(4, 5), nn.Linear(5, 3)
+    x = torch.randn(50, 4) * 3
+    with torch.no_grad():
+        expected = after(dice(before(x)))
+        folded = fold_dice(dice, before, after)
+        got = after(folded(before(x)))
+    assert type(folded) is form
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("mean,var,alpha,form", [
     (0.7, 2.5, 0.3, OffsetDice), (-3.0, 1e-9, 1.0, ScaledDice), (0.0, 0.0, -0.4, OffsetDice),
     (0.2, 1.5, 0.9995, ScaledDice), (0.2, 1.5, 0.99, OffsetDice), (0.2, 1.5, 40.0, OffsetDice),
@@ -171,14 +183,7 @@ def test_fold_dice_is_dice_between_its_linears(mean: float, var: float, alpha: f
         dice.running_var.fill_(var)
         dice.alpha.fill_(alpha)
         dice.alpha[0] = 0.1  # channels differ
-    before, after = nn.Linear(4, 5), nn.Linear(5, 3)
-    x = torch.randn(50, 4) * 3
-    with torch.no_grad():
-        expected = after(dice(before(x)))
-        folded = fold_dice(dice, before, after)
-        got = after(folded(before(x)))
-    assert type(folded) is form
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert_folds_between_linears(dice, form)
 
 
 @pytest.mark.parametrize("beta,form", [(1.5, OffsetDice), (-0.8, OffsetDice), (0.0, UnfoldedDice)],
@@ -191,14 +196,7 @@ def test_fold_official_dice(beta: float, form: type) -> None:
         dice.alpha.uniform_(-0.5, 0.9)
         dice.beta.uniform_(0.5, 2.0).mul_(1.0 if beta > 0 else -1.0)
         dice.beta[2] = beta
-    before, after = nn.Linear(4, 5), nn.Linear(5, 3)
-    x = torch.randn(50, 4) * 3
-    with torch.no_grad():
-        expected = after(dice(before(x)))
-        folded = fold_dice(dice, before, after)
-        got = after(folded(before(x)))
-    assert type(folded) is form
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert_folds_between_linears(dice, form)
 
 
 def test_snapshot_keeps_the_weights_it_was_made_with() -> None:
