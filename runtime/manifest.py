@@ -11,6 +11,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
@@ -74,23 +75,27 @@ class Manifest:
     def candidate_path(self) -> Path | None:
         return None if self.candidate_file is None else self.model_dir / self.candidate_file
 
-    @property
+    # Derived once per manifest (scoring reads them on every call); cached_property writes the instance's
+    # __dict__ directly, which a frozen dataclass allows.
+    @cached_property
     def histories(self) -> tuple[str, ...]:
         return tuple(b.history for b in self.behaviour)
 
-    @property
+    @cached_property
     def targets(self) -> tuple[str, ...]:
         return tuple(b.target for b in self.behaviour)
 
+    @cached_property
+    def _vocab_by_field(self) -> dict[str, str]:
+        # field names are unique (load_manifest refuses collisions), so one map serves every kind
+        by_field = {s.name: s.vocab for s in self.sparse}
+        for b in self.behaviour:
+            by_field[b.target] = by_field[b.history] = b.vocab
+        return by_field
+
     def vocab_of(self, field: str) -> str | None:
         """The vocabulary of an id field (sparse, target or history); None for hist_len and dense."""
-        for s in self.sparse:
-            if s.name == field:
-                return s.vocab
-        for b in self.behaviour:
-            if field in (b.target, b.history):
-                return b.vocab
-        return None
+        return self._vocab_by_field.get(field)
 
 
 def load_manifest(model_dir: str | Path) -> Manifest:

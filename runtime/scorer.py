@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +32,9 @@ _DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)"
 # attention's per-position activations of one run (positions x 80 floats in the paper's unit) then stay
 # in cache instead of streaming through memory once per elementwise pass. docs/runtime.md has the figures.
 POSITIONS_PER_RUN = 2048
+# What `_check_arrays` checks of each input, by kind; unsigned views of each integer width for its range check
+_ID, _HISTORY, _LENGTH, _DENSE = "id", "history", "length", "dense"
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def rows_per_run(width: int) -> int:
@@ -50,7 +54,8 @@ def _import_onnxruntime() -> Any:
 class Scorer:
     """Scores DIN requests with an exported model. Build it with `Scorer.load(model_dir)`."""
 
-    __slots__ = ("_manifest", "_session", "_device", "_dtypes", "_outputs", "_new_session", "_candidates", "_lock")
+    __slots__ = ("_manifest", "_session", "_device", "_dtypes", "_outputs", "_new_session", "_candidates", "_lock",
+                 "_checks", "_width_input")
 
     def __init__(self, manifest: Manifest, session: Any, device: str,
                  new_session: Callable[[bytes], Any] | None = None) -> None:
@@ -63,6 +68,16 @@ class Scorer:
         # The candidate graph's session, created at the first score_candidates call (see _candidate_session)
         self._candidates: Any = None
         self._lock = threading.Lock()
+        # Per input, in the manifest's order: (kind, limit, vocabulary, dtype), so that a call looks nothing up
+        histories = manifest.histories
+        self._checks: dict[str, tuple[str, int, str | None, Any]] = {}
+        for name in manifest.inputs:
+            vocab = manifest.vocab_of(name)
+            kind = _DENSE if name == "dense" else _LENGTH if name == "hist_len" else \
+                _HISTORY if name in histories else _ID
+            limit = len(manifest.dense) if kind == _DENSE else manifest.vocab_sizes[vocab] if vocab else 0
+            self._checks[name] = (kind, limit, vocab, self._dtypes.get(name))
+        self._width_input = histories[0]
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", threads: int | None = None) -> Scorer:
@@ -155,23 +170,29 @@ class Scorer:
         return [weights[i, :n] for i, n in enumerate(arrays["hist_len"])]
 
     def _run(self, arrays: Mapping[str, np.ndarray], output: str) -> np.ndarray:
-        if len(arrays["hist_len"]) == 0:
+        dtypes = self._dtypes
+        feeds = {name: np.ascontiguousarray(arrays[name], dtype=dtypes[name]) for name in self._checks}
+        batch, width = len(feeds["hist_len"]), feeds[self._width_input].shape[1]
+        if batch == 0:
             return np.zeros((0,) if output == "prob" else (0, 0), dtype=np.float32)
-        feeds = {name: np.ascontiguousarray(arrays[name], dtype=self._dtypes[name]) for name in self.input_names}
-        batch, width = len(arrays["hist_len"]), feeds[self._manifest.histories[0]].shape[1]
         step = rows_per_run(width) if self._device == "cpu" else batch
-        results = []
-        for start in range(0, batch, step):
-            rows = min(step, batch - start)
-            result = self._run_once(self._session, {k: v[start:start + rows] for k, v in feeds.items()}, output)
-            expected = (rows,) if output == "prob" else (rows, width)
-            if result.shape != expected:
-                # The graph is the one the manifest hashed, but nothing else vouches for what it computes.
-                raise IntegrityError(f"model.onnx returned {output!r} of shape {result.shape} for inputs of batch "
-                                     f"{rows}; expected {expected}: this is not a DIN model directory's graph")
-            results.append(result)
-        result = results[0] if len(results) == 1 else np.concatenate(results)
+        if batch <= step:  # one run: no slices (the common case at small batches)
+            result = self._checked(self._run_once(self._session, feeds, output), batch, width, output)
+        else:
+            result = np.concatenate([
+                self._checked(self._run_once(self._session, {k: v[start:start + step] for k, v in feeds.items()},
+                                             output), min(step, batch - start), width, output)
+                for start in range(0, batch, step)])
         return result.astype(np.float32) if result.dtype == np.float16 else result
+
+    @staticmethod
+    def _checked(result: np.ndarray, rows: int, width: int, output: str) -> np.ndarray:
+        expected = (rows,) if output == "prob" else (rows, width)
+        if result.shape != expected:
+            # The graph is the one the manifest hashed, but nothing else vouches for what it computes.
+            raise IntegrityError(f"model.onnx returned {output!r} of shape {result.shape} for inputs of batch "
+                                 f"{rows}; expected {expected}: this is not a DIN model directory's graph")
+        return result
 
     def _run_candidates(self, session: Any, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
         """The candidate graph over candidates in runs of `rows_per_run` (C x L positions per run, as in _run)."""
@@ -179,9 +200,9 @@ class Scorer:
         n = len(arrays[m.targets[0]])
         if n == 0:
             return np.zeros((0,), dtype=np.float32)
-        feeds = {name: np.ascontiguousarray(arrays[name], dtype=self._dtypes[name]) for name in self.input_names}
+        feeds = {name: np.ascontiguousarray(arrays[name], dtype=self._dtypes[name]) for name in self._checks}
         shared = (*m.histories, "hist_len")
-        step = rows_per_run(feeds[m.histories[0]].shape[1]) if self._device == "cpu" else n
+        step = rows_per_run(feeds[self._width_input].shape[1]) if self._device == "cpu" else n
         results = []
         for start in range(0, n, step):
             rows = min(step, n - start)
@@ -227,41 +248,51 @@ class Scorer:
             return self._candidates
 
     def _check_arrays(self, given: dict[str, Any]) -> dict[str, np.ndarray]:
-        m = self._manifest
-        unknown = sorted(set(given) - set(m.inputs))
-        if unknown:
-            raise InputError(f"not an input of this model (inputs: {', '.join(m.inputs)})", field=unknown[0])
+        """The inputs as arrays of the graph's dtypes, each checked in one pass over its values: ids by their
+        largest value seen as unsigned (a negative id is >= 2**63 there), dense values by their largest and
+        smallest (argmax finds a NaN first). Only a failed pass looks for the first bad row, so the errors
+        are those of an element-wise check. argmax, not max(): a ufunc call costs several microseconds
+        (its floating-point status checks), a large share of a B=1 call."""
+        checks = self._checks
+        if len(given) > len(checks) or not given.keys() <= checks.keys():
+            unknown = sorted(set(given) - checks.keys())
+            raise InputError(f"not an input of this model (inputs: {', '.join(checks)})", field=unknown[0])
         checked: dict[str, np.ndarray] = {}
-        for name in m.inputs:
+        batch = width = -1
+        for name, (kind, limit, vocab, dtype) in checks.items():
             if name not in given:
                 raise InputError("missing input array", field=name)
             a = np.asarray(given[name])
-            history = name in m.histories
-            ndim = 2 if history or name == "dense" else 1
+            ndim = 2 if kind in (_HISTORY, _DENSE) else 1
             if a.ndim != ndim:
                 raise InputError(f"expected {ndim} dimensions, got shape {a.shape}", field=name)
-            if name == "dense":
-                if a.dtype.kind not in "iuf" or a.shape[1] != len(m.dense):
-                    raise InputError(f"expected numbers of shape (batch, {len(m.dense)}), got {a.dtype} {a.shape}",
-                                     field=name)
-                with np.errstate(over="ignore"):
-                    narrow = a.astype(self._dtypes[name])
-                _first_bad(~np.isfinite(narrow), name, f"is not finite as {narrow.dtype}")
+            if kind == _DENSE:
+                if a.dtype.kind not in "iuf" or a.shape[1] != limit:
+                    raise InputError(f"expected numbers of shape (batch, {limit}), got {a.dtype} {a.shape}", field=name)
+                if a.dtype != dtype:
+                    with np.errstate(over="ignore"):
+                        a = a.astype(dtype)
+                if a.size and not (math.isfinite(a.item(a.argmax())) and math.isfinite(a.item(a.argmin()))):
+                    _first_bad(~np.isfinite(a), name, f"is not finite as {a.dtype}")
             else:
                 if a.dtype.kind not in "iu":
                     raise InputError(f"ids must be integers (floats lose ids above 2**24), got {a.dtype}", field=name)
-                vocab = m.vocab_of(name)
-                limit = m.vocab_sizes[vocab] if vocab else None
-                if name == "hist_len":
-                    width = checked[m.histories[0]].shape[1]
-                    _first_bad((a < 0) | (a > width), name, f"must lie in [0, {width}], the history width")
-                else:
+                if kind == _LENGTH:
+                    limit = width + 1
+                # non-native byte order (rare) takes the exact check directly
+                if a.size and (not a.dtype.isnative or _largest_unsigned(a) >= limit):
+                    if kind == _LENGTH:
+                        _first_bad((a < 0) | (a > width), name, f"must lie in [0, {width}], the history width")
                     _first_bad((a < 0) | (a >= limit), name, f"index outside [0, {limit}) of vocabulary {vocab!r}")
-            batch = len(checked[m.inputs[0]]) if checked else len(a)
-            if len(a) != batch:
-                raise InputError(f"batch size {len(a)} differs from {m.inputs[0]!r}'s {batch}", field=name)
-            if history and a.shape[1] != checked.get(m.histories[0], a).shape[1]:
-                raise InputError(f"width {a.shape[1]} differs from {m.histories[0]!r}'s", field=name)
+            if batch < 0:
+                batch = len(a)
+            elif len(a) != batch:
+                raise InputError(f"batch size {len(a)} differs from {self._manifest.inputs[0]!r}'s {batch}", field=name)
+            if kind == _HISTORY:
+                if width < 0:
+                    width = a.shape[1]
+                elif a.shape[1] != width:
+                    raise InputError(f"width {a.shape[1]} differs from {self._manifest.histories[0]!r}'s", field=name)
             checked[name] = a
         return checked
 
@@ -312,6 +343,12 @@ class Scorer:
         except InputError as e:
             raise InputError(f"user: {e.reason}", field=name) from None
         return np.repeat(one, len(candidates), axis=0)
+
+
+def _largest_unsigned(a: np.ndarray) -> int:
+    """max(a) with a's integers read as unsigned of the same width, without a ufunc (see _check_arrays)."""
+    u = a.view(_UNSIGNED[a.dtype.itemsize])
+    return u.item(u.argmax())
 
 
 def _first_bad(bad: np.ndarray, field: str, reason: str) -> None:
