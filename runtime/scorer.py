@@ -34,7 +34,9 @@ _DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)"
 POSITIONS_PER_RUN = 2048
 # What `_check_arrays` checks of each input, by kind; unsigned views of each integer width for its range check
 _ID, _HISTORY, _LENGTH, _DENSE = "id", "history", "length", "dense"
-_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+# Native-order integer dtypes -> the unsigned dtype of their width, for a range check in one argmax
+_UNSIGNED = {np.dtype(t): np.dtype(f"u{np.dtype(t).itemsize}")
+             for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)}
 
 
 def rows_per_run(width: int) -> int:
@@ -275,12 +277,13 @@ class Scorer:
                 if a.size and not (math.isfinite(a.item(a.argmax())) and math.isfinite(a.item(a.argmin()))):
                     _first_bad(~np.isfinite(a), name, f"is not finite as {a.dtype}")
             else:
-                if a.dtype.kind not in "iu":
+                unsigned = _UNSIGNED.get(a.dtype)  # None: not an integer, or not in native byte order
+                if unsigned is None and a.dtype.kind not in "iu":
                     raise InputError(f"ids must be integers (floats lose ids above 2**24), got {a.dtype}", field=name)
                 if kind == _LENGTH:
                     limit = width + 1
                 # non-native byte order (rare) takes the exact check directly
-                if a.size and (not a.dtype.isnative or _largest_unsigned(a) >= limit):
+                if a.size and (unsigned is None or _largest(a.view(unsigned)) >= limit):
                     if kind == _LENGTH:
                         _first_bad((a < 0) | (a > width), name, f"must lie in [0, {width}], the history width")
                     _first_bad((a < 0) | (a >= limit), name, f"index outside [0, {limit}) of vocabulary {vocab!r}")
@@ -345,10 +348,9 @@ class Scorer:
         return np.repeat(one, len(candidates), axis=0)
 
 
-def _largest_unsigned(a: np.ndarray) -> int:
-    """max(a) with a's integers read as unsigned of the same width, without a ufunc (see _check_arrays)."""
-    u = a.view(_UNSIGNED[a.dtype.itemsize])
-    return u.item(u.argmax())
+def _largest(a: np.ndarray) -> int:
+    """max(a) without a ufunc (see _check_arrays)."""
+    return a.item(a.argmax())
 
 
 def _first_bad(bad: np.ndarray, field: str, reason: str) -> None:
