@@ -35,6 +35,7 @@ import torch
 from din_runtime.scorer import rows_per_run
 
 import din_export
+from din_export import bench_compile
 from din_export.cli import CONTEXT_SETTINGS
 from din_export.model import DIN, Dice, ModelConfig
 from din_export.schema import Schema, write_bytes_atomic, write_json_atomic
@@ -55,6 +56,7 @@ TRAIN_THREADS = 1  # see compare_training
 EXPORTS = {"onnx-plain": {"optimize": False}, "onnx-opt": {"optimize": True},
            "onnx-int8": {"optimize": True, "quantize": "int8"}, "onnx-fp16": {"optimize": True, "precision": "fp16"}}
 PRECISION_ENGINES = ("torch", "torch-fp16", "onnx-opt", "onnx-fp16")  # the fp32/fp16 workload's engines
+TORCH_ENGINES = ("torch", "torch-rewritten")  # and the torch.compile engines: "best torch" is the best of them
 
 
 @dataclass(frozen=True)
@@ -81,17 +83,28 @@ class Plan:
     precision_batches: tuple[int, ...] = ()
     precision_seq: int = 100
     precision_rounds: int = 20
+    # torch.compile modes benched as engines (bench_compile); none unless asked: compiling takes minutes
+    compile_modes: tuple[str, ...] = ()
+    compile_backend: str = "inductor"
+    # (candidates N, history L) of the candidate-ranking workload against torch.compile (bench_compile)
+    candidate_shapes: tuple[tuple[int, int], ...] = ()
 
 
-def make_plan(quick: bool, threads: tuple[int, ...], device: str, epochs: int | None) -> Plan:
+def make_plan(quick: bool, threads: tuple[int, ...], device: str, epochs: int | None,
+              compile_modes: tuple[str, ...] | None = None, lengths: tuple[int, ...] | None = None) -> Plan:
+    """compile_modes None: torch.compile's default mode in the full bench, none in --quick."""
     gpu = device == "cuda"
     if quick:
-        return Plan(quick=True, threads=threads, device=device, epochs=epochs or 1, train_rows=1000,
+        plan = Plan(quick=True, threads=threads, device=device, epochs=epochs or 1, train_rows=1000,
                     lengths=(20, 100), latency_rounds=30, throughput_rounds=3, candidate_rounds=5, load_rounds=3,
                     rss_rows=(5_000, 20_000), load_model_mb=None, precision_batches=(1, 256) if gpu else (),
-                    precision_rounds=5)
-    return Plan(quick=False, threads=threads, device=device, epochs=epochs or 2, train_rows=None,
-                precision_batches=(1, 256, 1024, 4096) if gpu else ())
+                    precision_rounds=5, compile_modes=compile_modes or (), candidate_shapes=((100, 50),))
+    else:
+        plan = Plan(quick=False, threads=threads, device=device, epochs=epochs or 2, train_rows=None,
+                    precision_batches=(1, 256, 1024, 4096) if gpu else (),
+                    compile_modes=("default",) if compile_modes is None else compile_modes,
+                    candidate_shapes=((100, 50), (100, 200), (1000, 50), (1000, 200)))
+    return replace(plan, lengths=lengths) if lengths else plan
 
 
 # --- Fair timing -------------------------------------------------------------------------------------
@@ -401,12 +414,14 @@ Thunk = Callable[[], object]
 class Engines:
     """Every engine on the trained run's weights; `thunks(arrays)` -> one callable per engine."""
 
-    def __init__(self, model: DIN, schema: Schema, dirs: dict[str, Path], threads: int, device: str) -> None:
+    def __init__(self, model: DIN, schema: Schema, dirs: dict[str, Path], threads: int, device: str,
+                 compile_modes: tuple[str, ...] = (), compile_backend: str = "inductor") -> None:
 
         from din_export.optimize import inference_module
 
         self.schema, self.threads, self.device = schema, threads, device
         self.torch_models = {"torch": model.to(device).eval(), "torch-rewritten": inference_module(model).to(device)}
+        self.compiled = bench_compile.compiled_engines(self.torch_models["torch"], compile_modes, compile_backend)
         self.sessions = {name: onnx_session(d, threads, device) for name, d in dirs.items()}
         self.deepctr_state = None
         self.deepctr_weights: dict[str, list[str]] = {}
@@ -432,6 +447,9 @@ class Engines:
         out: dict[str, Thunk] = {}
         for name, m in self.torch_models.items():
             out[name] = lambda m=m: _torch_call(m, x, sync)
+        for name, compiled in self.compiled.items():
+            if compiled.ready(x, sync):  # compiles (timed) at a new shape, outside the timed rounds
+                out[name] = lambda m=compiled.module: _torch_call(m, x, sync)
         for name, session in self.sessions.items():
             feeds = {i.name: arrays[i.name] for i in session.get_inputs()}
             out[name] = onnx_call(session, arrays, self.device)
@@ -450,6 +468,9 @@ class Engines:
         with torch.inference_mode():
             ref = torch.sigmoid(self.torch_models["torch"](x)).cpu().numpy()
             diffs = {"torch-rewritten": torch.sigmoid(self.torch_models["torch-rewritten"](x)).cpu().numpy()}
+            for name, compiled in self.compiled.items():
+                if compiled.ready(x, lambda: None):
+                    diffs[name] = torch.sigmoid(compiled.module(x)).cpu().numpy()
         for name, session in self.sessions.items():
             diffs[name] = session.run(["prob"], {i.name: arrays[i.name] for i in session.get_inputs()})[0]
         return {k: float(np.abs(v - ref).max()) for k, v in diffs.items()}
@@ -539,8 +560,13 @@ def engine_workloads(engines: Engines, plan: Plan) -> dict[str, Any]:
         times = alternate(engines.thunks(arrays), plan.throughput_rounds)
         throughput[key] = {name: {"median_ms": float(np.median(t) * 1e3),
                                   "rows_per_s": plan.batch / float(np.median(t))} for name, t in times.items()}
+    from din_export.flops import cpu_peak, model_flops_per_row
+
     return {"latency_b1": cold, "latency_b1_warm": warm, f"throughput_b{plan.batch}": throughput,
-            "max_abs_diff_prob_vs_torch": agreement}
+            "max_abs_diff_prob_vs_torch": agreement, "compile": bench_compile.report(engines.compiled),
+            "flops_per_row": {str(seq): model_flops_per_row(engines.torch_models["torch"], seq)
+                              for seq in plan.lengths},
+            "peak": cpu_peak(engines.threads) if engines.device == "cpu" else None}
 
 
 # --- The runtime: candidates and din-score ----------------------------------------------------------
@@ -650,17 +676,21 @@ def targets(record: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
         out.append({"target": name, "goal": goal, "value": value, "met": met})
 
     one = record["engines"].get("1")
+    for seq in plan.lengths if one is not None else ():
+        # against the fastest torch engine at this shape (eager, our rewrite in eager, torch.compile)
+        thr = one[f"throughput_b{plan.batch}"][str(seq)]
+        best, rate = best_torch(thr, "rows_per_s", max)
+        ratio = thr[CHUNKED]["rows_per_s"] / rate
+        add(f"B={plan.batch} L={seq} 1 thread: the Scorer's chunked ONNX vs the best torch engine ({best})", ">= 1x",
+            ratio, ratio >= 1)
+        for key, label in (("latency_b1", "cold"), ("latency_b1_warm", "warm")):
+            lat = one[key][str(seq)]
+            best, p50 = best_torch(lat, "p50_ms", min)
+            ratio = lat["onnx-opt"]["p50_ms"] / p50
+            add(f"B=1 L={seq} 1 thread ({label}): optimised ONNX p50 / best torch p50 ({best})", "<= 1", ratio,
+                ratio <= 1)
     if one is not None and 100 in plan.lengths:
         thr = one[f"throughput_b{plan.batch}"]["100"]
-        ratio = thr["onnx-opt"]["rows_per_s"] / thr["torch"]["rows_per_s"]
-        add(f"B={plan.batch} L=100 1 thread: optimised ONNX vs torch eager", ">= 5x", ratio, ratio >= 5)
-        ratio = thr[CHUNKED]["rows_per_s"] / thr["torch"]["rows_per_s"]
-        add(f"B={plan.batch} L=100 1 thread: optimised ONNX in the Scorer's chunks vs torch eager", ">= 5x", ratio,
-            ratio >= 5)
-        for key, label in (("latency_b1", "cold"), ("latency_b1_warm", "warm")):
-            lat = one[key]["100"]
-            ratio = lat["onnx-opt"]["p50_ms"] / lat["torch"]["p50_ms"]
-            add(f"B=1 L=100 1 thread ({label}): optimised ONNX p50 / torch eager p50", "<= 0.25", ratio, ratio <= 0.25)
         ratio = thr["onnx-int8"]["rows_per_s"] / thr["onnx-opt"]["rows_per_s"]
         add(f"B={plan.batch} L=100 1 thread: int8 vs fp32 optimised ONNX", ">= 1.3x", ratio, ratio >= 1.3)
     models = record["models"]
@@ -683,6 +713,14 @@ def targets(record: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
         add(f"din-score peak RSS {rss[-1]['rows']:,} rows / {rss[0]['rows']:,} rows", "flat (~1.0)", growth,
             growth < 1.1)
     return out
+
+
+def best_torch(by_engine: dict[str, dict[str, float]], key: str,
+               pick: Callable[..., Any]) -> tuple[str, float]:
+    """(engine, value) of the best torch engine (TORCH_ENGINES and torch.compile's) by `key`."""
+    names = [e for e in by_engine if e in TORCH_ENGINES or e.startswith(bench_compile.COMPILED)]
+    best = pick(names, key=lambda e: by_engine[e][key])
+    return best, by_engine[best][key]
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -709,11 +747,33 @@ def format_table(record: dict[str, Any], plan: Plan) -> str:
                                   ("warm p50", "latency_b1_warm", "p50_ms")):
                 lat = result[key][str(seq)]
                 rows.append([f"B=1 L={seq} {label} ms", *(f"{lat[e][q]:.3f}" if e in lat else "-" for e in engines)])
+            lat = result["latency_b1"][str(seq)]
+            best = best_torch(lat, "p50_ms", min)[1]
+            rows.append(["  p50 / best torch p50", *(f"{lat[e]['p50_ms'] / best:.2f}" if e in lat else "-"
+                                                     for e in engines)])
+        peak = result.get("peak")
         for seq in plan.lengths:
             thr = thr_all[str(seq)]
-            rows.append([f"B={plan.batch} L={seq} rows/s", *(f"{thr[e]['rows_per_s']:,.0f}" for e in engines)])
-            rows.append(["  x torch", *(f"{thr[e]['rows_per_s'] / thr['torch']['rows_per_s']:.2f}" for e in engines)])
+            best = best_torch(thr, "rows_per_s", max)[1]
+            rows.append([f"B={plan.batch} L={seq} rows/s", *(f"{thr[e]['rows_per_s']:,.0f}" if e in thr else "-"
+                                                             for e in engines)])
+            rows.append(["  x torch", *(f"{thr[e]['rows_per_s'] / thr['torch']['rows_per_s']:.2f}" if e in thr else "-"
+                                        for e in engines)])
+            rows.append(["  x best torch", *(f"{thr[e]['rows_per_s'] / best:.2f}" if e in thr else "-"
+                                             for e in engines)])
+            if peak and "flops_per_row" in result:
+                flops = result["flops_per_row"][str(seq)]
+                rows.append([f"  % of peak ({flops / 1e6:.2f} MFLOP/row)",
+                             *(f"{100 * thr[e]['rows_per_s'] * flops / peak['flops_per_s']:.1f}" if e in thr else "-"
+                               for e in engines)])
         lines += md_table([f"{threads} thread(s)", *engines], rows)
+        if peak:
+            lines += [f"Peak fp32 at {threads} thread(s): {peak['flops_per_s'] / 1e9:.0f} GFLOP/s = {peak['formula']}, "
+                      f"clock from {peak['mhz_source']} (din_export/flops.py).", ""]
+        for name, c in result.get("compile", {}).items():
+            shapes = ", ".join(f"{k} {v:.1f} s" for k, v in c["first_call_s"].items())
+            lines += [f"{name} first call per shape (compiling): {shapes or '-'}"
+                      + (f"; failed: {c['error'][:200]}" if c["error"] else ""), ""]
     rows = []
     for name, size in record["load_model_bytes"].items():
         m = record["models"].get(name)
@@ -742,6 +802,18 @@ def format_table(record: dict[str, Any], plan: Plan) -> str:
     threads = next(iter(record["training"].values()), {}).get("threads", "?")
     lines += md_table(["data", "model", f"train samples/s ({threads} thread)", "epoch s", "best epoch",
                        "test AUC / GAUC / logloss"], rows)
+    ranking = record.get("candidate_ranking")
+    if ranking:
+        engines = list(next(iter(ranking["shapes"].values()))["p50_ms"])
+        rows = [[shape, *(f"{r['p50_ms'][e]:.2f}" if e in r["p50_ms"] else "-" for e in engines),
+                 *(f"{r['speedup_vs'][e]:.2f}x" if e in r["speedup_vs"] else "-" for e in engines[1:])]
+                for shape, r in ranking["shapes"].items()]
+        lines += md_table(["1 user x N candidates, 1 thread", *(f"{e} p50 ms" for e in engines),
+                           *(f"score_candidates vs {e}" for e in engines[1:])], rows)
+        for name, c in ranking["compile"].items():
+            shapes = ", ".join(f"{k} {v:.1f} s" for k, v in c["first_call_s"].items())
+            lines += [f"{name} first call per shape (compiling): {shapes or '-'}"
+                      + (f"; failed: {c['error'][:200]}" if c["error"] else ""), ""]
     if record.get("din_score_rss"):
         lines += md_table(["din-score rows", "peak RSS MB", "rows/s"],
                           [[f"{r['rows']:,}", f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else "n/a",
@@ -786,9 +858,10 @@ def chart(record: dict[str, Any], plan: Plan) -> bytes:
         keys = [str(s) for s in plan.lengths]
         for i, engine in enumerate(thr[keys[0]]):
             style = {"marker": "o", "color": f"C{i}", "label": engine}  # one colour per engine in every panel
-            axes[row][0].plot(plan.lengths, [thr[k][engine]["rows_per_s"] for k in keys], **style)
+            # nan where an engine is missing at a length (a torch.compile that failed there)
+            axes[row][0].plot(plan.lengths, [thr[k].get(engine, {}).get("rows_per_s", np.nan) for k in keys], **style)
             if engine in lat[keys[0]]:
-                axes[row][1].plot(plan.lengths, [lat[k][engine]["p50_ms"] for k in keys], **style)
+                axes[row][1].plot(plan.lengths, [lat[k].get(engine, {}).get("p50_ms", np.nan) for k in keys], **style)
         axes[row][0].set(title=f"B={plan.batch} throughput, {threads} thread(s)", xlabel="history length",
                          ylabel="rows/s", yscale="log", xscale="log")
         axes[row][1].set(title=f"B=1 latency p50 (cold), {threads} thread(s)", xlabel="history length", ylabel="ms",
@@ -889,7 +962,7 @@ def run_bench(plan: Plan, sources: dict[str, Path], work: Path, echo: Callable[[
         with phase(f"engines_{threads}", f"engines at {threads} thread(s) ..."):
             torch.set_num_threads(threads)
             engines = Engines(model, schema, {k: dirs[k] for k in ("onnx-plain", "onnx-opt", "onnx-int8")},
-                              threads, plan.device)
+                              threads, plan.device, plan.compile_modes, plan.compile_backend)
             record["engines"][str(threads)] = engine_workloads(engines, plan)
             record["deepctr_weights"] = engines.deepctr_weights
     torch.set_num_threads(default_threads)
@@ -899,6 +972,11 @@ def run_bench(plan: Plan, sources: dict[str, Path], work: Path, echo: Callable[[
     with phase("candidates", "1 user x candidates through the Scorer ..."):
         requests = read_requests(data[SPEED_DATASET])
         record["candidates"] = candidate_workload(dirs["onnx-opt"], requests, schema, plan, threads=1, work=work)
+    if plan.candidate_shapes:
+        shapes = ", ".join(f"N={n} L={seq}" for n, seq in plan.candidate_shapes)
+        with phase("candidate_ranking", f"score_candidates vs torch (eager, compiled) at {shapes} ..."):
+            record["candidate_ranking"] = bench_compile.candidate_workload(model, dirs["onnx-opt"], plan, work,
+                                                                           alternate)
     if plan.rss_rows:
         with phase("din_score", f"din-score peak RSS on {', '.join(f'{n:,}' for n in plan.rss_rows)} rows ..."):
             record["din_score_rss"] = din_score_memory(dirs["onnx-opt"], data[SPEED_DATASET], plan.rss_rows, work)
@@ -921,6 +999,28 @@ def parse_threads(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def parse_compile(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    modes = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    if modes == ("none",):
+        return ()
+    bad = [m for m in modes if m not in bench_compile.MODES]
+    if bad or not modes:
+        raise click.BadParameter(f"{', '.join(bad) or repr(text)}: expected 'none' or modes among "
+                                 f"{', '.join(bench_compile.MODES)}", param_hint="--compile")
+    return modes
+
+
+def parse_lengths(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise click.BadParameter(f"{text!r}: expected positive integers, comma separated", param_hint="--lengths")
+    return tuple(dict.fromkeys(int(p) for p in parts))
+
+
 def check_device(device: str) -> None:
     if device != "cuda":
         return
@@ -941,17 +1041,24 @@ def check_device(device: str) -> None:
               help="cuda: torch and onnxruntime on the GPU (needs torch with CUDA and the gpu extra).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Training epochs for both models (default 2, --quick 1).")
+@click.option("--compile", "compile_text", default=None,
+              help="torch.compile modes benched as engines, comma separated (default, max-autotune-no-cudagraphs) "
+                   "or 'none' [default: 'default'; --quick: none].")
+@click.option("--lengths", "lengths_text", default=None,
+              help="History lengths of the engine workloads, comma separated [default: 20,100,500; --quick: 20,100].")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/results"),
               show_default=True, help="Directory for bench[-quick].json, .md and .png.")
 @click.option("--movielens", type=click.Path(exists=True, path_type=Path), default=None,
               help=f"ml-100k directory (default {SOURCES['movielens']}).")
 @click.option("--taobao", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help=f"UserBehavior.csv (default {SOURCES['taobao']}).")
-def bench_command(quick: bool, threads_text: str, device: str, epochs: int | None, out: Path,
-                  movielens: Path | None, taobao: Path | None) -> None:
-    """Benchmark torch, the ONNX variants and DeepCTR-Torch's DIN on the same weights; train both on
-    MovieLens-100K and Taobao for quality and training speed. Prints a table, writes JSON and a chart."""
-    plan = make_plan(quick, parse_threads(threads_text), device, epochs)
+def bench_command(quick: bool, threads_text: str, device: str, epochs: int | None, compile_text: str | None,
+                  lengths_text: str | None, out: Path, movielens: Path | None, taobao: Path | None) -> None:
+    """Benchmark torch (eager and torch.compile), the ONNX variants and DeepCTR-Torch's DIN on the same weights;
+    train both on MovieLens-100K and Taobao for quality and training speed. Prints a table, writes JSON and
+    a chart."""
+    plan = make_plan(quick, parse_threads(threads_text), device, epochs, parse_compile(compile_text),
+                     parse_lengths(lengths_text))
     check_device(device)
     sources = {"movielens": movielens or SOURCES["movielens"], "taobao": taobao or SOURCES["taobao"]}
     for name, path in sources.items():
@@ -960,7 +1067,9 @@ def bench_command(quick: bool, threads_text: str, device: str, epochs: int | Non
     with tempfile.TemporaryDirectory(prefix="din-bench-") as tmp:
         record = run_bench(plan, sources, Path(tmp), lambda m: click.echo(m, err=True))
     record["command"] = (f"din-export bench{' --quick' if quick else ''} --threads {threads_text} --device {device}"
-                         f"{f' --epochs {epochs}' if epochs else ''} --out {out}")
+                         f"{f' --epochs {epochs}' if epochs else ''}"
+                         f"{f' --compile {compile_text}' if compile_text else ''}"
+                         f"{f' --lengths {lengths_text}' if lengths_text else ''} --out {out}")
     stem = "bench-quick" if quick else "bench"
     write_json_atomic(out / f"{stem}.json", record)
     write_bytes_atomic(out / f"{stem}.png", chart(record, plan))
