@@ -1,0 +1,107 @@
+"""The Scorer against the best torch engine (eager, our rewrite in eager, torch.compile) at chosen shapes,
+on an existing run and its export: the engine part of `din-export bench` without its training.
+
+    python bench/compile_shapes.py RUN_DIR MODEL_DIR [--lengths 20,100,500] [--batch 256] [--threads 1]
+        [--compile default] [--candidates 100x50,100x200,1000x50,1000x200] [--json OUT]
+
+Engines as in `din-export bench` (din_export/bench.py: alternating rounds, the order rotating, medians)
+plus `scorer`: Scorer.score_arrays on the same arrays, every check and its chunked runs included. Per
+shape it prints each engine's p50 (B=1, cold: engines alternate call by call) or rows/s (B=batch), the
+ratio to the best torch engine, and the model's FLOPs per row as a % of the CPU's peak. Then the
+candidate-ranking workload (bench_compile.candidate_workload) at each N x L of --candidates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import numpy as np
+import torch
+from din_runtime import Scorer
+
+from din_export import bench_compile
+from din_export.bench import CHUNKED, Engines, alternate, best_torch, make_plan, pin_malloc, quantiles, workload_arrays
+from din_export.flops import cpu_peak, model_flops_per_row
+from din_export.train import load_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--lengths", default="20,100,500")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compile", default="default", help="torch.compile modes, comma separated, or none")
+    parser.add_argument("--latency-rounds", type=int, default=200)
+    parser.add_argument("--throughput-rounds", type=int, default=10)
+    parser.add_argument("--candidates", default="100x50,100x200,1000x50,1000x200", help="NxL, comma separated; "
+                        "'' for none")
+    parser.add_argument("--candidate-rounds", type=int, default=10)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    pin_malloc()
+    modes = () if args.compile == "none" else tuple(args.compile.split(","))
+    shapes = tuple(tuple(int(v) for v in s.split("x")) for s in args.candidates.split(",") if s)
+    plan = replace(make_plan(False, (args.threads,), "cpu", 1, modes), lengths=tuple(map(int, args.lengths.split(","))),
+                   batch=args.batch, candidate_shapes=shapes, candidate_rounds=args.candidate_rounds)
+    torch.set_num_threads(args.threads)
+    model, schema, _ = load_run(args.run_dir)
+    engines = Engines(model, schema, {"onnx-opt": args.model_dir}, args.threads, "cpu", modes)
+    scorer = Scorer.load(args.model_dir, threads=args.threads)
+    peak = cpu_peak(args.threads)
+    record: dict = {"cpu": cpu_model(), "load_average_start": os.getloadavg(), "threads": args.threads,
+                    "peak": peak, "shapes": {}, "command": " ".join(["python", *sys.argv])}
+    for seq in plan.lengths:
+        flops = model_flops_per_row(model, seq)
+        for batch in (1, plan.batch):
+            arrays = workload_arrays(schema, batch, seq, seed=seq + batch)
+            thunks = engines.thunks(arrays)
+            if batch == 1:
+                del thunks[CHUNKED]  # it is onnx-opt itself at B=1
+            thunks["scorer"] = lambda a=arrays: scorer.score_arrays(a)
+            del thunks["deepctr"]
+            rounds = args.latency_rounds if batch == 1 else args.throughput_rounds
+            start = time.perf_counter()
+            times = alternate(thunks, rounds, warmup=3)
+            by_engine = {name: {**quantiles(t), "rows_per_s": batch / float(np.median(t))} for name, t in times.items()}
+            best, rate = best_torch(by_engine, "rows_per_s", max)
+            for r in by_engine.values():
+                r["x_best_torch"] = r["rows_per_s"] / rate
+                r["pct_of_peak"] = 100 * r["rows_per_s"] * flops / peak["flops_per_s"] if peak else None
+            record["shapes"][f"B={batch} L={seq}"] = {"best_torch": best, "flops_per_row": flops,
+                                                      "seconds": time.perf_counter() - start, "engines": by_engine}
+            print(f"B={batch} L={seq} (best torch: {best}) " + "  ".join(
+                f"{n} {r['p50_ms']:.3f}ms {r['x_best_torch']:.2f}x" for n, r in by_engine.items()), flush=True)
+    record["compile"] = bench_compile.report(engines.compiled)
+    if shapes:
+        with TemporaryDirectory(prefix="din-compile-shapes-") as work:
+            record["candidate_ranking"] = bench_compile.candidate_workload(model, args.model_dir, plan, Path(work),
+                                                                           alternate)
+        for shape, r in record["candidate_ranking"]["shapes"].items():
+            print(f"{shape}: " + "  ".join(f"{n} {v:.2f}ms" for n, v in r["p50_ms"].items()) + "  score_candidates "
+                  "faster by " + ", ".join(f"{v:.2f}x vs {n}" for n, v in r["speedup_vs"].items()), flush=True)
+    record["load_average_end"] = os.getloadavg()
+    print(json.dumps({"compile": record["compile"], "load_average": [record["load_average_start"],
+                                                                     record["load_average_end"]]}))
+    if args.json:
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()
