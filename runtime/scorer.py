@@ -139,7 +139,7 @@ class Scorer:
 
     def score_arrays(self, arrays: Mapping[str, Any] | None = None, /, **named: Any) -> np.ndarray:
         """Probabilities for already-encoded inputs (a mapping, keywords, or both), validated and cast."""
-        return self._run(self._check_arrays({**(arrays or {}), **named}), "prob")
+        return self._run_feeds(self._check_arrays({**(arrays or {}), **named}), "prob")
 
     def score_candidates(self, user: Mapping[str, Any], history: Mapping[str, Sequence[Any]],
                          candidates: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -173,7 +173,11 @@ class Scorer:
 
     def _run(self, arrays: Mapping[str, np.ndarray], output: str) -> np.ndarray:
         dtypes = self._dtypes
-        feeds = {name: np.ascontiguousarray(arrays[name], dtype=dtypes[name]) for name in self._checks}
+        return self._run_feeds({name: np.ascontiguousarray(arrays[name], dtype=dtypes[name]) for name in self._checks},
+                               output)
+
+    def _run_feeds(self, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
+        """`output` for feeds of the graph's dtypes, C-contiguous, in the graph's input order."""
         batch, width = len(feeds["hist_len"]), feeds[self._width_input].shape[1]
         if batch == 0:
             return np.zeros((0,) if output == "prob" else (0, 0), dtype=np.float32)
@@ -250,11 +254,12 @@ class Scorer:
             return self._candidates
 
     def _check_arrays(self, given: dict[str, Any]) -> dict[str, np.ndarray]:
-        """The inputs as arrays of the graph's dtypes, each checked in one pass over its values: ids by their
-        largest value seen as unsigned (a negative id is >= 2**63 there), dense values by their largest and
-        smallest (argmax finds a NaN first). Only a failed pass looks for the first bad row, so the errors
-        are those of an element-wise check. argmax, not max(): a ufunc call costs several microseconds
-        (its floating-point status checks), a large share of a B=1 call."""
+        """The inputs as C-contiguous arrays of the graph's dtypes (feeds for `_run_feeds`), each checked in
+        one pass over its values: ids by their largest value seen as unsigned (a negative id is >= 2**63
+        there; a single id is read directly), dense values by their largest and smallest (argmax finds a NaN
+        first). Only a failed pass looks for the first bad row, so the errors are those of an element-wise
+        check. argmax, not max(): a ufunc call costs several microseconds (its floating-point status
+        checks), a large share of a B=1 call."""
         checks = self._checks
         if len(given) > len(checks) or not given.keys() <= checks.keys():
             unknown = sorted(set(given) - checks.keys())
@@ -282,8 +287,15 @@ class Scorer:
                     raise InputError(f"ids must be integers (floats lose ids above 2**24), got {a.dtype}", field=name)
                 if kind == _LENGTH:
                     limit = width + 1
-                # non-native byte order (rare) takes the exact check directly
-                if a.size and (unsigned is None or _largest(a.view(unsigned)) >= limit):
+                size = a.size
+                if size == 1:  # a single id (B=1): read it, no array call
+                    bad = not 0 <= a.item() < limit
+                elif size and unsigned is not None:
+                    u = a.view(unsigned)
+                    bad = u.item(u.argmax()) >= limit
+                else:  # empty, or non-native byte order (rare): the exact check decides
+                    bad = size > 0
+                if bad:
                     if kind == _LENGTH:
                         _first_bad((a < 0) | (a > width), name, f"must lie in [0, {width}], the history width")
                     _first_bad((a < 0) | (a >= limit), name, f"index outside [0, {limit}) of vocabulary {vocab!r}")
@@ -296,7 +308,7 @@ class Scorer:
                     width = a.shape[1]
                 elif a.shape[1] != width:
                     raise InputError(f"width {a.shape[1]} differs from {self._manifest.histories[0]!r}'s", field=name)
-            checked[name] = a
+            checked[name] = np.ascontiguousarray(a, dtype=dtype)
         return checked
 
     def _candidate_arrays(self, user: Mapping[str, Any], history: Mapping[str, Sequence[Any]],
@@ -346,11 +358,6 @@ class Scorer:
         except InputError as e:
             raise InputError(f"user: {e.reason}", field=name) from None
         return np.repeat(one, len(candidates), axis=0)
-
-
-def _largest(a: np.ndarray) -> int:
-    """max(a) without a ufunc (see _check_arrays)."""
-    return a.item(a.argmax())
 
 
 def _first_bad(bad: np.ndarray, field: str, reason: str) -> None:

@@ -92,3 +92,19 @@ def test_hist_len_outside_the_width_names_its_row(scorer, arrays):
 def test_empty_batch_scores_nothing(scorer, arrays):
     empty = {k: v[:0] for k, v in arrays.items()}
     assert scorer.score_arrays(empty).shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int64, ">i8", np.uint64])
+@pytest.mark.parametrize("name", ["item_id", "hist_len"])
+def test_a_single_id_is_checked_like_a_column(scorer, arrays, dtype, name):
+    one = {k: v[3:4] for k, v in arrays.items()}  # B=1: single ids take their own path
+    np.testing.assert_array_equal(scorer.score_arrays({**one, name: one[name].astype(dtype)}),
+                                  scorer.score_arrays(one))
+    limit = arrays["hist_item_id"].shape[1] + 1 if name == "hist_len" else \
+        scorer.manifest.vocab_sizes[scorer.manifest.vocab_of(name)]
+    values = [np.iinfo(dtype).max] + ([-1] if np.dtype(dtype).kind == "i" else [])
+    values += [limit] if np.iinfo(dtype).max >= limit else []
+    for value in values:
+        with pytest.raises(InputError, match="history width" if name == "hist_len" else "outside") as e:
+            scorer.score_arrays({**one, name: np.array([value], dtype=dtype)})
+        assert (e.value.row, e.value.field) == (0, name)
