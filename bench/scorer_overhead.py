@@ -42,21 +42,23 @@ def request(scorer: Scorer, seq: int, seed: int) -> tuple[dict[str, Any], dict[s
     return row, scorer.encode([row]).arrays
 
 
-def warm_loop(thunks: dict[str, Callable[[], object]], rounds: int, repeat: int) -> dict[str, list[float]]:
+def warm_loop(thunks: dict[str, Callable[[], object]], rounds: int, repeat: int,
+              clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in thunks}
     names = list(thunks)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             call = thunks[name]
             for i in range(repeat):
-                start = time.perf_counter()
+                start = clock()
                 call()
                 if i:
-                    times[name].append(time.perf_counter() - start)
+                    times[name].append(clock() - start)
     return times
 
 
-def measure(model_dir: Path, lengths: list[int], rounds: int, repeat: int) -> dict[str, Any]:
+def measure(model_dir: Path, lengths: list[int], rounds: int, repeat: int,
+            clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
     scorer = Scorer.load(model_dir, threads=1)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -72,7 +74,7 @@ def measure(model_dir: Path, lengths: list[int], rounds: int, repeat: int) -> di
         thunks = {"bare": lambda f=feeds: bare.run(["prob"], f),
                   "score_arrays": lambda a=arrays: scorer.score_arrays(a),
                   "score": lambda r=[row]: scorer.score(r)}
-        times = warm_loop(thunks, rounds, repeat)
+        times = warm_loop(thunks, rounds, repeat, clock)
         p50 = {name: float(np.median(t)) * 1e6 for name, t in times.items()}
         results[str(seq)] = {"width": int(arrays["hist_len"][0]), "p50_us": p50,
                              "overhead_us": {n: p50[n] - p50["bare"] for n in p50 if n != "bare"}}
@@ -95,15 +97,19 @@ def main() -> None:
     parser.add_argument("--lengths", default="20,100", help="history lengths, comma separated")
     parser.add_argument("--rounds", type=int, default=400)
     parser.add_argument("--repeat", type=int, default=6, help="calls per engine per round (the first untimed)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: this thread's CPU time (time.thread_time), which leaves out the time other "
+                             "processes hold the core: steadier on a shared machine")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     load_start = os.getloadavg()
-    results = measure(args.model_dir, [int(x) for x in args.lengths.split(",")], args.rounds, args.repeat)
-    record = {"cpu": cpu_model(), "onnxruntime": ort.__version__, "numpy": np.__version__,
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    results = measure(args.model_dir, [int(x) for x in args.lengths.split(",")], args.rounds, args.repeat, clock)
+    record = {"cpu": cpu_model(), "onnxruntime": ort.__version__, "numpy": np.__version__, "clock": args.clock,
               "load_average": [load_start, os.getloadavg()], "rounds": args.rounds, "repeat": args.repeat,
               "model_dir": str(args.model_dir), "results": results}
     print(f"{record['cpu']}; load average {load_start[0]:.1f} -> {os.getloadavg()[0]:.1f}; "
-          f"B=1, 1 thread, warm loop, p50 of {args.rounds * (args.repeat - 1)} calls per engine")
+          f"B=1, 1 thread, warm loop, p50 of {args.rounds * (args.repeat - 1)} calls per engine, {args.clock} time")
     print(f"{'L':>5} {'bare us':>9} {'score_arrays us':>16} {'(+ us)':>8} {'score us':>9} {'(+ us)':>8}")
     for seq, r in results.items():
         p, o = r["p50_us"], r["overhead_us"]

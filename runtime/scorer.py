@@ -70,15 +70,16 @@ class Scorer:
         # The candidate graph's session, created at the first score_candidates call (see _candidate_session)
         self._candidates: Any = None
         self._lock = threading.Lock()
-        # Per input, in the manifest's order: (kind, limit, vocabulary, dtype), so that a call looks nothing up
+        # Per input, in the manifest's order: (kind, ndim, limit, vocabulary, dtype): a call looks nothing up
         histories = manifest.histories
-        self._checks: dict[str, tuple[str, int, str | None, Any]] = {}
+        self._checks: dict[str, tuple[str, int, int, str | None, Any]] = {}
         for name in manifest.inputs:
             vocab = manifest.vocab_of(name)
             kind = _DENSE if name == "dense" else _LENGTH if name == "hist_len" else \
                 _HISTORY if name in histories else _ID
             limit = len(manifest.dense) if kind == _DENSE else manifest.vocab_sizes[vocab] if vocab else 0
-            self._checks[name] = (kind, limit, vocab, self._dtypes.get(name))
+            ndim = 2 if kind in (_HISTORY, _DENSE) else 1
+            self._checks[name] = (kind, ndim, limit, vocab, self._dtypes.get(name))
         self._width_input = histories[0]
 
     @classmethod
@@ -266,11 +267,12 @@ class Scorer:
             raise InputError(f"not an input of this model (inputs: {', '.join(checks)})", field=unknown[0])
         checked: dict[str, np.ndarray] = {}
         batch = width = -1
-        for name, (kind, limit, vocab, dtype) in checks.items():
+        for name, (kind, ndim, limit, vocab, dtype) in checks.items():
             if name not in given:
                 raise InputError("missing input array", field=name)
-            a = np.asarray(given[name])
-            ndim = 2 if kind in (_HISTORY, _DENSE) else 1
+            a = given[name]
+            if type(a) is not np.ndarray:
+                a = np.asarray(a)
             if a.ndim != ndim:
                 raise InputError(f"expected {ndim} dimensions, got shape {a.shape}", field=name)
             if kind == _DENSE:
