@@ -103,6 +103,15 @@ _ONNX_TYPES = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT, "string
 # --- The graph ----------------------------------------------------------------------------------------
 
 
+def _opset_imports(opset: int) -> list[onnx.OperatorSetIdProto]:
+    return [helper.make_opsetid("", opset), helper.make_opsetid(ML_DOMAIN, ML_OPSET)]
+
+
+def supports_opset(opset: int) -> bool:
+    """Whether a model.onnx at `opset` can be wrapped within MAX_IR_VERSION (opsets up to 20; 21 needs IR 10)."""
+    return helper.find_min_ir_version_for(_opset_imports(opset)) <= MAX_IR_VERSION
+
+
 class _Builder:
     """Collects the prefix's nodes and constants; names are unique by construction (the _ENC prefix)."""
 
@@ -248,8 +257,7 @@ def build_portable(model_bytes: bytes, schema: Schema, vocabs: Mapping[str, Sequ
         initializer=initializers,
         value_info=[v for v in wrapped.graph.value_info if v.name in produced],
     )
-    opset_imports = [helper.make_opsetid("", opsets.get("", opsets.get("ai.onnx", 0))),
-                     helper.make_opsetid(ML_DOMAIN, ML_OPSET)]
+    opset_imports = _opset_imports(opsets.get("", opsets.get("ai.onnx", 0)))
     ir_version = helper.find_min_ir_version_for(opset_imports)
     if ir_version > MAX_IR_VERSION:
         raise PortableError(f"opset {opsets} needs IR version {ir_version}; onnxruntime 1.17 reads up to "
