@@ -24,10 +24,13 @@ from typing import Any
 import click
 import numpy as np
 import onnx
+from din_runtime import Scorer
+from din_runtime.errors import DinRuntimeError
 from din_runtime.manifest import FIRST_KNOWN_INDEX, OOV_INDEX, PAD_INDEX
 from onnx import TensorProto, helper, numpy_helper
 
 from din_export.cli import CONTEXT_SETTINGS
+from din_export.portable_check import PortableRunError, check_against_scorer
 from din_export.schema import Schema, write_bytes_atomic, write_json_atomic
 
 PORTABLE_FILE = "portable.onnx"
@@ -294,14 +297,14 @@ def check_portable(model: onnx.ModelProto, inputs: list[dict], outputs: list[dic
 # --- A model directory --------------------------------------------------------------------------------
 
 
-def read_vocabs(model_dir: Path, manifest: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Each vocabulary's ids in file order (index 2 onwards), as the manifest's vocab_files name them."""
+def read_vocabs(files: Mapping[str, Path]) -> dict[str, list[str]]:
+    """Each vocabulary's ids in file order (index 2 onwards), from {name: path}."""
     vocabs = {}
-    for name, rel in manifest["vocab_files"].items():
+    for name, path in files.items():
         try:
-            vocabs[name] = json.loads((model_dir / rel).read_text(encoding="utf-8"))
+            vocabs[name] = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise PortableError(f"cannot read vocabulary {name!r} from {model_dir / rel}: {e}") from e
+            raise PortableError(f"cannot read vocabulary {name!r} from {path}: {e}") from e
     return vocabs
 
 
@@ -327,11 +330,6 @@ def judge_scorer_check(check: dict) -> dict:
 def add_portable(model_dir: str | Path, force: bool = False) -> dict:
     """Build MODEL_DIR/portable.onnx from its model.onnx and vocabularies, check it against `Scorer.score`
     on raw requests, then write it and its manifest entry; returns the entry."""
-    from din_runtime import Scorer
-    from din_runtime.errors import DinRuntimeError
-
-    from din_export.portable_check import PortableRunError, check_against_scorer
-
     model_dir = Path(model_dir)
     try:
         scorer = Scorer.load(model_dir)
@@ -341,7 +339,8 @@ def add_portable(model_dir: str | Path, force: bool = False) -> dict:
     if "portable" in manifest and not force:
         raise PortableError(f"{model_dir} already has {manifest['portable'].get('file')}; pass --force to rebuild it")
     schema = Schema.from_dict(manifest["schema"])
-    data, entry = build_portable(scorer.manifest.model_path.read_bytes(), schema, read_vocabs(model_dir, manifest))
+    vocabs = read_vocabs({name: model_dir / rel for name, rel in manifest["vocab_files"].items()})
+    data, entry = build_portable(scorer.manifest.model_path.read_bytes(), schema, vocabs)
     entry = portable_entry(data, entry)
     try:
         entry["check"] = judge_scorer_check(check_against_scorer(data, entry, scorer))
