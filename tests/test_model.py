@@ -193,7 +193,7 @@ def test_official_preset_uses_the_official_dice() -> None:
     import json
     from pathlib import Path
 
-    preset = json.loads((Path(__file__).parents[1] / "models" / "official.json").read_text())
+    preset = json.loads((Path(__file__).parents[1] / "din_export" / "presets" / "official.json").read_text())
     cfg = ModelConfig.from_dict(preset["model"])
     model = DIN(SCHEMA, cfg)
     dices = [m for m in model.modules() if isinstance(m, Dice)]
@@ -280,3 +280,57 @@ def test_unknown_config_key_and_bad_values_are_rejected() -> None:
         ModelConfig.from_dict({"embed_dims": 4})
     with pytest.raises(ValueError, match="attention_norm"):
         ModelConfig(attention_norm="sparsemax")
+
+
+class _NoHostSync(torch.overrides.TorchFunctionMode):
+    """Fails on any call that copies a tensor's value to the host (on a GPU each is a stall)."""
+
+    SYNCS = (torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.tolist, torch.Tensor.__int__,
+             torch.Tensor.__float__, torch.Tensor.numpy)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if func in self.SYNCS:
+            raise AssertionError(f"host sync: {func.__name__}")
+        return func(*args, **(kwargs or {}))
+
+
+def _reference_batch_statistics(dice: Dice, x: torch.Tensor, mask: torch.Tensor | None) -> tuple:
+    """Dice's masked statistics as they were computed with a Python branch on n (and a host sync)."""
+    flat = x.reshape(-1, x.shape[-1])
+    weight = torch.ones(1, flat.shape[0]) if mask is None else mask.reshape(1, -1).to(x.dtype)
+    n = weight.sum()
+    if n.item() == 0:
+        return x - dice.running_mean, dice.running_var
+    mean = (weight @ flat).squeeze(0) / n
+    centered = x - mean
+    var = (weight @ centered.reshape(-1, x.shape[-1]).square()).squeeze(0) / n
+    with torch.no_grad():
+        unbiased = var * (n / (n - 1)) if n > 1 else var
+        dice.running_mean.lerp_(mean.detach(), dice.momentum)
+        dice.running_var.lerp_(unbiased.detach(), dice.momentum)
+    return centered, var
+
+
+@pytest.mark.parametrize("lengths", [[3, 0, 5, 2], [0, 0, 0, 0], [1, 0, 0, 0], [5, 5, 5, 5], None],
+                         ids=["ragged", "all-empty", "one-real", "full", "no-mask"])
+def test_dice_training_statistics_need_no_host_sync_and_are_unchanged(lengths: list[int] | None) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 3) * 3 + 1
+    mask = history_mask(torch.tensor(lengths), 5) if lengths is not None else None
+    dice, reference = Dice(3, momentum=0.3), Dice(3, momentum=0.3)
+    for d in (dice, reference):
+        d.running_mean.fill_(0.7)
+        d.running_var.fill_(2.5)
+        d.alpha.data = torch.tensor([0.1, -0.2, 0.3])
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with _NoHostSync():
+        out = dice(xa, mask)
+        out.sum().backward()
+    reference._batch_statistics = lambda x, mask: _reference_batch_statistics(reference, x, mask)
+    expected = reference(xb, mask)
+    expected.sum().backward()
+    # bitwise: the same operations on the same values, only the branch moved onto the device
+    assert torch.equal(out, expected) and torch.equal(xa.grad, xb.grad)
+    assert torch.equal(dice.alpha.grad, reference.alpha.grad)
+    assert torch.equal(dice.running_mean, reference.running_mean)
+    assert torch.equal(dice.running_var, reference.running_var)
