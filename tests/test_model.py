@@ -117,7 +117,14 @@ def test_attention_modes_differ_and_softmax_weights_sum_to_one() -> None:
         _, w_none = none_model(x, return_attention=True)
         _, w_soft = soft_model(x, return_attention=True)
     torch.testing.assert_close(w_soft.sum(-1), torch.ones(8), rtol=1e-6, atol=1e-6)
-    # The paper's weights are raw activation-unit outputs: same ordering of positions, no unit sum.
+    # The paper's weights are the raw activation-unit outputs a(e_j, v_A) at real positions, 0 at padding:
+    # computed here from Eq. 3's input [q, k, q - k, q * k] (the model factors it), no normalisation.
+    with torch.no_grad():
+        _, query, keys = none_model.embeddings(x)
+        q = query.unsqueeze(1).expand_as(keys)
+        unit = none_model.attention.unit
+        raw = unit.mlp(torch.cat([q, keys, q - keys, q * keys], dim=-1), history_mask(x["hist_len"], 6)).squeeze(-1)
+    torch.testing.assert_close(w_none, torch.where(history_mask(x["hist_len"], 6), raw, 0.0), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(w_none.sum(-1), torch.ones(8), atol=1e-3)
     dim = soft_model.attention.scale ** -2
     mask = history_mask(x["hist_len"], 6)
@@ -229,11 +236,34 @@ def test_batch_of_one_trains() -> None:
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-def test_base_model_has_no_attention_and_differs_from_din() -> None:
-    base = DIN(SCHEMA, ModelConfig(model="base"))
-    din = DIN(SCHEMA, ModelConfig(model="din"))
-    assert base.attention is None and din.attention is not None
-    assert sum(p.numel() for p in base.parameters()) < sum(p.numel() for p in din.parameters())
+def expected_parameters(schema: Schema, cfg: ModelConfig) -> int:
+    """The paper's model counted by hand: embeddings, the activation unit's MLP over [q, k, q - k, q * k]
+    (DIN only), the MLP over [profile, v_A, pooled history(ies), dense], their activations' parameters."""
+    def mlp(in_dim: int, hidden: tuple[int, ...], activation: str) -> int:
+        dims = (in_dim, *hidden, 1)
+        weights = sum(a * b + b for a, b in zip(dims[:-1], dims[1:], strict=True))
+        per_channel = {"dice": 2 if cfg.dice_mode == "official" else 1, "prelu": 1}.get(activation, 0)
+        return weights + per_channel * sum(hidden)
+
+    e, d = cfg.embed_dim, cfg.embed_dim * len(schema.behaviour)
+    count = sum(schema.vocab_sizes[v] for v in {f.vocab for f in (*schema.sparse, *schema.behaviour)}) * e
+    pooled = 1
+    if cfg.model == "din":
+        count += mlp(4 * d, cfg.attention_hidden, cfg.attention_activation)
+        pooled = 2 if cfg.use_hist_sum else 1
+    in_dim = len(schema.sparse) * e + d + pooled * d + len(schema.dense)
+    return count + mlp(in_dim, cfg.mlp_hidden, cfg.mlp_activation) + (2 * in_dim if cfg.mlp_input_bn else 0)
+
+
+@pytest.mark.parametrize("cfg", [
+    ModelConfig(model="base"), ModelConfig(model="din"), ModelConfig(model="din", use_hist_sum=False),
+    ModelConfig(model="base", mlp_activation="prelu", mlp_input_bn=False, embed_dim=5),
+    ModelConfig(attention_activation="sigmoid", mlp_activation="dice", dice_mode="official", mlp_hidden=(7,)),
+], ids=lambda c: f"{c.model}-hist_sum={c.use_hist_sum}-{c.mlp_activation}-{c.dice_mode}")
+def test_parameter_count_is_the_papers_architecture(cfg: ModelConfig) -> None:
+    model = DIN(SCHEMA, cfg)
+    assert (model.attention is None) == (cfg.model == "base")
+    assert sum(p.numel() for p in model.parameters()) == expected_parameters(SCHEMA, cfg)
 
 
 def test_mba_regulariser_matches_formula() -> None:
