@@ -40,9 +40,6 @@ from din_export.cli import CONTEXT_SETTINGS
 from din_export.model import DIN, Dice, ModelConfig
 from din_export.schema import Schema, write_bytes_atomic, write_json_atomic
 
-DATA_ROOT = Path(din_export.__file__).resolve().parents[2] / "shared" / "data"
-SOURCES = {"movielens": DATA_ROOT / "movielens-100k",
-           "taobao": DATA_ROOT / "taobao-userbehavior-head" / "UserBehavior.csv"}
 SPEED_DATASET = "taobao"  # its run is the model every speed workload uses (item vocabulary ~52k)
 # glibc reads these at start-up; the bench also applies them to itself with mallopt (below). The mmap
 # threshold is glibc's maximum on 64-bit, so large tensors come from the heap, not fresh page faults.
@@ -899,17 +896,23 @@ def environment(malloc: dict[str, Any], plan: Plan) -> dict[str, Any]:
 
 def code_version() -> dict[str, Any] | None:
     """The commit the bench ran from, the last commit of model.py (the torch baseline is whatever model.py
-    holds) and whether the package or runtime had uncommitted changes; None outside a git checkout."""
-    root = Path(din_export.__file__).resolve().parents[1]
+    holds) and whether the package or runtime had uncommitted changes; None unless the imported din_export
+    is a tracked file of a git checkout (an installed wheel inside some other repository is not)."""
+    import din_runtime
+
+    package = Path(din_export.__file__).resolve().parent
+    model_py = package / "model.py"
+    runtime = Path(din_runtime.__file__).resolve().parent
 
     def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True)
+        done = subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, check=True)
         return done.stdout.strip()
 
     try:
+        git("ls-files", "--error-unmatch", str(model_py))
         return {"head": git("rev-parse", "HEAD"),
-                "model_py": git("log", "-1", "--format=%h %s", "--", "din_export/model.py"),
-                "uncommitted": bool(git("status", "--porcelain", "--", "din_export", "runtime"))}
+                "model_py": git("log", "-1", "--format=%h %s", "--", str(model_py)),
+                "uncommitted": bool(git("status", "--porcelain", "--", str(package), str(runtime)))}
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -1050,10 +1053,10 @@ def check_device(device: str) -> None:
               help="History lengths of the engine workloads, comma separated [default: 20,100,500; --quick: 20,100].")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/results"),
               show_default=True, help="Directory for bench[-quick].json, .md and .png.")
-@click.option("--movielens", type=click.Path(exists=True, path_type=Path), default=None,
-              help=f"ml-100k directory (default {SOURCES['movielens']}).")
+@click.option("--movielens", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="MovieLens-100K's ml-100k directory (u.data, u.item, u.user). Required.")
 @click.option("--taobao", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help=f"UserBehavior.csv (default {SOURCES['taobao']}).")
+              help="The Taobao UserBehavior CSV (a head of it will do). Required.")
 def bench_command(quick: bool, threads_text: str, device: str, epochs: int | None, compile_text: str | None,
                   lengths_text: str | None, out: Path, movielens: Path | None, taobao: Path | None) -> None:
     """Benchmark torch (eager and torch.compile), the ONNX variants and DeepCTR-Torch's DIN on the same weights;
@@ -1061,17 +1064,20 @@ def bench_command(quick: bool, threads_text: str, device: str, epochs: int | Non
     a chart."""
     plan = make_plan(quick, parse_threads(threads_text), device, epochs, parse_compile(compile_text),
                      parse_lengths(lengths_text))
+    # No default location: an installed package has no checkout beside it to look in.
+    missing = [option for option, path in (("--movielens DIR", movielens), ("--taobao FILE", taobao)) if path is None]
+    if missing:
+        raise click.UsageError(f"missing {' and '.join(missing)}: the bench trains on MovieLens-100K (the ml-100k "
+                               "directory) and Taobao UserBehavior (the CSV); docs/bench.md says where to get them")
     check_device(device)
-    sources = {"movielens": movielens or SOURCES["movielens"], "taobao": taobao or SOURCES["taobao"]}
-    for name, path in sources.items():
-        if not path.exists():
-            raise click.ClickException(f"no {name} data at {path}; pass --{name} PATH")
+    sources = {"movielens": movielens, "taobao": taobao}
     with tempfile.TemporaryDirectory(prefix="din-bench-") as tmp:
         record = run_bench(plan, sources, Path(tmp), lambda m: click.echo(m, err=True))
     record["command"] = (f"din-export bench{' --quick' if quick else ''} --threads {threads_text} --device {device}"
                          f"{f' --epochs {epochs}' if epochs else ''}"
                          f"{f' --compile {compile_text}' if compile_text else ''}"
-                         f"{f' --lengths {lengths_text}' if lengths_text else ''} --out {out}")
+                         f"{f' --lengths {lengths_text}' if lengths_text else ''} --out {out} --movielens {movielens} "
+                         f"--taobao {taobao}")
     stem = "bench-quick" if quick else "bench"
     write_json_atomic(out / f"{stem}.json", record)
     write_bytes_atomic(out / f"{stem}.png", chart(record, plan))

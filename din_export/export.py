@@ -11,6 +11,7 @@ config. The model directory only appears once verification passed, so a failed e
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ from din_export.portable import PORTABLE_FILE, build_portable, portable_entry, r
 from din_export.schema import OOV_INDEX, PAD_INDEX, Schema, write_bytes_atomic, write_json_atomic
 from din_export.train import load_run
 from din_export.triton import NAME_PATTERN, TritonError, sibling_temp_dir, write_triton_model
-from din_export.verify import VerifyError, format_report, resolve_data_dir, verify_model_dir
+from din_export.verify import GRID_BATCHES, VerifyError, format_report, grid_seqs, resolve_data_dir, verify_model_dir
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 16  # lowest opset the exporter's down-conversion was checked at (docs/export.md)
@@ -200,10 +201,53 @@ def to_onnx(model: nn.Module, schema: Schema, spec: GraphSpec, opset: int, examp
     return program.model_proto
 
 
-def build_graph(module: nn.Module, schema: Schema, spec: GraphSpec, *, opset: int, precision: str,
-                quantize: str | None, example: tuple[int, int]) -> bytes:
-    """Trace, check, convert to the variant, stamp the metadata, check again: the serialized graph."""
+def check_example(schema: Schema, example: tuple[int, int]) -> None:
+    """Sizes a user may trace at: torch.export specialises 0 and 1; batch == seq could mix the two axes
+    up unseen; max_len and 2 max_len are where verification must run at sizes other than the traced ones."""
+    batch, seq = example
+    if batch < 2 or seq < 2:
+        raise click.BadParameter(f"example sizes must be >= 2 (torch.export fixes sizes 0 and 1), got {batch}, {seq}",
+                                 param_hint="--example-batch/--example-seq")
+    if batch == seq:
+        raise click.BadParameter(f"example batch and seq must differ (both {batch}): a graph that confused "
+                                 "the two axes would pass every check", param_hint="--example-batch/--example-seq")
+    if seq in (schema.max_len, 2 * schema.max_len):
+        raise click.BadParameter(f"example seq {seq} is max_len or 2 max_len ({schema.max_len}), which "
+                                 "verification checks; pick another", param_hint="--example-seq")
+
+
+def _small_ints(model: onnx.ModelProto) -> set[int]:
+    """The values of every small int constant: where a frozen axis would show."""
+    return {v for _, value in _constants(model) if value.dtype.kind == "i" and value.size <= 8
+            for v in value.ravel().tolist()}
+
+
+def trace_graph(module: nn.Module, schema: Schema, spec: GraphSpec, opset: int,
+                example: tuple[int, int]) -> tuple[onnx.ModelProto, tuple[int, int]]:
+    """`to_onnx` at `example`, or, where a shape constant of that graph equals a traced size, at sizes
+    that none of its constants holds; returns the graph and the sizes it was traced at.
+
+    A constant equal to a traced size is either a dynamic axis frozen during tracing or a model size
+    that happens to match (embed_dim 2 with two behaviours makes D = 4 = the default batch). Traced
+    again at sizes absent from the first graph, a model size cannot match, while a frozen axis follows
+    the new sizes, so `check_graph` at those sizes catches exactly the frozen axes.
+    """
     graph = to_onnx(module, schema, spec, opset, example)
+    taken = _small_ints(graph)
+    if not taken & {size for size in example if size >= 3}:
+        return graph, example
+    # off the verification grid too, so that verification still runs at sizes other than the traced ones
+    taken |= {*GRID_BATCHES, *grid_seqs(schema.max_len)}
+    free = (size for size in itertools.count(3) if size not in taken)
+    retraced = (next(free), next(free))
+    return to_onnx(module, schema, spec, opset, retraced), retraced
+
+
+def build_graph(module: nn.Module, schema: Schema, spec: GraphSpec, *, opset: int, precision: str,
+                quantize: str | None, example: tuple[int, int]) -> tuple[bytes, tuple[int, int]]:
+    """Trace, check, convert to the variant, stamp the metadata, check again: the serialized graph and
+    the (batch, seq) it was traced at (`trace_graph`)."""
+    graph, example = trace_graph(module, schema, spec, opset, example)
     check_graph(graph, spec, example)
     if precision == "fp16":
         graph = to_fp16(graph)
@@ -211,7 +255,7 @@ def build_graph(module: nn.Module, schema: Schema, spec: GraphSpec, *, opset: in
         graph = to_int8(graph)
     set_metadata(graph, schema)
     check_graph(graph, spec, example)
-    return graph.SerializeToString()
+    return graph.SerializeToString(), example
 
 
 def set_metadata(model: onnx.ModelProto, schema: Schema) -> None:
@@ -452,11 +496,12 @@ def _read_json(path: Path) -> dict:
 def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, precision: str = "fp32",
                quantize: str | None = None, with_attention: bool = False, optimize: bool = True,
                tolerance: float | None = None, triton_repo: str | Path | None = None, triton_name: str = "din",
-               force: bool = False, example: tuple[int, int] | None = None, candidates: bool = True,
-               portable: bool = True, triton_portable: bool = False) -> dict[str, Any]:
+               force: bool = False, example: tuple[int | None, int | None] | None = None,
+               candidates: bool = True, portable: bool = True, triton_portable: bool = False) -> dict[str, Any]:
     """Export, check, write to a temporary sibling of `out`, verify there, then rename; returns the manifest.
 
-    `example`: the (batch, seq) to trace with, default `example_sizes(schema)`. `candidates`: also write
+    `example`: the (batch, seq) to trace with (either may be None), default `example_sizes(schema)`; the
+    export traces elsewhere only where a model size equals one of them (`trace_graph`). `candidates`: also write
     the candidate graph (CANDIDATE_FILE, declared in the manifest's "candidates"); optimised exports only.
     `portable`: also write PORTABLE_FILE, the model with its encoder inside (raw ids in, manifest "portable").
     `triton_portable`: the Triton model serves the portable graph (raw ids, TYPE_STRING) instead of model.onnx.
@@ -489,20 +534,25 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
     metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
 
     spec = graph_spec(schema, with_attention)
-    example = example or example_sizes(schema)
-    variant = {"opset": opset, "precision": precision, "quantize": quantize, "example": example}
+    if example is not None:
+        default = example_sizes(schema)
+        example = tuple(d if e is None else e for e, d in zip(example, default, strict=True))
+        check_example(schema, example)
+    variant = {"opset": opset, "precision": precision, "quantize": quantize,
+               "example": example or example_sizes(schema)}
     int8 = quantize == "int8"
-    model_bytes = build_graph(inference_module(model, int8) if optimize else model, schema, spec, **variant)
+    model_bytes, traced = build_graph(inference_module(model, int8) if optimize else model, schema, spec, **variant)
     manifest = build_manifest(model_bytes, schema, spec, config, metrics, opset=opset, precision=precision,
-                              quantize=quantize, optimized=optimize, example=example)
+                              quantize=quantize, optimized=optimize, example=traced)
     extra_files = {}
     if optimize and candidates:
         cspec = candidate_spec(schema)
-        extra_files[CANDIDATE_FILE] = build_graph(candidate_module(model, int8), schema, cspec, **variant)
+        extra_files[CANDIDATE_FILE], traced = build_graph(candidate_module(model, int8), schema, cspec, **variant)
         manifest["candidates"] = {"model_file": CANDIDATE_FILE,
                                   "sha256": hashlib.sha256(extra_files[CANDIDATE_FILE]).hexdigest(),
                                   "inputs": [t.to_manifest() for t in cspec.inputs],
-                                  "outputs": [t.to_manifest() for t in cspec.outputs]}
+                                  "outputs": [t.to_manifest() for t in cspec.outputs],
+                                  "example_sizes": {"candidates": traced[0], "seq": traced[1]}}
     if portable:
         vocabs = read_vocabs({v: data_dir / "vocab" / f"{v}.json" for v in vocab_names(schema)})
         extra_files[PORTABLE_FILE], entry = build_portable(model_bytes, schema, vocabs)
@@ -565,16 +615,23 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
               help=f"Do not write {PORTABLE_FILE}, the graph that takes raw ids (docs/export.md).")
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Max abs probability difference vs torch (default: 1e-5 fp32, 1e-3 fp16, int8 policy).")
+@click.option("--example-batch", type=int, default=None,
+              help=f"Batch size to trace at (default {EXAMPLE_BATCH}; docs/export.md, step 4).")
+@click.option("--example-seq", type=int, default=None,
+              help=f"History length to trace at (default {EXAMPLE_SEQS[0]}, or {EXAMPLE_SEQS[1]} if that is max_len "
+                   "or 2 max_len).")
 @click.option("--force", is_flag=True, help="Replace an existing model directory / Triton model.")
 def export_command(run_dir: Path, out: Path, opset: int, precision: str, quantize: str | None, with_attention: bool,
                    triton_repo: Path | None, triton_name: str, triton_portable: bool, no_optimize: bool,
-                   no_candidate_graph: bool, no_portable_graph: bool, tolerance: float | None, force: bool) -> None:
+                   no_candidate_graph: bool, no_portable_graph: bool, tolerance: float | None,
+                   example_batch: int | None, example_seq: int | None, force: bool) -> None:
     """Export RUN_DIR to an ONNX model directory, verified against torch before it is written."""
+    example = None if example_batch is None and example_seq is None else (example_batch, example_seq)
     manifest = export_run(run_dir, out, opset=opset, precision=precision, quantize=quantize,
                           with_attention=with_attention, optimize=not no_optimize, tolerance=tolerance,
                           triton_repo=triton_repo, triton_name=triton_name, force=force,
                           candidates=not no_candidate_graph, portable=not no_portable_graph,
-                          triton_portable=triton_portable)
+                          triton_portable=triton_portable, example=example)
     click.echo(format_report(manifest["parity"]))
     click.echo(f"wrote {out} (sha256 {manifest['sha256'][:16]}...)")
     if triton_repo is not None:

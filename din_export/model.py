@@ -120,23 +120,28 @@ class Dice(nn.Module):
 
     def _batch_statistics(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """-> (x - mean, var) over the real positions. The weighted sums are (1, N) @ (N, H) products:
-        one GEMM instead of a masked copy and a reduction, which matters at N = B * L."""
+        one GEMM instead of a masked copy and a reduction, which matters at N = B * L.
+
+        The count n stays on the device: a batch with no real position (n = 0) falls back to the
+        running statistics through `torch.where`, not a Python branch, so no call waits for the GPU."""
         flat = x.reshape(-1, x.shape[-1])
         if mask is None:
             weight = torch.ones(1, flat.shape[0], dtype=x.dtype, device=x.device)
         else:
             weight = mask.reshape(1, -1).to(x.dtype)
         n = weight.sum()
-        if n.item() == 0:  # a batch of empty histories has no statistics: fall back to the running ones
-            return x - self.running_mean, self.running_var
-        mean = (weight @ flat).squeeze(0) / n
+        seen = n > 0
+        # n >= 1 wherever it is used; clamping only keeps the unused n = 0 branch finite
+        mean = (weight @ flat).squeeze(0) / n.clamp(min=1)
         centered = x - mean
-        var = (weight @ centered.reshape(-1, x.shape[-1]).square()).squeeze(0) / n
+        var = (weight @ centered.reshape(-1, x.shape[-1]).square()).squeeze(0) / n.clamp(min=1)
         with torch.no_grad():
-            unbiased = var * (n / (n - 1)) if n > 1 else var
-            self.running_mean.lerp_(mean.detach(), self.momentum)
-            self.running_var.lerp_(unbiased.detach(), self.momentum)
-        return centered, var
+            unbiased = var * (n / (n - 1).clamp(min=1))  # n = 1: var itself, as there is no spread to correct
+            self.running_mean.copy_(torch.where(seen, self.running_mean.lerp(mean.detach(), self.momentum),
+                                                self.running_mean))
+            self.running_var.copy_(torch.where(seen, self.running_var.lerp(unbiased.detach(), self.momentum),
+                                               self.running_var))
+        return torch.where(seen, centered, x - self.running_mean), torch.where(seen, var, self.running_var)
 
 
 class PReLU(nn.Module):

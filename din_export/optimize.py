@@ -218,52 +218,42 @@ class FactoredActivationUnit(nn.Module):
         return self.key_weight_t + query.unsqueeze(-1) * self.product_weight_t
 
 
-class CombinedEmbeddings(nn.Module):
-    """Every embedding table stacked into one, so that the histories are one gather.
+class SeparateEmbeddings(nn.Module):
+    """model.Embeddings' lookups as a snapshot: one table per vocabulary, one Gather per field.
 
-    table[stack(id_i + offset_i, -1)] is (B, L, n, E), flattened to (B, L, n E): what concatenating the
-    histories' separate lookups gives, in that layout already. It replaces one Gather per behaviour and a
-    Concat of (B, L, D) floats with an integer add and a Concat of (B, L, n) ids. The per-row fields
-    (targets, profile) keep one small Gather each: stacking them would only add nodes, which is what
-    B = 1 pays for. Each table is padded to a multiple of 8 rows: the offsets are then never the small
-    sizes the exporter traces with (which its graph check would read as a frozen axis). Padding rows are
-    zero and unreachable, as the runtime checks every id against its own vocabulary's size.
+    The tables are kept apart on purpose. Stacked into one table (one GatherND for the histories, an
+    earlier form of this rewrite), an id outside its vocabulary read another vocabulary's row, silently,
+    on every path that does not check ids first (a raw onnxruntime session, Triton). Apart, such an id
+    never leaves its own table: onnxruntime's CPU Gather raises, its CUDA Gather writes zeros, as in the
+    plain graph. Guarding the stacked ids (out of range -> the OOV row) was the alternative; it cost
+    more than separate tables did, at B = 1 and at B = 256 (bench/index_guard.py, docs/export.md).
     """
 
     def __init__(self, model: DIN) -> None:
         super().__init__()
         emb = model.embeddings
-        parts, self.offsets = [], {}
-        rows = 0
-        # the item's table first: its ids (target and history) then need no offset, two nodes fewer
-        order = dict.fromkeys([v for _, _, v in emb.behaviour] + list(emb.tables))
-        for vocab in order:
-            weight = emb.tables[vocab].weight.detach()
-            padded = -(-weight.shape[0] // 8) * 8
-            parts.append(torch.cat([weight, weight.new_zeros(padded - weight.shape[0], weight.shape[1])]))
-            self.offsets[vocab] = rows
-            rows += padded
-        self.register_buffer("table", torch.cat(parts))
+        # buffers named by position: a vocabulary's name need not be a valid attribute name
+        self.index = {vocab: i for i, vocab in enumerate(emb.tables)}
+        for vocab, i in self.index.items():
+            self.register_buffer(f"table_{i}", emb.tables[vocab].weight.detach().clone())
         self.sparse = list(emb.sparse)
         self.targets = [(t, v) for t, _, v in emb.behaviour]
         self.histories = [(h, v) for _, h, v in emb.behaviour]
 
-    def ids(self, x: dict[str, Tensor], name: str, vocab: str) -> Tensor:
-        return x[name] + self.offsets[vocab] if self.offsets[vocab] else x[name]
+    def table(self, vocab: str) -> Tensor:
+        return getattr(self, f"table_{self.index[vocab]}")
 
-    def per_row(self, x: dict[str, Tensor], fields: list[tuple[str, str]]) -> Tensor:
-        """(name, vocab) fields of shape (B,) -> (B, n E), one Gather each."""
-        return torch.cat([nn.functional.embedding(self.ids(x, name, vocab), self.table) for name, vocab in fields],
+    def lookup(self, x: dict[str, Tensor], fields: list[tuple[str, str]]) -> Tensor:
+        """(name, vocab) fields of shape (B,) or (B, L) -> (..., n E), one Gather each, concatenated."""
+        return torch.cat([nn.functional.embedding(x[name], self.table(vocab)) for name, vocab in fields],
                          dim=-1)
 
     def forward(self, x: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """-> profile (B, n_sparse E), query (B, D), keys (B, L, D), as model.Embeddings."""
-        query = self.per_row(x, self.targets)
-        profile = self.per_row(x, self.sparse) if self.sparse else query[:, :0]
-        # table[ids], not F.embedding: the exporter makes it GatherND, which onnxruntime ran 1.9x faster
-        # than Gather on the (B, L, 2) history ids (125 vs 238 us at B = 20, L = 100, one thread)
-        stacked = torch.stack([self.ids(x, name, vocab) for name, vocab in self.histories], dim=-1)
-        return profile, query, self.table[stacked].flatten(-2)
+        query = self.lookup(x, self.targets)
+        # query[:, :0], not a (hist_len's batch, 0) tensor: in the candidate graph hist_len has one row
+        profile = self.lookup(x, self.sparse) if self.sparse else query[:, :0]
+        return profile, query, self.lookup(x, self.histories)
 
 
 class InferenceDIN(nn.Module):
@@ -271,7 +261,7 @@ class InferenceDIN(nn.Module):
 
     def __init__(self, model: DIN, keep_input_affine: bool = False) -> None:
         super().__init__()
-        self.embeddings = CombinedEmbeddings(model)
+        self.embeddings = SeparateEmbeddings(model)
         self.attention_norm = model.cfg.attention_norm
         self.use_hist_sum = model.cfg.use_hist_sum
         self.unit: FactoredActivationUnit | None = None

@@ -48,7 +48,8 @@ from din_export.data import Batches, DataError, load_frequencies, load_schema, l
 from din_export.model import ATTENTION_NORMS, DIN, MODELS, MBARegularizer, ModelConfig
 from din_export.schema import Schema, write_bytes_atomic, write_json_atomic
 
-PRESETS_DIR = Path(din_export.__file__).parents[1] / "models"
+# Package data (pyproject.toml): the presets travel in the wheel, wherever it is installed.
+PRESETS_DIR = Path(din_export.__file__).parent / "presets"
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -107,13 +108,17 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name_or_path: str) -> tuple[ModelConfig, TrainConfig, str]:
-    """models/<name>.json, or a path to such a file -> (model config, train config, description)."""
+    """A preset name (din_export/presets/<name>.json), or a path to such a file -> (model config, train
+    config, description)."""
     path = Path(name_or_path)
     if not path.is_file():
         if "/" in name_or_path or name_or_path.endswith(".json"):
             raise ValueError(f"preset file {name_or_path} does not exist")
         path = PRESETS_DIR / f"{name_or_path}.json"
         if not path.is_file():
+            if not preset_names():
+                raise ValueError(f"unknown preset {name_or_path!r}: this din_export has no presets in "
+                                 f"{PRESETS_DIR} (an install without its package data); pass a preset's path")
             raise ValueError(f"unknown preset {name_or_path!r}; choose from {preset_names()} or pass a path")
     try:
         doc = json.loads(path.read_text())
@@ -531,7 +536,7 @@ def resolve_configs(preset: str | None, saved: dict | None, model_flags: dict, t
               help="Run directory to write (model.safetensors, metrics.json, config.json, curve.png, state/).")
 @click.option("--model", type=click.Choice(MODELS), help="din, or the paper's base model (sum pooling).")
 @click.option("--config", "preset", metavar="PRESET",
-              help="A preset name from models/ (paper, official, edge) or the path of a preset JSON.")
+              help="A preset name (paper, official, edge: din_export/presets/) or the path of a preset JSON.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Most epochs to run (early stopping may end sooner).")
 @click.option("--seed", type=int, help="Seed of initialisation, shuffling and dropout (a run is repeatable).")
 @click.option("--lr", type=float, help="Learning rate (the preset's, else 1e-3).")

@@ -85,11 +85,13 @@ def trained_model(schema: Schema, cfg: ModelConfig, steps: int = 30, seed: int =
     return model.eval()
 
 
-def make_run(root: Path, attention_norm: str = "softmax", dense: bool = True, model: str = "din") -> Path:
-    """root/data (dataset dir) and root/run (run dir) for a tiny trained model; returns the run dir."""
+def make_run(root: Path, attention_norm: str = "softmax", dense: bool = True, model: str = "din",
+             cfg: ModelConfig | None = None) -> Path:
+    """root/data (dataset dir) and root/run (run dir) for a tiny trained model (`cfg`, default the tiny
+    config below); returns the run dir."""
     schema = tiny_schema(dense)
-    cfg = ModelConfig(model=model, embed_dim=4, attention_hidden=(8, 4), mlp_hidden=(12, 6),
-                      attention_norm=attention_norm)
+    cfg = cfg or ModelConfig(model=model, embed_dim=4, attention_hidden=(8, 4), mlp_hidden=(12, 6),
+                             attention_norm=attention_norm)
     net = trained_model(schema, cfg)
     data, run = root / "data", root / "run"
     (data / "vocab").mkdir(parents=True)
@@ -130,6 +132,33 @@ def exported(name: str) -> Path:
     with one_torch_thread():
             export_run(run_dir(), out, triton_repo=_ROOT / "triton" if name == "fp32" else None, **EXPORTS[name])
     return out
+
+
+def measured_on_validation(model_dir: Path) -> tuple[float, float]:
+    """(max |prob diff|, AUC change) of `model_dir` against the torch model on the validation rows verify
+    reads, computed here without verify's code: the runtime on all rows at once, a rank-sum AUC."""
+    from din_runtime import Scorer
+
+    from din_export.data import load_split
+    from din_export.train import load_run
+
+    model, schema, config = load_run(run_dir())
+    valid = {k: v[:VALID_ROWS] for k, v in load_split(Path(config["data_dir"]), "valid", schema).items()}
+    x = {k: valid[k] for k in schema.input_names()}
+    ours = Scorer.load(model_dir).score_arrays(x).astype(np.float64)
+    with torch.no_grad():
+        ref = torch.sigmoid(model({k: torch.from_numpy(v) for k, v in x.items()})).double().numpy()
+
+    def auc(scores: np.ndarray) -> float:
+        ranks = np.empty(len(scores))
+        order = np.argsort(scores, kind="stable")
+        ranks[order] = np.arange(1, len(scores) + 1)
+        for value in np.unique(scores):  # ties share their mean rank
+            ranks[scores == value] = ranks[scores == value].mean()
+        pos = valid["label"] == 1
+        return (ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum())
+
+    return float(np.abs(ours - ref).max()), auc(ours) - auc(ref)
 
 
 # fp32: the optimized graph traced at (2, 5) with attention and a Triton copy; plain: the same without the

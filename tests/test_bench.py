@@ -109,6 +109,11 @@ def test_cli_rejects_bad_options_without_a_traceback(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "positive integer" in result.output
     result = runner.invoke(bench_command, ["--taobao", str(tmp_path / "missing.csv"), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "does not exist" in result.output
+    # no data location is guessed (an installed package has no checkout around it): both are required
+    result = runner.invoke(bench_command, ["--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "missing --movielens DIR and --taobao FILE" in result.output
+    result = runner.invoke(bench_command, ["--quick", "--out", str(tmp_path), "--movielens", str(tmp_path)])
+    assert result.exit_code == 2 and "missing --taobao FILE:" in result.output
     assert not list(tmp_path.iterdir())
 
 

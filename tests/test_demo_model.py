@@ -94,7 +94,7 @@ def test_card_matches_the_manifest(manifest: dict) -> None:
     assert f"model.onnx {(MODEL_DIR / 'model.onnx').stat().st_size:,} bytes" in text
     assert f"probability {manifest['parity']['variant']['max_abs_diff_prob']:.2e}" in text
     assert "with the `edge` preset" in text
-    preset = json.loads((REPO / "models" / "edge.json").read_text())["model"]
+    preset = json.loads((REPO / "din_export" / "presets" / "edge.json").read_text())["model"]
     trained = {"model": manifest["model"]["name"], **manifest["model"]}
     assert {k: trained[k] for k in preset} == preset
 

@@ -16,7 +16,16 @@ import pytest
 from click.testing import CliRunner
 from din_runtime import Scorer
 from din_runtime.manifest import load_manifest
-from export_helpers import MAX_LEN, VALID_ROWS, exported, make_run, one_torch_thread, run_dir, tiny_schema
+from export_helpers import (
+    MAX_LEN,
+    VALID_ROWS,
+    exported,
+    make_run,
+    measured_on_validation,
+    one_torch_thread,
+    run_dir,
+    tiny_schema,
+)
 from onnx import helper, numpy_helper
 
 from din_export.cli import main
@@ -229,8 +238,14 @@ def test_int8_quantises_every_linear_and_keeps_ranking() -> None:
     assert all(not set(n.input) & constants for n in graph.graph.node if n.op_type == "MatMul")
     assert manifest["quantize"] == "int8" and manifest["optimized"] is True
     v = manifest["variant"]
-    assert v["name"] == "int8" and 0 < v["max_abs_diff_prob"] <= 0.05
-    assert abs(v["auc_change"]) <= 0.005 and v["valid_auc_torch_fp32"] > 0.6
+    assert v["name"] == "int8" and v["valid_auc_torch_fp32"] > 0.6
+    # Not the bounds export enforced (it would have failed): the figures themselves, measured here
+    # through the runtime on the validation rows without verify's code, and an AUC change well inside
+    # the policy's 0.005 (the ranking kept).
+    diff, auc_change = measured_on_validation(exported("int8"))
+    assert 0 < diff and v["max_abs_diff_prob"] >= manifest["parity"]["validation"]["prob"]
+    assert manifest["parity"]["validation"]["prob"] == pytest.approx(diff, rel=1e-3)
+    assert v["auc_change"] == pytest.approx(auc_change, abs=1e-9) and abs(auc_change) <= 0.002
 
 
 def test_int8_of_the_plain_graph_on_request_and_the_hint_when_verification_fails(tmp_path: Path) -> None:

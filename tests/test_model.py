@@ -117,7 +117,14 @@ def test_attention_modes_differ_and_softmax_weights_sum_to_one() -> None:
         _, w_none = none_model(x, return_attention=True)
         _, w_soft = soft_model(x, return_attention=True)
     torch.testing.assert_close(w_soft.sum(-1), torch.ones(8), rtol=1e-6, atol=1e-6)
-    # The paper's weights are raw activation-unit outputs: same ordering of positions, no unit sum.
+    # The paper's weights are the raw activation-unit outputs a(e_j, v_A) at real positions, 0 at padding:
+    # computed here from Eq. 3's input [q, k, q - k, q * k] (the model factors it), no normalisation.
+    with torch.no_grad():
+        _, query, keys = none_model.embeddings(x)
+        q = query.unsqueeze(1).expand_as(keys)
+        unit = none_model.attention.unit
+        raw = unit.mlp(torch.cat([q, keys, q - keys, q * keys], dim=-1), history_mask(x["hist_len"], 6)).squeeze(-1)
+    torch.testing.assert_close(w_none, torch.where(history_mask(x["hist_len"], 6), raw, 0.0), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(w_none.sum(-1), torch.ones(8), atol=1e-3)
     dim = soft_model.attention.scale ** -2
     mask = history_mask(x["hist_len"], 6)
@@ -193,7 +200,7 @@ def test_official_preset_uses_the_official_dice() -> None:
     import json
     from pathlib import Path
 
-    preset = json.loads((Path(__file__).parents[1] / "models" / "official.json").read_text())
+    preset = json.loads((Path(__file__).parents[1] / "din_export" / "presets" / "official.json").read_text())
     cfg = ModelConfig.from_dict(preset["model"])
     model = DIN(SCHEMA, cfg)
     dices = [m for m in model.modules() if isinstance(m, Dice)]
@@ -229,11 +236,34 @@ def test_batch_of_one_trains() -> None:
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-def test_base_model_has_no_attention_and_differs_from_din() -> None:
-    base = DIN(SCHEMA, ModelConfig(model="base"))
-    din = DIN(SCHEMA, ModelConfig(model="din"))
-    assert base.attention is None and din.attention is not None
-    assert sum(p.numel() for p in base.parameters()) < sum(p.numel() for p in din.parameters())
+def expected_parameters(schema: Schema, cfg: ModelConfig) -> int:
+    """The paper's model counted by hand: embeddings, the activation unit's MLP over [q, k, q - k, q * k]
+    (DIN only), the MLP over [profile, v_A, pooled history(ies), dense], their activations' parameters."""
+    def mlp(in_dim: int, hidden: tuple[int, ...], activation: str) -> int:
+        dims = (in_dim, *hidden, 1)
+        weights = sum(a * b + b for a, b in zip(dims[:-1], dims[1:], strict=True))
+        per_channel = {"dice": 2 if cfg.dice_mode == "official" else 1, "prelu": 1}.get(activation, 0)
+        return weights + per_channel * sum(hidden)
+
+    e, d = cfg.embed_dim, cfg.embed_dim * len(schema.behaviour)
+    count = sum(schema.vocab_sizes[v] for v in {f.vocab for f in (*schema.sparse, *schema.behaviour)}) * e
+    pooled = 1
+    if cfg.model == "din":
+        count += mlp(4 * d, cfg.attention_hidden, cfg.attention_activation)
+        pooled = 2 if cfg.use_hist_sum else 1
+    in_dim = len(schema.sparse) * e + d + pooled * d + len(schema.dense)
+    return count + mlp(in_dim, cfg.mlp_hidden, cfg.mlp_activation) + (2 * in_dim if cfg.mlp_input_bn else 0)
+
+
+@pytest.mark.parametrize("cfg", [
+    ModelConfig(model="base"), ModelConfig(model="din"), ModelConfig(model="din", use_hist_sum=False),
+    ModelConfig(model="base", mlp_activation="prelu", mlp_input_bn=False, embed_dim=5),
+    ModelConfig(attention_activation="sigmoid", mlp_activation="dice", dice_mode="official", mlp_hidden=(7,)),
+], ids=lambda c: f"{c.model}-hist_sum={c.use_hist_sum}-{c.mlp_activation}-{c.dice_mode}")
+def test_parameter_count_is_the_papers_architecture(cfg: ModelConfig) -> None:
+    model = DIN(SCHEMA, cfg)
+    assert (model.attention is None) == (cfg.model == "base")
+    assert sum(p.numel() for p in model.parameters()) == expected_parameters(SCHEMA, cfg)
 
 
 def test_mba_regulariser_matches_formula() -> None:
@@ -280,3 +310,57 @@ def test_unknown_config_key_and_bad_values_are_rejected() -> None:
         ModelConfig.from_dict({"embed_dims": 4})
     with pytest.raises(ValueError, match="attention_norm"):
         ModelConfig(attention_norm="sparsemax")
+
+
+class _NoHostSync(torch.overrides.TorchFunctionMode):
+    """Fails on any call that copies a tensor's value to the host (on a GPU each is a stall)."""
+
+    SYNCS = (torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.tolist, torch.Tensor.__int__,
+             torch.Tensor.__float__, torch.Tensor.numpy)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if func in self.SYNCS:
+            raise AssertionError(f"host sync: {func.__name__}")
+        return func(*args, **(kwargs or {}))
+
+
+def _reference_batch_statistics(dice: Dice, x: torch.Tensor, mask: torch.Tensor | None) -> tuple:
+    """Dice's masked statistics as they were computed with a Python branch on n (and a host sync)."""
+    flat = x.reshape(-1, x.shape[-1])
+    weight = torch.ones(1, flat.shape[0]) if mask is None else mask.reshape(1, -1).to(x.dtype)
+    n = weight.sum()
+    if n.item() == 0:
+        return x - dice.running_mean, dice.running_var
+    mean = (weight @ flat).squeeze(0) / n
+    centered = x - mean
+    var = (weight @ centered.reshape(-1, x.shape[-1]).square()).squeeze(0) / n
+    with torch.no_grad():
+        unbiased = var * (n / (n - 1)) if n > 1 else var
+        dice.running_mean.lerp_(mean.detach(), dice.momentum)
+        dice.running_var.lerp_(unbiased.detach(), dice.momentum)
+    return centered, var
+
+
+@pytest.mark.parametrize("lengths", [[3, 0, 5, 2], [0, 0, 0, 0], [1, 0, 0, 0], [5, 5, 5, 5], None],
+                         ids=["ragged", "all-empty", "one-real", "full", "no-mask"])
+def test_dice_training_statistics_need_no_host_sync_and_are_unchanged(lengths: list[int] | None) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 3) * 3 + 1
+    mask = history_mask(torch.tensor(lengths), 5) if lengths is not None else None
+    dice, reference = Dice(3, momentum=0.3), Dice(3, momentum=0.3)
+    for d in (dice, reference):
+        d.running_mean.fill_(0.7)
+        d.running_var.fill_(2.5)
+        d.alpha.data = torch.tensor([0.1, -0.2, 0.3])
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with _NoHostSync():
+        out = dice(xa, mask)
+        out.sum().backward()
+    reference._batch_statistics = lambda x, mask: _reference_batch_statistics(reference, x, mask)
+    expected = reference(xb, mask)
+    expected.sum().backward()
+    # bitwise: the same operations on the same values, only the branch moved onto the device
+    assert torch.equal(out, expected) and torch.equal(xa.grad, xb.grad)
+    assert torch.equal(dice.alpha.grad, reference.alpha.grad)
+    assert torch.equal(dice.running_mean, reference.running_mean)
+    assert torch.equal(dice.running_var, reference.running_var)

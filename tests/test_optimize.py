@@ -213,17 +213,6 @@ def test_snapshot_keeps_the_weights_it_was_made_with() -> None:
     assert not opt.training
 
 
-def test_embeddings_are_one_table_and_one_gather_per_field_group() -> None:
-    schema = make_schema()
-    model = trained(schema, ModelConfig(embed_dim=4))
-    emb = inference_module(model).embeddings
-    assert emb.table.shape[0] % 8 == 0 and all(offset % 8 == 0 for offset in emb.offsets.values())
-    x = make_batch(schema, 5, MAX_LEN, seed=4)
-    with torch.no_grad():
-        for got, expected in zip(emb(x), model.embeddings(x), strict=True):
-            torch.testing.assert_close(got, expected, rtol=0, atol=0)
-
-
 def test_attention_first_layer_is_factored() -> None:
     """No 4D-wide product per position remains: the unit's per-position weight is (D, H) per row."""
     schema = make_schema()

@@ -21,7 +21,7 @@ import pytest
 from din_runtime import InputError, Scorer, load_manifest
 from din_runtime.encode import encode_rows
 from din_runtime.manifest import Manifest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 OOV, PAD = 1, 0
@@ -207,26 +207,64 @@ def test_encoder_batch_is_the_rows_alone_padded(tmp_path):
 
 
 @st.composite
-def din_setups(draw) -> tuple[Any, Any, bool]:
-    from din_export.model import ACTIVATIONS, ATTENTION_NORMS, MODELS, ModelConfig
+def din_setups(draw) -> dict[str, Any]:
+    """A schema and model config as plain data (`build_setup` makes the objects), so that explicit
+    examples can be written without importing torch at collection time."""
+    from din_export.model import ACTIVATIONS, ATTENTION_NORMS, MODELS
+
+    n_behaviour, n_sparse = draw(st.integers(1, 3)), draw(st.integers(0, 2))
+    layer = st.integers(2, 6)
+    return {
+        "behaviour": n_behaviour, "sparse": n_sparse,
+        "dense": [(draw(st.floats(-5, 5)), draw(st.floats(0.5, 3))) for _ in range(draw(st.integers(0, 2)))],
+        "sizes": [draw(st.integers(3, 12)) for _ in range(n_behaviour + n_sparse)],
+        "max_len": draw(st.integers(1, 6)), "optimize": draw(st.booleans()),
+        "cfg": {"model": draw(st.sampled_from(MODELS)), "embed_dim": draw(st.integers(2, 4)),
+                "attention_hidden": draw(st.lists(layer, min_size=1, max_size=2)),
+                "attention_activation": draw(st.sampled_from(ACTIVATIONS)),
+                "attention_norm": draw(st.sampled_from(ATTENTION_NORMS)),
+                "mlp_hidden": draw(st.lists(layer, min_size=1, max_size=2)),
+                "mlp_activation": draw(st.sampled_from(ACTIVATIONS)),
+                "mlp_input_bn": draw(st.booleans()), "use_hist_sum": draw(st.booleans())},
+    }
+
+
+def build_setup(spec: dict[str, Any]) -> tuple[Any, Any, bool]:
+    from din_export.model import ModelConfig
     from din_export.schema import Behaviour, DenseField, Schema, SparseField
 
-    behaviour = tuple(Behaviour(f"t{i}", f"h{i}", f"bv{i}") for i in range(draw(st.integers(1, 3))))
-    sparse = tuple(SparseField(f"s{i}", f"sv{i}") for i in range(draw(st.integers(0, 2))))
-    dense = tuple(DenseField(f"d{i}", mean=draw(st.floats(-5, 5)), std=draw(st.floats(0.5, 3)))
-                  for i in range(draw(st.integers(0, 2))))
-    sizes = {f.vocab: draw(st.integers(3, 12)) for f in (*behaviour, *sparse)}
-    schema = Schema(max_len=draw(st.integers(1, 6)), behaviour=behaviour, vocab_sizes=sizes, sparse=sparse,
-                    dense=dense, group=sparse[0].name if sparse else "user", source="hypothesis", protocol="test")
-    layer = st.integers(2, 6)
-    cfg = ModelConfig(model=draw(st.sampled_from(MODELS)), embed_dim=draw(st.integers(2, 4)),
-                      attention_hidden=tuple(draw(st.lists(layer, min_size=1, max_size=2))),
-                      attention_activation=draw(st.sampled_from(ACTIVATIONS)),
-                      attention_norm=draw(st.sampled_from(ATTENTION_NORMS)),
-                      mlp_hidden=tuple(draw(st.lists(layer, min_size=1, max_size=2))),
-                      mlp_activation=draw(st.sampled_from(ACTIVATIONS)),
-                      mlp_input_bn=draw(st.booleans()), use_hist_sum=draw(st.booleans()))
-    return schema, cfg, draw(st.booleans())
+    behaviour = tuple(Behaviour(f"t{i}", f"h{i}", f"bv{i}") for i in range(spec["behaviour"]))
+    sparse = tuple(SparseField(f"s{i}", f"sv{i}") for i in range(spec["sparse"]))
+    dense = tuple(DenseField(f"d{i}", mean=m, std=s) for i, (m, s) in enumerate(spec["dense"]))
+    sizes = {f.vocab: size for f, size in zip((*behaviour, *sparse), spec["sizes"], strict=True)}
+    schema = Schema(max_len=spec["max_len"], behaviour=behaviour, vocab_sizes=sizes, sparse=sparse, dense=dense,
+                    group=sparse[0].name if sparse else "user", source="hypothesis", protocol="test")
+    return schema, ModelConfig.from_dict(spec["cfg"]), spec["optimize"]
+
+
+def _spec(optimize: bool = True, behaviour: int = 2, sparse: int = 1, dense: int = 1, max_len: int = 4,
+          **cfg: Any) -> dict[str, Any]:
+    base = {"model": "din", "embed_dim": 3, "attention_hidden": [4, 3], "attention_activation": "dice",
+            "attention_norm": "none", "mlp_hidden": [5, 3], "mlp_activation": "dice", "mlp_input_bn": True,
+            "use_hist_sum": True}
+    return {"behaviour": behaviour, "sparse": sparse, "dense": [(2.0, 1.5)] * dense,
+            "sizes": [5 + i for i in range(behaviour + sparse)], "max_len": max_len, "optimize": optimize,
+            "cfg": {**base, **cfg}}
+
+
+# Explicit examples run on every run, before the random ones: together they take every model, attention
+# norm, activation (in the unit and the MLP), pooling and input-normalisation choice, with and without
+# sparse or dense fields, through the optimised graph, so a defect in one branch cannot hide behind
+# which few random draws came up (the random examples then explore the combinations).
+EXAMPLES = [
+    _spec(attention_norm="softmax", use_hist_sum=False, dense=0),
+    _spec(attention_activation="prelu", mlp_activation="sigmoid", mlp_input_bn=False, sparse=0, dense=2,
+          max_len=1),
+    _spec(model="base", mlp_activation="relu", sparse=2, behaviour=1),
+    _spec(attention_activation="relu", attention_norm="softmax", mlp_activation="prelu", behaviour=3, dense=0,
+          sparse=0),
+    _spec(optimize=False, attention_activation="sigmoid", attention_norm="softmax", use_hist_sum=False),
+]
 
 
 def trained_briefly(schema: Any, cfg: Any, steps: int = 5, seed: int = 0) -> Any:
@@ -324,9 +362,14 @@ def raw_requests(schema: Any, rng: np.random.Generator, n: int) -> list[dict]:
 @settings(max_examples=5, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(din_setups())
+@example(EXAMPLES[0])
+@example(EXAMPLES[1])
+@example(EXAMPLES[2])
+@example(EXAMPLES[3])
+@example(EXAMPLES[4])
 def test_torch_onnx_parity_on_random_schemas(setup):
     pytest.importorskip("torch")
-    schema, cfg, optimize = setup
+    schema, cfg, optimize = build_setup(setup)
     model = trained_briefly(schema, cfg)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:

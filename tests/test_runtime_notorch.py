@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +17,7 @@ import numpy as np
 import pytest
 from din_runtime import Scorer
 from runtime_fixtures import build_model_dir, request
-
-REPO = Path(__file__).resolve().parents[1]
+from wheel_helpers import build_wheel, pip
 
 CHECK = r"""
 import importlib.util, json, sys
@@ -34,24 +32,9 @@ print(json.dumps({"file": din_runtime.__file__, "scores": [float(p) for p in pro
 """
 
 
-def pip(python: Path | str, *args: str, cwd: Path) -> None:
-    done = subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", "-q", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"pip {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-
-
 @pytest.mark.slow
 def test_runtime_without_torch(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    shutil.copy(REPO / "pyproject.toml", src)
-    for package in ("runtime", "din_export"):
-        shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
-    readme = REPO / "README.md"
-    (src / "README.md").write_text(readme.read_text() if readme.exists() else "din-toolkit\n")
-    pip(sys.executable, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheels"), str(src),
-        cwd=tmp_path)
-    (wheel,) = (tmp_path / "wheels").glob("din_toolkit-*.whl")
+    wheel = build_wheel(tmp_path)
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
