@@ -234,46 +234,61 @@ export async function sha256Hex(bytes) {
 }
 
 /**
- * A float32 value as numpy's str() prints it (as din-score does): the shortest digits that read back as
- * the same float32, positional for 1e-4 <= |x| < 1e16, else scientific with a two-digit exponent.
+ * A float32 value as numpy's str() prints it (as din-score does): the shortest digits that read back as the
+ * same float32 (of equally short ones the nearest, ties to an even digit), positional for 1e-4 <= |x| < 1e6
+ * (numpy's range for float32), else scientific with an exponent of at least two digits.
  */
 export function float32Repr(x) {
   if (Number.isNaN(x)) return "nan";
   if (!Number.isFinite(x)) return x > 0 ? "inf" : "-inf";
   if (x === 0) return Object.is(x, -0) ? "-0.0" : "0.0";
   const sign = x < 0 ? "-" : "";
-  const [digits, exp] = shortestDigits(Math.abs(x));
-  if (Math.abs(x) >= 1e-4 && Math.abs(x) < 1e16) {
+  const abs = Math.abs(x);
+  const [digits, exp] = shortestDigits(abs);
+  if (abs >= 1e-4 && abs < 1e6) {
     if (exp < 0) return `${sign}0.${"0".repeat(-exp - 1)}${digits}`;
     const whole = digits.slice(0, exp + 1).padEnd(exp + 1, "0");
-    const frac = digits.slice(exp + 1) || "0";
-    return `${sign}${whole}.${frac}`;
+    return `${sign}${whole}.${digits.slice(exp + 1) || "0"}`;
   }
   const mantissa = digits.length > 1 ? `${digits[0]}.${digits.slice(1)}` : digits;
-  const e = `${exp < 0 ? "-" : "+"}${String(Math.abs(exp)).padStart(2, "0")}`;
-  return `${sign}${mantissa}e${e}`;
+  return `${sign}${mantissa}e${exp < 0 ? "-" : "+"}${String(Math.abs(exp)).padStart(2, "0")}`;
 }
 
-/** [digits, exponent] of the shortest decimal d.ddd x 10^exponent that rounds to the float32 `x` (> 0); of equally short ones, the nearest. */
+const pow = (base, n) => base ** BigInt(Math.max(n, 0));
+
+/**
+ * [digits, exponent] of the shortest decimal d.ddd x 10^exponent inside the rounding interval of the float32
+ * `x` (> 0), found with exact integer arithmetic; of equally short ones the nearest to x, ties to even.
+ */
 function shortestDigits(x) {
+  const bits = new Uint32Array(Float32Array.of(x).buffer)[0];
+  const biased = (bits >>> 23) & 0xff;
+  const fraction = bits & 0x7fffff;
+  const m = BigInt(biased ? fraction + 0x800000 : fraction);
+  const e = (biased ? biased : 1) - 152; // x = 4m * 2^e: the midpoints to its neighbours are integers too
+  const twoE = 2n ** BigInt(Math.max(-e, 0));
+  // At a power of two the float below is half as far away as the one above.
+  const below = biased > 1 && fraction === 0 ? 1n : 2n;
+  const inclusive = m % 2n === 0n; // round half to even: an even mantissa owns its interval's ends
   for (let p = 1; p <= 9; p++) {
-    const [m, e] = x.toExponential(p - 1).split("e");
-    const nearest = BigInt(m.replace(".", ""));
-    const exp = Number(e);
-    // toExponential gives the nearest p-digit decimal; where the float32's rounding interval is lopsided
-    // (at a power of two) a neighbour may round back to x when the nearest does not.
+    const [mant, ex] = x.toExponential(p - 1).split("e");
+    const nearest = BigInt(mant.replace(".", ""));
+    const k = Number(ex) - p + 1; // the candidate's value is c * 10^k
+    // Both sides scaled to integers by 10^max(-k, 0) * 2^max(-e, 0).
+    const scale = (t) => t * pow(2n, e) * pow(10n, -k);
+    const [lo, mid, hi] = [scale(4n * m - below), scale(4n * m), scale(4n * m + 2n)];
     let best = null;
-    for (const cand of [nearest, nearest - 1n, nearest + 1n]) {
-      const value = Number(`${cand}e${exp - p + 1}`);
-      if (cand > 0n && Math.fround(value) === x && (best === null || Math.abs(value - x) < best.dist)) {
-        best = { cand, dist: Math.abs(value - x) };
-      }
+    for (const c of [nearest - 1n, nearest, nearest + 1n]) {
+      const v = c * pow(10n, k) * twoE;
+      const inside = inclusive ? lo <= v && v <= hi : lo < v && v < hi;
+      if (c <= 0n || !inside) continue;
+      const dist = v > mid ? v - mid : mid - v;
+      if (best === null || dist < best.dist || (dist === best.dist && c % 2n === 0n)) best = { c, dist };
     }
     if (best !== null) {
-      let digits = best.cand.toString();
-      const shift = digits.length - p; // a carry (9.99 + 1 ulp = 10.00) adds a digit
-      digits = digits.replace(/0+$/, "") || "0";
-      return [digits, exp + shift];
+      const text = best.c.toString();
+      // A carry (9.99 + 1 ulp = 10.00) or a borrow (1.00 - 1 ulp = 0.999) changes the number of digits.
+      return [text.replace(/0+$/, "") || "0", k + text.length - 1];
     }
   }
   throw new Error(`${x} is not a float32`);
