@@ -15,7 +15,8 @@ const DEFAULT_CATEGORIES = 3;
 ort.env.wasm.numThreads = 1;
 
 const $ = (id) => document.getElementById(id);
-const state = { spec: null, session: null, shop: null, allCategories: [], shopper: null, history: null, categories: new Set() };
+const state = { spec: null, session: null, shop: null, allCategories: [], shopper: null, history: null,
+  categories: new Set(), ticket: 0 };
 
 function status(text, error = false) {
   $("status").textContent = text;
@@ -113,8 +114,10 @@ async function rank() {
   const candidates = state.shop.catalog.filter((c) => c.new || state.categories.has(c.cate_id));
   const rows = candidates.map((c) => ({ ...user, item_id: c.item_id, cate_id: c.cate_id, price: c.price }));
   const t0 = performance.now();
+  const ticket = ++state.ticket;
   const { prob, oov } = await scoreRows(state.session, state.spec, rows, ort.Tensor);
   const ms = performance.now() - t0;
+  if (ticket !== state.ticket) return; // a later change is being ranked: show that one only
   const order = candidates.map((_, k) => k).sort((a, b) => prob[b] - prob[a] || a - b);
   // Every row shares the history, so the fewest unseen ids of any row is the history's share (exact when
   // one candidate's item and category are known, as in any ranking this page shows).
