@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": ("din_export.train", "predict_command", "Score raw requests with the torch model."),
     "export": ("din_export.export", "export_command", "Export a run to an ONNX model directory, verified."),
     "verify": ("din_export.verify", "verify_command", "Check an exported model against its torch run."),
+    "portable": ("din_export.portable", "portable_command", "Add portable.onnx (raw ids in) to a model directory."),
     "explain": ("din_export.explain", "explain_command", "Show the attention over one request's history."),
     "bench": ("din_export.bench", "bench_command", "Benchmark torch, ONNX variants and DeepCTR-Torch."),
 }

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from din_export import __version__
 from din_export.cli import CONTEXT_SETTINGS
 from din_export.optimize import candidate_module, inference_module
+from din_export.portable import PORTABLE_FILE, build_portable, portable_entry
 from din_export.schema import OOV_INDEX, PAD_INDEX, Schema, write_bytes_atomic, write_json_atomic
 from din_export.train import load_run
 from din_export.triton import NAME_PATTERN, TritonError, sibling_temp_dir, write_triton_model
@@ -451,17 +452,22 @@ def _read_json(path: Path) -> dict:
 def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, precision: str = "fp32",
                quantize: str | None = None, with_attention: bool = False, optimize: bool = True,
                tolerance: float | None = None, triton_repo: str | Path | None = None, triton_name: str = "din",
-               force: bool = False, example: tuple[int, int] | None = None, candidates: bool = True) -> dict[str, Any]:
+               force: bool = False, example: tuple[int, int] | None = None, candidates: bool = True,
+               portable: bool = True, triton_portable: bool = False) -> dict[str, Any]:
     """Export, check, write to a temporary sibling of `out`, verify there, then rename; returns the manifest.
 
     `example`: the (batch, seq) to trace with, default `example_sizes(schema)`. `candidates`: also write
     the candidate graph (CANDIDATE_FILE, declared in the manifest's "candidates"); optimised exports only.
+    `portable`: also write PORTABLE_FILE, the model with its encoder inside (raw ids in, manifest "portable").
+    `triton_portable`: the Triton model serves the portable graph (raw ids, TYPE_STRING) instead of model.onnx.
     """
     run_dir, out = Path(run_dir), Path(out)
     if precision == "fp16" and quantize:
         raise click.UsageError("--precision fp16 and --quantize int8 are alternatives; pick one")
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; pass --force to replace it")
+    if triton_portable and (triton_repo is None or not portable):
+        raise click.UsageError("--triton-portable needs --triton REPO and the portable graph")
     if triton_repo is not None:
         if not NAME_PATTERN.fullmatch(triton_name):
             raise click.BadParameter(f"{triton_name!r} must match {NAME_PATTERN.pattern}", param_hint="--triton-name")
@@ -490,6 +496,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
                                   "sha256": hashlib.sha256(extra_files[CANDIDATE_FILE]).hexdigest(),
                                   "inputs": [t.to_manifest() for t in cspec.inputs],
                                   "outputs": [t.to_manifest() for t in cspec.outputs]}
+    if portable:
+        vocabs = {v: json.loads((data_dir / "vocab" / f"{v}.json").read_text(encoding="utf-8"))
+                  for v in vocab_names(schema)}
+        extra_files[PORTABLE_FILE], entry = build_portable(model_bytes, schema, vocabs)
+        manifest["portable"] = portable_entry(extra_files[PORTABLE_FILE], entry)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = sibling_temp_dir(out)
@@ -515,9 +526,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
         if tmp.exists():
             shutil.rmtree(tmp)
     if triton_repo is not None:
+        served = manifest["portable"] if triton_portable else manifest
         try:
-            write_triton_model(Path(triton_repo), triton_name, model_bytes, manifest["inputs"], manifest["outputs"],
-                               force=force)
+            write_triton_model(Path(triton_repo), triton_name,
+                               extra_files[PORTABLE_FILE] if triton_portable else model_bytes,
+                               served["inputs"], served["outputs"], force=force)
         except (TritonError, OSError) as e:
             raise ExportError(f"wrote {out}, but not the Triton model: {e}") from e
     return manifest
@@ -537,20 +550,25 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
 @click.option("--triton", "triton_repo", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write REPO/NAME/1/model.onnx and REPO/NAME/config.pbtxt for Triton.")
 @click.option("--triton-name", default="din", show_default=True, help="Model name in the Triton repository.")
+@click.option("--triton-portable", is_flag=True,
+              help=f"With --triton: serve {PORTABLE_FILE} (raw ids, strings as TYPE_STRING) instead of model.onnx.")
 @click.option("--no-optimize", is_flag=True, help="Export the plain model instead of the exact inference rewrite.")
 @click.option("--no-candidate-graph", is_flag=True,
               help=f"Do not write {CANDIDATE_FILE}, the one-user x many-candidates graph (optimised exports only).")
+@click.option("--no-portable-graph", is_flag=True,
+              help=f"Do not write {PORTABLE_FILE}, the graph that takes raw ids (docs/export.md).")
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Max abs probability difference vs torch (default: 1e-5 fp32, 1e-3 fp16, int8 policy).")
 @click.option("--force", is_flag=True, help="Replace an existing model directory / Triton model.")
 def export_command(run_dir: Path, out: Path, opset: int, precision: str, quantize: str | None, with_attention: bool,
-                   triton_repo: Path | None, triton_name: str, no_optimize: bool, no_candidate_graph: bool,
-                   tolerance: float | None, force: bool) -> None:
+                   triton_repo: Path | None, triton_name: str, triton_portable: bool, no_optimize: bool,
+                   no_candidate_graph: bool, no_portable_graph: bool, tolerance: float | None, force: bool) -> None:
     """Export RUN_DIR to an ONNX model directory, verified against torch before it is written."""
     manifest = export_run(run_dir, out, opset=opset, precision=precision, quantize=quantize,
                           with_attention=with_attention, optimize=not no_optimize, tolerance=tolerance,
                           triton_repo=triton_repo, triton_name=triton_name, force=force,
-                          candidates=not no_candidate_graph)
+                          candidates=not no_candidate_graph, portable=not no_portable_graph,
+                          triton_portable=triton_portable)
     click.echo(format_report(manifest["parity"]))
     click.echo(f"wrote {out} (sha256 {manifest['sha256'][:16]}...)")
     if triton_repo is not None:

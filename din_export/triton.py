@@ -19,7 +19,7 @@ from typing import Any
 
 from din_export.schema import write_bytes_atomic
 
-TRITON_DTYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32"}
+TRITON_DTYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "string": "TYPE_STRING"}
 MAX_BATCH_SIZE = 1024
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 

@@ -13,6 +13,10 @@ repeated, at candidates {1, 3, 64, 257} x the same histories, and for validation
 Failures raise one named error: ShapeError (an output has the wrong shape), DynamicAxisError (an
 interface dim is fixed, or the model fails at some size), ToleranceError (a difference above the
 variant's tolerance, see POLICY).
+
+A portable graph (manifest "portable": raw ids in) is scored on raw requests against Scorer.score and
+torch (`verify_portable`); its own failures are PortableGraphError (hash, IR version, domains,
+interface) and PortableScorerError (scores or OOV counts differ from the runtime's).
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ import onnxruntime as ort
 import torch
 from din_runtime import Scorer
 from din_runtime.errors import DinRuntimeError
+from din_runtime.manifest import read_portable
 from din_runtime.metrics import auc
 from torch import nn
 
 from din_export.cli import CONTEXT_SETTINGS
 from din_export.data import DataError, load_split
+from din_export.portable import SCORER_TOLERANCE, PortableError, check_portable
+from din_export.portable_check import PortableRunError, check_against_scorer
 from din_export.schema import Schema, write_json_atomic
 from din_export.train import load_run
 
@@ -72,6 +79,14 @@ class DynamicAxisError(VerifyError):
 
 class ToleranceError(VerifyError):
     """The exported model's outputs differ from torch's by more than the tolerance (or are not finite)."""
+
+
+class PortableGraphError(VerifyError):
+    """portable.onnx is not the file the manifest declares (hash, IR version, domains, inputs, outputs)."""
+
+
+class PortableScorerError(VerifyError):
+    """portable.onnx scores raw requests differently from Scorer.score, or counts other OOV ids."""
 
 
 def resolve_data_dir(run_dir: Path, config: dict) -> Path:
@@ -249,6 +264,8 @@ def verify_model_dir(model_dir: str | Path, model: nn.Module, schema: Schema, da
         v = report["validation"] = validate(exported, model, schema, valid, with_attention)
         if "candidates" in manifest:
             report["candidates"] = verify_candidates(model_dir, manifest, model, schema, valid, rng)
+        if "portable" in manifest:
+            report["portable"] = verify_portable(exported, model)
         rows = report["shapes"] + [v]
         report["max_abs_diff"] = {k: max((r[k] for r in rows), key=_nan_high) for k in ("prob", "logit")}
         report["variant"] = {"name": variant, "precision": manifest.get("precision", "fp32"),
@@ -261,6 +278,9 @@ def verify_model_dir(model_dir: str | Path, model: nn.Module, schema: Schema, da
             report["variant"]["max_abs_diff_prob_candidates"] = max((r["prob"] for r in report["candidates"]),
                                                                     key=_nan_high)
         judge(report, policy)
+        if "portable" in report:
+            judge_portable(report["portable"], policy)
+            report["variant"]["max_abs_diff_prob_portable"] = report["portable"]["max_abs_diff_prob_ref"]
     except VerifyError as e:
         report["error"] = e.message
         e.report = json_safe(report)
@@ -375,6 +395,42 @@ def verify_candidates(model_dir: Path, manifest: dict, model: nn.Module, schema:
     return rows
 
 
+def verify_portable(exported: ExportedModel, model: nn.Module) -> dict[str, Any]:
+    """portable.onnx on raw requests built from the vocabularies (portable_check.check_cases: known and
+    unseen ids, empty and longer-than-max_len histories, batch 1 to 257): its hash and interface, then its
+    scores against Scorer.score on the same rows and against the torch model on the rows the runtime encodes."""
+    scorer = exported.scorer
+    entry = exported.manifest["portable"]
+    try:
+        data = read_portable(scorer.manifest)
+        check_portable(onnx.load_from_string(data), entry["inputs"], entry["outputs"])
+    except (DinRuntimeError, PortableError) as e:
+        raise PortableGraphError(str(e.message if isinstance(e, PortableError) else e)) from e
+    try:
+        return check_against_scorer(data, entry, scorer,
+                                    reference=lambda arrays: torch_outputs(model, arrays, with_attention=False))
+    except PortableRunError as e:
+        raise DynamicAxisError(str(e)) from e
+
+
+def judge_portable(portable: dict[str, Any], policy: dict[str, float | None]) -> None:
+    """Every case: the shape, the OOV counts and the scores of Scorer.score (to SCORER_TOLERANCE: the same
+    arrays go into the same model), then the torch model within the variant's tolerance."""
+    for case in portable["cases"]:
+        where = f"portable.onnx at {case['case']}"
+        if not case["shape_ok"]:
+            raise ShapeError(f"{where}: an output does not have shape ({case['rows']},)")
+        if not case["oov_equal"]:
+            raise PortableScorerError(f"{where}: the 'oov' output differs from the ids din_runtime maps to OOV")
+        if not case["prob"] <= SCORER_TOLERANCE:  # also NaN
+            raise PortableScorerError(f"{where}: max abs diff prob {case['prob']:.3g} to Scorer.score exceeds "
+                                      f"{SCORER_TOLERANCE:g}")
+        row = {"prob": case["prob_ref"], "logit": case["logit_ref"], "logit_rel": case["logit_rel_ref"]}
+        if not within(row, policy):
+            raise ToleranceError(f"{where}: {describe(row)} to torch exceeds the tolerance (probability "
+                                 f"{policy['prob']:g}, relative logit {policy['logit_rel']})")
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The per-shape differences as a table, then the validation line. null (non-finite) shows as nan."""
     def num(x: float | None, spec: str) -> str:
@@ -391,6 +447,12 @@ def format_report(report: dict[str, Any]) -> str:
         worst = max(cand, key=lambda r: _nan_high(math.nan if r["prob"] is None else r["prob"]))
         lines.append(f"candidate graph: {len(cand)} (user, candidates, seq) cases, max abs diff prob "
                      f"{num(worst['prob'], '.2e')}, logit {num(worst['logit'], '.2e')}")
+    portable = report.get("portable")
+    if portable:
+        lines.append(f"portable graph: {portable['rows']} raw rows in {len(portable['cases'])} batches "
+                     f"({portable['oov_ids']} unseen ids), max abs diff prob "
+                     f"{num(portable['max_abs_diff_prob'], '.2e')} to Scorer.score, "
+                     f"{num(portable.get('max_abs_diff_prob_ref'), '.2e')} to torch")
     v = report.get("validation")
     if v:
         lines.append(f"validation: {v['rows']} rows, max abs diff prob {num(v['prob'], '.2e')}, logit "

@@ -6,6 +6,7 @@ may come from someone else, and a manifest must not make the runtime read arbitr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -15,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
 
-from din_runtime.errors import ManifestError, ModelDirError
+from din_runtime.errors import IntegrityError, ManifestError, ModelDirError
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "din-model"
@@ -65,6 +66,9 @@ class Manifest:
     # The optional candidate graph (one user's history x many candidates): its file and SHA-256, or None.
     candidate_file: str | None = None
     candidate_sha256: str | None = None
+    # The optional portable graph (raw ids in, manifest "portable"): its file and SHA-256, or None.
+    portable_file: str | None = None
+    portable_sha256: str | None = None
 
     @property
     def model_path(self) -> Path:
@@ -73,6 +77,10 @@ class Manifest:
     @property
     def candidate_path(self) -> Path | None:
         return None if self.candidate_file is None else self.model_dir / self.candidate_file
+
+    @property
+    def portable_path(self) -> Path | None:
+        return None if self.portable_file is None else self.model_dir / self.portable_file
 
     @property
     def histories(self) -> tuple[str, ...]:
@@ -157,6 +165,7 @@ def load_manifest(model_dir: str | Path) -> Manifest:
         vocabs[name] = _load_vocab(root, name, vocab_files[name], sizes[name])
     _check_input_entries(raw["inputs"], sparse, behaviour, dense)
     candidate_file, candidate_sha = _candidate_graph(root, raw, inputs)
+    portable_file, portable_sha = _portable_graph(root, raw, sparse, behaviour, dense)
 
     return Manifest(
         model_dir=root, model_file=model_file, sha256=sha, max_len=max_len, group=group, sparse=sparse,
@@ -164,6 +173,7 @@ def load_manifest(model_dir: str | Path) -> Manifest:
         vocabs=MappingProxyType({k: MappingProxyType(v) for k, v in vocabs.items()}),
         inputs=inputs, outputs=outputs, raw=MappingProxyType(raw),
         candidate_file=candidate_file, candidate_sha256=candidate_sha,
+        portable_file=portable_file, portable_sha256=portable_sha,
     )
 
 
@@ -192,6 +202,72 @@ def _candidate_graph(root: Path, raw: dict, inputs: tuple[str, ...]) -> tuple[st
     if "prob" not in outputs:
         raise ManifestError(f"manifest candidates outputs {outputs} have no 'prob'")
     return model_file, sha
+
+
+_PORTABLE_DTYPES = {"id": ("string", "int64"), "history": ("string", "int64"), "length": ("int64",),
+                    "dense": ("float32",)}
+
+
+def _portable_graph(root: Path, raw: dict, sparse: tuple[Sparse, ...], behaviour: tuple[Behaviour, ...],
+                    dense: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """The optional "portable" entry (portable.onnx, raw ids in; docs/design.md): (file, sha256), or (None, None).
+
+    Its inputs must be the request fields the schema names, each with a kind and a dtype the graph can
+    take, and an int64 id field must name the sentinel a caller passes for an id that cannot be a key:
+    a caller outside Python builds its tensors from this entry alone.
+    """
+    entry = raw.get("portable")
+    if entry is None:
+        return None, None
+    if not isinstance(entry, dict):
+        raise ManifestError(f"manifest 'portable' must be an object, got {entry!r:.80}")
+    file = _str(entry, "file", "manifest portable")
+    _inside(root, file, "portable file")
+    sha = _str(entry, "sha256", "manifest portable").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise ManifestError(f"manifest portable sha256 must be 64 hex digits, got {entry['sha256']!r}")
+    kinds = {s.name: "id" for s in sparse}
+    kinds.update({b.target: "id" for b in behaviour})
+    kinds.update({b.history: "history" for b in behaviour})
+    kinds["hist_len"] = "length"
+    kinds.update({d: "dense" for d in dense})
+    entries = _list_of_objects(entry, "inputs", required=True)
+    names = [_str(i, "name", "manifest portable inputs") for i in entries]
+    if sorted(names) != sorted(kinds):
+        raise ManifestError(f"manifest portable inputs {names} are not the schema's request fields {list(kinds)}")
+    for i in entries:
+        name, kind = i["name"], kinds[i["name"]]
+        if i.get("kind") != kind or i.get("dtype") not in _PORTABLE_DTYPES[kind]:
+            raise ManifestError(f"manifest portable input {name!r} must be kind {kind!r} with a dtype in "
+                                f"{list(_PORTABLE_DTYPES[kind])}, got {i.get('kind')!r} {i.get('dtype')!r}")
+        if kind in ("id", "history") and i["dtype"] == "int64" and type(i.get("oov_int64_sentinel")) is not int:
+            raise ManifestError(f"manifest portable input {name!r} takes int64 ids but names no integer "
+                                f"'oov_int64_sentinel'")
+    outputs = [_str(o, "name", "manifest portable outputs") for o in _list_of_objects(entry, "outputs", required=True)]
+    if not {"prob", "logit", "oov"} <= set(outputs):
+        raise ManifestError(f"manifest portable outputs {outputs} lack one of 'prob', 'logit', 'oov'")
+    return file, sha
+
+
+def read_portable(manifest: Manifest) -> bytes:
+    """portable.onnx's bytes, checked against the manifest's SHA-256 (IntegrityError if they differ).
+
+    Read on demand, not by `load_manifest`: the Scorer does not use the portable graph, and a large
+    vocabulary makes it megabytes. Serve or embed these bytes, not the file, so what runs is what was checked.
+    """
+    path = manifest.portable_path
+    if path is None:
+        raise ManifestError(f"{manifest.model_dir} has no portable graph (manifest 'portable'); add one with "
+                            "`din-export portable MODEL_DIR`")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise IntegrityError(f"cannot read {path}: {e.strerror}") from e
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest.portable_sha256:
+        raise IntegrityError(f"{path} has SHA-256 {digest}, the manifest says {manifest.portable_sha256}: the "
+                             f"file was changed or damaged after export")
+    return data
 
 
 def _read_manifest(root: Path) -> dict:

@@ -40,6 +40,37 @@ def candidate_parity(manifest: dict) -> str:
             f"{len(cases)} (user, candidates, history) cases.\n")
 
 
+def portable_section(model_dir: Path, manifest: dict) -> str:
+    """The portable graph's section (raw ids in; parity and size), or nothing for a directory without one."""
+    entry = manifest.get("portable")
+    if entry is None:
+        return ""
+    # `din-export export` verifies it against torch and the runtime (parity "portable"); `din-export portable`
+    # added to an existing directory checks it against the runtime only ("check" in its entry).
+    check = manifest.get("parity", {}).get("portable") or entry["check"]
+    size = (model_dir / entry["file"]).stat().st_size
+    model_size = (model_dir / manifest["model_file"]).stat().st_size
+    dtypes = ", ".join(f"{i['name']} {i['dtype']}" for i in entry["inputs"])
+    torch_line = (f"max absolute difference {check['max_abs_diff_prob_ref']:.2e} to the torch model"
+                  if "max_abs_diff_prob_ref" in check else
+                  "not compared with torch directly:\nit was added to this directory by `din-export portable "
+                  "models/demo`, and model.onnx itself is within the parity above")
+    return f"""
+## Portable graph (raw ids in)
+
+{entry['file']} is the same model with the encoder inside, for callers outside Python (Node.js, a browser,
+C++/Java/C#): raw ids in; `prob`, `logit` and `oov` (unseen ids per row) out. IR version {entry['ir_version']},
+opset {entry['opset']} + ai.onnx.ml {entry['ml_opset']}; inputs (manifest "portable"):
+{dtypes}.
+
+On {check['rows']:,} raw request rows in {len(check['cases'])} batches (batch 1 to 257, empty histories,
+histories longer than {manifest['schema']['max_len']}, {check['oov_ids']:,} unseen ids) its probabilities differ from
+`Scorer.score` by at most {check['max_abs_diff_prob']:.2e}, and it counts the same unseen ids; {torch_line}.
+
+Size {size:,} bytes ({size / model_size:.2f}x model.onnx), sha256 `{entry['sha256']}`.
+"""
+
+
 def card(model_dir: Path, data_dir: Path) -> str:
     manifest = json.loads((model_dir / "manifest.json").read_text())
     stats = json.loads((data_dir / "stats.json").read_text())
@@ -102,11 +133,12 @@ Selected on validation GAUC: best epoch {metrics['best_epoch']} of {metrics['epo
 Max absolute difference in probability {variant['max_abs_diff_prob']:.2e}, in logit
 {variant['max_abs_diff_logit']:.2e}, over {variant['valid_rows']:,} validation rows and a grid of
 {len(parity['shapes'])} batch x history sizes; tolerance {parity['tolerance']['prob']:g}.
-{candidate_parity(manifest)}
+{candidate_parity(manifest)}{portable_section(model_dir, manifest)}
 ## Size
 
 model.onnx {len(onnx_bytes):,} bytes, sha256 `{hashlib.sha256(onnx_bytes).hexdigest()}`;
-the whole directory (model, {'candidate graph, ' if 'candidates' in manifest else ''}manifest, vocabularies) \
+the whole directory (model, {'candidate graph, ' if 'candidates' in manifest else ''}\
+{'portable graph, ' if 'portable' in manifest else ''}manifest, vocabularies) \
 {total:,} bytes.
 
 ## Versions

@@ -145,3 +145,22 @@ EXPORTS: dict[str, dict] = {
 def triton_repo() -> Path:
     exported("fp32")
     return _ROOT / "triton"
+
+
+@functools.cache
+def exported_int64_ids() -> Path:
+    """A run whose item_id vocabulary is all decimal integers (so portable.onnx takes item ids as int64 and
+    category ids as strings), exported with its portable graph served in a Triton repository."""
+    from din_export.export import export_run
+
+    root = _ROOT / "int64-ids"
+    run = make_run(root)
+    size = VOCAB_SIZES["item_id"] - 2
+    (root / "data" / "vocab" / "item_id.json").write_text(json.dumps([str(1000 + 7 * i) for i in range(size)]))
+    with one_torch_thread():
+        export_run(run, root / "model", candidates=False, triton_repo=root / "triton", triton_portable=True)
+    return root / "model"
+
+
+def triton_portable_repo() -> Path:
+    return exported_int64_ids().parent / "triton"

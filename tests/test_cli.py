@@ -35,8 +35,8 @@ def options(command: click.Command) -> dict[str, click.Option]:
 
 
 def test_every_command_of_the_group_is_listed() -> None:
-    assert set(export_cli.COMMANDS) == {"prepare", "train", "evaluate", "predict", "export", "verify", "explain",
-                                        "bench"}
+    assert set(export_cli.COMMANDS) == {"prepare", "train", "evaluate", "predict", "export", "verify", "portable",
+                                        "explain", "bench"}
     assert all(isinstance(c, click.Command) for c in COMMANDS.values())
 
 

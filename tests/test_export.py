@@ -32,6 +32,7 @@ from din_export.export import (
     gemm_to_matmul,
     graph_spec,
 )
+from din_export.portable import PORTABLE_FILE
 from din_export.schema import Schema
 from din_export.train import load_run
 from din_export.verify import GRID_BATCHES, ToleranceError, grid_seqs, random_inputs, torch_outputs
@@ -166,7 +167,7 @@ def test_manifest_describes_the_directory(name: str) -> None:
 @pytest.mark.parametrize("name", ["fp32", "plain", "fp16", "int8"])
 def test_directory_is_self_contained_and_graph_passes_its_checks(name: str) -> None:
     model_dir = exported(name)
-    files = ["manifest.json", MODEL_FILE, "vocab"] + ([] if name == "plain" else [CANDIDATE_FILE])
+    files = ["manifest.json", MODEL_FILE, PORTABLE_FILE, "vocab"] + ([] if name == "plain" else [CANDIDATE_FILE])
     assert sorted(p.name for p in model_dir.iterdir()) == sorted(files)
     assert not list(model_dir.parent.glob(f".{name}.*")), "a temporary sibling was left behind"
     umask = os.umask(0)

@@ -9,9 +9,10 @@ from typing import Any
 
 import onnx
 import pytest
-from export_helpers import exported, triton_repo
+from export_helpers import exported, exported_int64_ids, triton_portable_repo, triton_repo
 
 from din_export.export import MODEL_FILE
+from din_export.portable import PORTABLE_FILE
 from din_export.triton import TritonError, triton_config, write_triton_model
 
 TOKEN = re.compile(r'\s*(?:(?P<str>"[^"]*")|(?P<punct>[{}\[\]:,])|(?P<word>[^\s{}\[\]:,"]+))')
@@ -56,7 +57,8 @@ def parse_pbtxt(text: str) -> dict[str, Any]:
     return message(None)
 
 
-ONNX_TO_TRITON = {onnx.TensorProto.INT64: "TYPE_INT64", onnx.TensorProto.FLOAT: "TYPE_FP32"}
+ONNX_TO_TRITON = {onnx.TensorProto.INT64: "TYPE_INT64", onnx.TensorProto.FLOAT: "TYPE_FP32",
+                  onnx.TensorProto.STRING: "TYPE_STRING"}
 
 
 def triton_view(value: onnx.ValueInfoProto) -> dict[str, Any]:
@@ -82,6 +84,22 @@ def test_config_matches_the_model_it_serves() -> None:
     model_dir_bytes = (exported("fp32") / MODEL_FILE).read_bytes()
     assert (folder / "1" / MODEL_FILE).read_bytes() == model_dir_bytes
     assert sorted(p.name for p in triton_repo().iterdir()) == ["din"]
+
+
+def test_triton_portable_serves_raw_ids() -> None:
+    """--triton-portable: the portable graph, raw string ids as TYPE_STRING, int64 ids as TYPE_INT64, no encoder."""
+    folder = triton_portable_repo() / "din"
+    config = parse_pbtxt((folder / "config.pbtxt").read_text())
+    graph = onnx.load(folder / "1" / MODEL_FILE)
+    assert config["input"] == [triton_view(v) for v in graph.graph.input]
+    assert config["output"] == [triton_view(v) for v in graph.graph.output]
+    types = {i["name"]: i["data_type"] for i in config["input"]}
+    assert types == {"user_id": "TYPE_STRING", "item_id": "TYPE_INT64", "cate_id": "TYPE_STRING",
+                     "hist_item_id": "TYPE_INT64", "hist_cate_id": "TYPE_STRING", "hist_len": "TYPE_INT64",
+                     "age": "TYPE_FP32"}
+    assert [i["dims"] for i in config["input"] if i["name"] == "hist_cate_id"] == [[-1]]
+    assert [o["name"] for o in config["output"]] == ["prob", "logit", "oov"]
+    assert (folder / "1" / MODEL_FILE).read_bytes() == (exported_int64_ids() / PORTABLE_FILE).read_bytes()
 
 
 def test_the_parser_reads_what_triton_writes() -> None:
