@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from din_export import __version__
 from din_export.cli import CONTEXT_SETTINGS
 from din_export.optimize import candidate_module, inference_module
-from din_export.portable import PORTABLE_FILE, build_portable, portable_entry
+from din_export.portable import PORTABLE_FILE, build_portable, portable_entry, read_vocabs, supports_opset
 from din_export.schema import OOV_INDEX, PAD_INDEX, Schema, write_bytes_atomic, write_json_atomic
 from din_export.train import load_run
 from din_export.triton import NAME_PATTERN, TritonError, sibling_temp_dir, write_triton_model
@@ -468,6 +468,13 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
         raise ExportError(f"{out} already exists; pass --force to replace it")
     if triton_portable and (triton_repo is None or not portable):
         raise click.UsageError("--triton-portable needs --triton REPO and the portable graph")
+    if portable and not supports_opset(opset):
+        why = (f"opset {opset} needs an ONNX IR version that onnxruntime 1.17 and onnxruntime-web/-node 1.30 "
+               f"refuse; export at --opset 20 or lower for it")
+        if triton_portable:
+            raise click.UsageError(f"--triton-portable: {why}")
+        click.echo(f"note: {PORTABLE_FILE} is not written: {why}", err=True)
+        portable = False
     if triton_repo is not None:
         if not NAME_PATTERN.fullmatch(triton_name):
             raise click.BadParameter(f"{triton_name!r} must match {NAME_PATTERN.pattern}", param_hint="--triton-name")
@@ -497,8 +504,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
                                   "inputs": [t.to_manifest() for t in cspec.inputs],
                                   "outputs": [t.to_manifest() for t in cspec.outputs]}
     if portable:
-        vocabs = {v: json.loads((data_dir / "vocab" / f"{v}.json").read_text(encoding="utf-8"))
-                  for v in vocab_names(schema)}
+        vocabs = read_vocabs({v: data_dir / "vocab" / f"{v}.json" for v in vocab_names(schema)})
         extra_files[PORTABLE_FILE], entry = build_portable(model_bytes, schema, vocabs)
         manifest["portable"] = portable_entry(extra_files[PORTABLE_FILE], entry)
 

@@ -24,10 +24,13 @@ from typing import Any
 import click
 import numpy as np
 import onnx
+from din_runtime import Scorer
+from din_runtime.errors import DinRuntimeError
 from din_runtime.manifest import FIRST_KNOWN_INDEX, OOV_INDEX, PAD_INDEX
 from onnx import TensorProto, helper, numpy_helper
 
 from din_export.cli import CONTEXT_SETTINGS
+from din_export.portable_check import PortableRunError, check_against_scorer
 from din_export.schema import Schema, write_bytes_atomic, write_json_atomic
 
 PORTABLE_FILE = "portable.onnx"
@@ -35,8 +38,16 @@ ML_DOMAIN = "ai.onnx.ml"
 ML_OPSET = 2  # LabelEncoder-2, the version every onnxruntime since 1.0 and onnxruntime-web implement
 MAX_IR_VERSION = 9  # onnxruntime 1.17 reads up to IR 9
 # The graph feeds the wrapped model the very arrays din_runtime.encode builds, so the two agree to the
-# bit on one machine; the bound leaves room for float reassociation by another onnxruntime build only.
+# bit on one machine; the bound leaves room for float rounding only (the Scorer runs a CPU batch in
+# slices, docs/runtime.md "Chunking"). int8 graphs quantise each run's activations with that run's own
+# scale, so there the slices change scores within the quantisation error: the int8 probability bound.
 SCORER_TOLERANCE = 1e-6
+INT8_SCORER_TOLERANCE = 5e-2
+
+
+def scorer_tolerance(manifest: Mapping[str, Any]) -> float:
+    """How far portable.onnx may score from `Scorer.score` for this model directory's variant."""
+    return INT8_SCORER_TOLERANCE if manifest.get("quantize") == "int8" else SCORER_TOLERANCE
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _MODEL = "model/"  # prefix of every name of the wrapped model.onnx, so request field names are free for inputs
 _ENC = "encode/"
@@ -101,6 +112,15 @@ _ONNX_TYPES = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT, "string
 
 
 # --- The graph ----------------------------------------------------------------------------------------
+
+
+def _opset_imports(opset: int) -> list[onnx.OperatorSetIdProto]:
+    return [helper.make_opsetid("", opset), helper.make_opsetid(ML_DOMAIN, ML_OPSET)]
+
+
+def supports_opset(opset: int) -> bool:
+    """Whether a model.onnx at `opset` can be wrapped within MAX_IR_VERSION (opsets up to 20; 21 needs IR 10)."""
+    return helper.find_min_ir_version_for(_opset_imports(opset)) <= MAX_IR_VERSION
 
 
 class _Builder:
@@ -248,8 +268,7 @@ def build_portable(model_bytes: bytes, schema: Schema, vocabs: Mapping[str, Sequ
         initializer=initializers,
         value_info=[v for v in wrapped.graph.value_info if v.name in produced],
     )
-    opset_imports = [helper.make_opsetid("", opsets.get("", opsets.get("ai.onnx", 0))),
-                     helper.make_opsetid(ML_DOMAIN, ML_OPSET)]
+    opset_imports = _opset_imports(opsets.get("", opsets.get("ai.onnx", 0)))
     ir_version = helper.find_min_ir_version_for(opset_imports)
     if ir_version > MAX_IR_VERSION:
         raise PortableError(f"opset {opsets} needs IR version {ir_version}; onnxruntime 1.17 reads up to "
@@ -286,14 +305,14 @@ def check_portable(model: onnx.ModelProto, inputs: list[dict], outputs: list[dic
 # --- A model directory --------------------------------------------------------------------------------
 
 
-def read_vocabs(model_dir: Path, manifest: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Each vocabulary's ids in file order (index 2 onwards), as the manifest's vocab_files name them."""
+def read_vocabs(files: Mapping[str, Path]) -> dict[str, list[str]]:
+    """Each vocabulary's ids in file order (index 2 onwards), from {name: path}."""
     vocabs = {}
-    for name, rel in manifest["vocab_files"].items():
+    for name, path in files.items():
         try:
-            vocabs[name] = json.loads((model_dir / rel).read_text(encoding="utf-8"))
+            vocabs[name] = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise PortableError(f"cannot read vocabulary {name!r} from {model_dir / rel}: {e}") from e
+            raise PortableError(f"cannot read vocabulary {name!r} from {path}: {e}") from e
     return vocabs
 
 
@@ -303,14 +322,14 @@ def portable_entry(data: bytes, entry: dict) -> dict:
             **{k: v for k, v in entry.items() if k != "file"}}
 
 
-def judge_scorer_check(check: dict) -> dict:
+def judge_scorer_check(check: dict, tolerance: float) -> dict:
     """`check` if portable.onnx scored every case like `Scorer.score`, else PortableError naming the case."""
     for case in check["cases"]:
         if not case["shape_ok"]:
             raise PortableError(f"portable.onnx returns the wrong shape at {case['case']}")
-        if not case["prob"] <= SCORER_TOLERANCE:  # also catches NaN
+        if not case["prob"] <= tolerance:  # also catches NaN
             raise PortableError(f"portable.onnx differs from Scorer.score by {case['prob']:.3g} at {case['case']} "
-                                f"(allowed {SCORER_TOLERANCE:g})")
+                                f"(allowed {tolerance:g})")
         if not case["oov_equal"]:
             raise PortableError(f"portable.onnx counts other OOV ids than din_runtime at {case['case']}")
     return check
@@ -319,11 +338,6 @@ def judge_scorer_check(check: dict) -> dict:
 def add_portable(model_dir: str | Path, force: bool = False) -> dict:
     """Build MODEL_DIR/portable.onnx from its model.onnx and vocabularies, check it against `Scorer.score`
     on raw requests, then write it and its manifest entry; returns the entry."""
-    from din_runtime import Scorer
-    from din_runtime.errors import DinRuntimeError
-
-    from din_export.portable_check import PortableRunError, check_against_scorer
-
     model_dir = Path(model_dir)
     try:
         scorer = Scorer.load(model_dir)
@@ -333,10 +347,11 @@ def add_portable(model_dir: str | Path, force: bool = False) -> dict:
     if "portable" in manifest and not force:
         raise PortableError(f"{model_dir} already has {manifest['portable'].get('file')}; pass --force to rebuild it")
     schema = Schema.from_dict(manifest["schema"])
-    data, entry = build_portable(scorer.manifest.model_path.read_bytes(), schema, read_vocabs(model_dir, manifest))
+    vocabs = read_vocabs({name: model_dir / rel for name, rel in manifest["vocab_files"].items()})
+    data, entry = build_portable(scorer.manifest.model_path.read_bytes(), schema, vocabs)
     entry = portable_entry(data, entry)
     try:
-        entry["check"] = judge_scorer_check(check_against_scorer(data, entry, scorer))
+        entry["check"] = judge_scorer_check(check_against_scorer(data, entry, scorer), scorer_tolerance(manifest))
     except PortableRunError as e:
         raise PortableError(str(e)) from e
     write_bytes_atomic(model_dir / PORTABLE_FILE, data)

@@ -40,7 +40,7 @@ from torch import nn
 
 from din_export.cli import CONTEXT_SETTINGS
 from din_export.data import DataError, load_split
-from din_export.portable import SCORER_TOLERANCE, PortableError, check_portable
+from din_export.portable import PortableError, check_portable, scorer_tolerance
 from din_export.portable_check import PortableRunError, check_against_scorer
 from din_export.schema import Schema, write_json_atomic
 from din_export.train import load_run
@@ -279,7 +279,7 @@ def verify_model_dir(model_dir: str | Path, model: nn.Module, schema: Schema, da
                                                                     key=_nan_high)
         judge(report, policy)
         if "portable" in report:
-            judge_portable(report["portable"], policy)
+            judge_portable(report["portable"], policy, scorer_tolerance(manifest))
             report["variant"]["max_abs_diff_prob_portable"] = report["portable"]["max_abs_diff_prob_ref"]
     except VerifyError as e:
         report["error"] = e.message
@@ -413,18 +413,19 @@ def verify_portable(exported: ExportedModel, model: nn.Module) -> dict[str, Any]
         raise DynamicAxisError(str(e)) from e
 
 
-def judge_portable(portable: dict[str, Any], policy: dict[str, float | None]) -> None:
-    """Every case: the shape, the OOV counts and the scores of Scorer.score (to SCORER_TOLERANCE: the same
-    arrays go into the same model), then the torch model within the variant's tolerance."""
+def judge_portable(portable: dict[str, Any], policy: dict[str, float | None], scorer_limit: float) -> None:
+    """Every case: the shape, the OOV counts and the scores of Scorer.score (to `scorer_limit`: the same
+    arrays go into the same model, portable.scorer_tolerance), then the torch model within the variant's
+    tolerance."""
     for case in portable["cases"]:
         where = f"portable.onnx at {case['case']}"
         if not case["shape_ok"]:
             raise ShapeError(f"{where}: an output does not have shape ({case['rows']},)")
         if not case["oov_equal"]:
             raise PortableScorerError(f"{where}: the 'oov' output differs from the ids din_runtime maps to OOV")
-        if not case["prob"] <= SCORER_TOLERANCE:  # also NaN
+        if not case["prob"] <= scorer_limit:  # also NaN
             raise PortableScorerError(f"{where}: max abs diff prob {case['prob']:.3g} to Scorer.score exceeds "
-                                      f"{SCORER_TOLERANCE:g}")
+                                      f"{scorer_limit:g}")
         row = {"prob": case["prob_ref"], "logit": case["logit_ref"], "logit_rel": case["logit_rel_ref"]}
         if not within(row, policy):
             raise ToleranceError(f"{where}: {describe(row)} to torch exceeds the tolerance (probability "

@@ -190,3 +190,16 @@ def test_a_malformed_entry_is_refused(demo_copy: Path, change, message: str) -> 
     edit(demo_copy, change)
     with pytest.raises(ManifestError, match=message):
         load_manifest(demo_copy)
+
+
+def test_opsets_past_20_would_need_ir_10_and_are_refused(tmp_path: Path) -> None:
+    from din_export.portable import build_portable, supports_opset
+    from din_export.schema import Schema
+
+    assert supports_opset(16) and supports_opset(18) and supports_opset(20) and not supports_opset(21)
+    manifest = json.loads((DEMO / "manifest.json").read_text())
+    model = onnx.load(DEMO / "model.onnx")
+    model.opset_import[0].version = 21
+    vocabs = {v: json.loads((DEMO / rel).read_text()) for v, rel in manifest["vocab_files"].items()}
+    with pytest.raises(PortableError, match="IR version 10"):
+        build_portable(model.SerializeToString(), Schema.from_dict(manifest["schema"]), vocabs)

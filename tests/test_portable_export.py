@@ -40,7 +40,9 @@ def test_export_writes_a_portable_graph_verified_on_raw_requests(name: str) -> N
     assert {c["rows"] for c in report["cases"]} >= {1, 257}
     assert "batch 1, history 0" in cases and f"batch 1, history {2 * MAX_LEN + 3}" in cases
     assert report["oov_ids"] > 0 and all(c["oov_equal"] for c in report["cases"])
-    assert report["max_abs_diff_prob"] == 0.0  # the same arrays into the same model as Scorer.score
+    # the same arrays into the same model as Scorer.score; int8 within its quantisation error, as the Scorer
+    # runs large batches in slices, each quantised with its own activation scale
+    assert report["max_abs_diff_prob"] <= (1e-6 if name != "int8" else TOLERANCE["int8"])
     assert 0 < report["max_abs_diff_prob_ref"] <= TOLERANCE[name]
     assert manifest["variant"]["max_abs_diff_prob_portable"] == report["max_abs_diff_prob_ref"]
 
