@@ -873,14 +873,16 @@ def run_bench(plan: Plan, sources: dict[str, Path], work: Path, echo: Callable[[
 
             padded = f"onnx-opt-{plan.load_model_mb:g}MB"
             dirs_for_load = {**dirs, padded: work / "models" / padded}
-            export_run(padded_run(run_dir, work, plan.load_model_mb * 1e6), dirs_for_load[padded], candidates=False)
+            export_run(padded_run(run_dir, work, plan.load_model_mb * 1e6), dirs_for_load[padded], candidates=False,
+                       portable=False)
     else:
         dirs_for_load = dirs
     with phase("load", "Scorer.load ..."):
         record["load_ms"] = load_times(dirs_for_load, plan.load_rounds)
-        # what Scorer.load reads: all but the candidate graph, which is read at the first score_candidates
+        # what Scorer.load reads: all but the candidate graph, which is read at the first score_candidates,
+        # and the portable graph, which the Scorer never reads
         record["load_model_bytes"] = {k: sum(p.stat().st_size for p in d.rglob("*")
-                                             if p.is_file() and p.name != "candidates.onnx")
+                                             if p.is_file() and p.name not in ("candidates.onnx", "portable.onnx"))
                                       for k, d in dirs_for_load.items()}
     model, schema, _ = load_run(run_dir)
     record["engines"] = {}
