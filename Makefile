@@ -12,7 +12,7 @@ TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-u
 # The serving side of the demo: din_runtime with numpy + onnxruntime only, no torch.
 RUNTIME_VENV := .venv-runtime
 
-.PHONY: setup runtime test lint demo demo-model clean
+.PHONY: setup runtime test lint demo demo-model web clean
 
 setup: $(VENV)/.installed
 
@@ -38,8 +38,17 @@ demo: setup runtime
 demo-model: setup
 	scripts/build_demo_model.sh
 
+# -rs: say why a test was skipped (e.g. the Node.js and browser tests without node or chromium)
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
+
+# The web page (examples/web): install onnxruntime-web, then serve the repository root as static files.
+web: examples/web/node_modules/.package-lock.json
+	@echo "open http://127.0.0.1:8000/examples/web/ (Ctrl-C stops the server)"
+	$(PYTHON) -m http.server -b 127.0.0.1 8000
+
+examples/web/node_modules/.package-lock.json: examples/web/package-lock.json
+	cd examples/web && npm ci --ignore-scripts --no-audit --no-fund
 
 lint: setup
 	$(BIN)/ruff check .
