@@ -21,11 +21,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 import numpy as np
 from din_runtime.errors import DinRuntimeError, InputError, ModelDirError
-from din_runtime.manifest import MANIFEST_FILE, OOV_INDEX, Manifest, load_manifest
+from din_runtime.manifest import MANIFEST_FILE, OOV_INDEX, PAD_INDEX, Manifest, load_manifest
 from din_runtime.scorer import Scorer
 
 if TYPE_CHECKING:
@@ -150,17 +150,24 @@ def _check_schema(schema: StructType, manifest: Manifest) -> None:
             raise InputError(f"an id must be a string or integer column, got {kind.simpleString()}", field=name)
 
 
-# One Scorer per Python worker process, kept across batches and tasks (Spark reuses its Python workers:
+class _Model(NamedTuple):
+    """A worker's Scorer, and per vocabulary its ids (an Arrow array) and their indices, for `_arrow_inputs`."""
+
+    scorer: Scorer
+    vocabs: dict[str, tuple[pa.Array, np.ndarray]]
+
+
+# One model per Python worker process, kept across batches and tasks (Spark reuses its Python workers:
 # spark.python.worker.reuse, on by default). Keyed by where the manifest is and its stat, so a model
 # directory exported again at the same path is loaded again, not served stale.
-_SCORERS: dict[tuple[Any, ...], Scorer] = {}
+_MODELS: dict[tuple[Any, ...], _Model] = {}
 # Scorer.load calls of this process per model directory: the tests read it to prove one load per worker.
 _LOADS: Counter[str] = Counter()
 _LOCK = threading.Lock()
 
 
-def _worker_scorer(model_dir: str, device: str = "cpu", threads: int | None = 1) -> Scorer:
-    """This process's Scorer for `model_dir` (resolved as `score` does), loaded at its first use."""
+def _worker_model(model_dir: str, device: str = "cpu", threads: int | None = 1) -> _Model:
+    """This process's model for `model_dir` (resolved as `score` does), loaded at its first use."""
     path = _resolve(model_dir)
     try:
         stat = (path / MANIFEST_FILE).stat()
@@ -168,14 +175,19 @@ def _worker_scorer(model_dir: str, device: str = "cpu", threads: int | None = 1)
         raise ModelDirError(_not_found(model_dir, path)) from None
     key = (str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size, device, threads)
     with _LOCK:
-        scorer = _SCORERS.get(key)
-        if scorer is None:
+        model = _MODELS.get(key)
+        if model is None:
+            import pyarrow as pa
+
             scorer = Scorer.load(path, device=device, threads=threads)
             _LOADS[key[0]] += 1
-            for old in [k for k in _SCORERS if k[0] == key[0]]:
-                del _SCORERS[old]
-            _SCORERS[key] = scorer
-        return scorer
+            model = _Model(scorer, {name: (pa.array(list(vocab), type=pa.string()),
+                                           np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab)))
+                                    for name, vocab in scorer.manifest.vocabs.items()})
+            for old in [k for k in _MODELS if k[0] == key[0]]:
+                del _MODELS[old]
+            _MODELS[key] = model
+        return model
 
 
 def _resolve(model_dir: str) -> Path:
@@ -227,23 +239,28 @@ def _score_partition(batches: Iterator[pa.RecordBatch], *, model_dir: str, skip:
 
     context = TaskContext.get()
     partition = context.partitionId() if context is not None else 0
-    scorer = _worker_scorer(model_dir, device, threads)
-    fields = _request_fields(scorer.manifest)
+    model = _worker_model(model_dir, device, threads)
+    fields = _request_fields(model.scorer.manifest)
     offset = 0
     for batch in batches:
-        yield _score_batch(scorer, fields, batch, partition, offset, skip, id_field)
+        yield _score_batch(model, fields, batch, partition, offset, skip, id_field)
         offset += batch.num_rows
 
 
-def _score_batch(scorer: Scorer, fields: Sequence[str], batch: pa.RecordBatch, partition: int, offset: int,
+def _score_batch(model: _Model, fields: Sequence[str], batch: pa.RecordBatch, partition: int, offset: int,
                  skip: bool, id_field: str | None) -> pa.RecordBatch:
     import pyarrow as pa
 
     missing = next((f for f in fields if f not in batch.schema.names), None)
     if missing is not None:
         raise InputError(f"no such column in the DataFrame; the model reads {', '.join(fields)}", field=missing)
-    rows = _rows(batch, fields)
-    probs, oov, bad = _score_rows(scorer, rows, skip)
+    arrays = _arrow_inputs(model, batch)
+    if arrays is not None:
+        probs = model.scorer.score_arrays(arrays)
+        oov = _oov_per_row(model.scorer.manifest, arrays)
+        bad: list[tuple[int, str | None, str]] = []
+    else:
+        probs, oov, bad = _score_rows(model.scorer, _rows(batch, fields), skip)
     if bad and not skip:
         i, field, reason = bad[0]
         raise InputError(f"{_where(batch, partition, offset, i, id_field)}"
@@ -296,6 +313,69 @@ def _score_rows(scorer: Scorer, rows: list[dict[str, Any]], skip: bool
         probs[good] = scorer.score_arrays(encoded.arrays)
         oov[good] = _oov_per_row(scorer.manifest, encoded.arrays)
     return probs, oov, bad
+
+
+def _arrow_inputs(model: _Model, batch: pa.RecordBatch) -> dict[str, np.ndarray] | None:
+    """The model inputs of a batch computed on its Arrow columns, as `Scorer.encode` computes them from rows;
+    None when a value needs encode's row-by-row checks (a null, a float id, histories of a row with different
+    lengths, a dense value not finite in float32): the batch then takes the row path, whose verdicts are
+    din-score's. Most batches have none, and skip the Python objects of the row path."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    m = model.scorer.manifest
+    arrays: dict[str, np.ndarray] = {}
+
+    def ids(values: pa.Array, vocab: str) -> np.ndarray | None:
+        if values.null_count or not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+                                     or pa.types.is_integer(values.type)):
+            return None
+        keys, index = model.vocabs[vocab]
+        found = pc.index_in(values.cast(pa.string()), value_set=keys)
+        position = found.fill_null(-1).to_numpy(zero_copy_only=False)
+        return np.where(position < 0, OOV_INDEX, index[position])
+
+    for name, vocab in [(s.name, s.vocab) for s in m.sparse] + [(b.target, b.vocab) for b in m.behaviour]:
+        found = ids(batch.column(name), vocab)
+        if found is None:
+            return None
+        arrays[name] = found
+    lists = [batch.column(h) for h in m.histories]
+    if any(h.null_count for h in lists):
+        return None
+    lengths = pc.list_value_length(lists[0]).to_numpy(zero_copy_only=False).astype(np.int64)
+    if any(not np.array_equal(pc.list_value_length(h).to_numpy(zero_copy_only=False), lengths) for h in lists[1:]):
+        return None
+    kept = np.minimum(lengths, m.max_len)
+    n = len(lengths)
+    width = max(1, int(kept.max())) if n else 1
+    # The most recent `max_len` items of each row (older ones are dropped unread, as encode drops them).
+    ends = np.cumsum(lengths)
+    starts_kept = np.cumsum(kept) - kept
+    cols = np.arange(int(kept.sum())) - np.repeat(starts_kept, kept)
+    take = np.repeat(ends - kept, kept) + cols
+    rows = np.repeat(np.arange(n), kept)
+    for b, column in zip(m.behaviour, lists, strict=True):
+        found = ids(pc.list_flatten(column).take(pa.array(take)), b.vocab)
+        if found is None:
+            return None
+        out = np.full((n, width), PAD_INDEX, dtype=np.int64)
+        out[rows, cols] = found
+        arrays[b.history] = out
+    arrays["hist_len"] = kept
+    if m.dense:
+        dense = []
+        for name in m.dense:
+            column = batch.column(name)
+            if column.null_count:
+                return None
+            with np.errstate(over="ignore"):
+                values = column.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float32)
+            if not np.isfinite(values).all():
+                return None
+            dense.append(values)
+        arrays["dense"] = np.stack(dense, axis=1)
+    return {name: arrays[name] for name in m.inputs}
 
 
 def _rows(batch: pa.RecordBatch, fields: Sequence[str]) -> list[dict[str, Any]]:
