@@ -1,14 +1,20 @@
 """Batch scoring throughput: din-score vs din_runtime.spark on Spark local mode (docs/runtime.md, "Spark").
 
     python bench/spark_scoring.py [MODEL_DIR] [--rows 1000000] [--rounds 2] [--master local[2]]
+                                  [--jobs cli-jsonl,cli-parquet,arrow,arrow-rows,pandas]
                                   [--work /tmp/spark-bench] [--out bench/results/spark_scoring.json]
 
-Writes `--rows` requests drawn from MODEL_DIR's vocabularies (default models/demo; a tenth with unseen ids,
-history lengths uniform in 0..1.6 max_len, so some are cut) once as JSONL and once as Parquet under
-`--work`, then times, in alternating rounds: din-score on the JSONL and on the Parquet (a subprocess, all
-cores), and the Spark job reading the Parquet and writing request_id + score as Parquet, built on
-mapInArrow (`din_runtime.spark.score`) and on mapInPandas (the same per-batch code fed from pandas).
-rows/s are medians over the rounds; Spark's start-up (the JVM) is reported apart, not in its rows/s.
+Writes `--rows` requests drawn from MODEL_DIR's vocabularies (default models/demo; a tenth with unseen
+target ids, history lengths uniform in 0..1.6 max_len, so some are cut) once as JSONL and once as Parquet
+(row groups of 50k rows, split into about 4 partitions per core) under `--work`, then times the `--jobs`
+in alternating rounds:
+- cli-jsonl, cli-parquet: din-score on the JSONL / the Parquet (a subprocess, onnxruntime on all cores);
+- arrow: the Spark job reading the Parquet and writing request_id + score as Parquet with
+  `din_runtime.spark.score` (mapInArrow, Arrow-vectorised encoding of clean batches);
+- arrow-rows: the same job, every batch through the row path (dicts -> Scorer.encode, as din-score);
+- pandas: the row path fed by mapInPandas instead of mapInArrow.
+rows/s are medians over the rounds. Spark's start-up (JVM, then a first small job per engine that starts
+the Python workers and loads the model) is reported apart, not in its rows/s.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from din_runtime import load_manifest
-from din_runtime.spark import _request_fields, _score_rows, _worker_model, score
+from din_runtime.spark import _request_fields, _rows, _score_rows, _worker_model, score
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +47,7 @@ def write_requests(model_dir: Path, rows: int, work: Path, seed: int = 0) -> tup
         for start in range(0, rows, 100_000):
             table = _chunk(m, min(100_000, rows - start), start, rng)
             writer = writer or pq.ParquetWriter(parquet, table.schema)
-            writer.write_table(table)
+            writer.write_table(table, row_group_size=50_000)
             out.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in table.to_pylist())
     writer.close()
     return jsonl, parquet
@@ -77,12 +83,25 @@ def pandas_task(frames, model_dir: str):
         yield frame.assign(score=probs, oov=oov)
 
 
+def rows_task(batches, model_dir: str):
+    """din_runtime.spark's mapInArrow function with every batch on the row path (stop mode)."""
+    import pyarrow as pa
+
+    scorer = _worker_model(model_dir).scorer
+    fields = _request_fields(scorer.manifest)
+    for batch in batches:
+        probs, oov, _ = _score_rows(scorer, _rows(batch, fields), skip=False)
+        yield pa.RecordBatch.from_arrays([*batch.columns, pa.array(probs), pa.array(oov)],
+                                         names=[*batch.schema.names, "score", "oov"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", type=Path, nargs="?", default=REPO / "models" / "demo")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--jobs", default="cli-jsonl,cli-parquet,arrow,arrow-rows,pandas")
     parser.add_argument("--work", type=Path, default=Path("/tmp/spark-bench"))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "spark_scoring.json")
     args = parser.parse_args()
@@ -98,29 +117,41 @@ def main() -> None:
 
     t = time.perf_counter()
     spark = (SparkSession.builder.master(args.master).config("spark.ui.enabled", "false")
-             .config("spark.driver.memory", "4g").getOrCreate())
+             .config("spark.driver.memory", "4g")
+             .config("spark.sql.files.maxPartitionBytes", str(max(1 << 20, parquet.stat().st_size // 16)))
+             .getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
-    startup = time.perf_counter() - t
+    startup = {"SparkSession": time.perf_counter() - t}
     out = args.work / "out"
 
     def cli(path: Path) -> None:
         subprocess.run([sys.executable, "-m", "din_runtime", str(model_dir), str(path), "--id-field", "request_id",
                         "-o", str(out / f"{path.suffix[1:]}.jsonl")], check=True, stderr=subprocess.DEVNULL)
 
-    def spark_job(engine: str) -> None:
+    def spark_job(engine: str, limit: int | None = None) -> None:
         df = spark.read.parquet(str(parquet))
+        df = df if limit is None else df.limit(limit)
+        extra = StructType(df.schema.fields + [StructField("score", FloatType()), StructField("oov", IntegerType())])
         if engine == "arrow":
             scored = score(df, model_dir)
+        elif engine == "arrow-rows":
+            scored = df.mapInArrow(lambda batches: rows_task(batches, str(model_dir)), extra)
         else:
-            extra = [StructField("score", FloatType()), StructField("oov", IntegerType())]
-            scored = df.mapInPandas(lambda frames: pandas_task(frames, str(model_dir)),
-                                    StructType(df.schema.fields + extra))
+            scored = df.mapInPandas(lambda frames: pandas_task(frames, str(model_dir)), extra)
         scored.select("request_id", "score").write.mode("overwrite").parquet(str(out / engine))
 
     out.mkdir(exist_ok=True)
-    jobs = {"din-score JSONL": lambda: cli(jsonl), "din-score Parquet": lambda: cli(parquet),
-            f"Spark {args.master} mapInArrow": lambda: spark_job("arrow"),
-            f"Spark {args.master} mapInPandas": lambda: spark_job("pandas")}
+    every = {"cli-jsonl": ("din-score JSONL", lambda: cli(jsonl)),
+             "cli-parquet": ("din-score Parquet", lambda: cli(parquet)),
+             "arrow": (f"Spark {args.master} mapInArrow", lambda: spark_job("arrow")),
+             "arrow-rows": (f"Spark {args.master} mapInArrow, row path", lambda: spark_job("arrow-rows")),
+             "pandas": (f"Spark {args.master} mapInPandas, row path", lambda: spark_job("pandas"))}
+    jobs = dict(every[j] for j in args.jobs.split(","))
+    for engine in ("arrow", "arrow-rows", "pandas"):
+        if engine in args.jobs.split(","):
+            t = time.perf_counter()
+            spark_job(engine, limit=2000)
+            startup[f"first {engine} job (2,000 rows)"] = time.perf_counter() - t
     times: dict[str, list[float]] = {name: [] for name in jobs}
     for r in range(args.rounds):
         for name, job in (jobs.items() if r % 2 == 0 else reversed(jobs.items())):
@@ -130,17 +161,17 @@ def main() -> None:
             print(f"round {r + 1}: {name} {times[name][-1]:.1f} s", flush=True)
     spark.stop()
     rates = {name: args.rows / float(np.median(t)) for name, t in times.items()}
-    base = rates["din-score JSONL"]
+    base_name = next(iter(rates))
     for name, rate in rates.items():
-        print(f"{name}: {rate:,.0f} rows/s ({rate / base:.2f}x din-score JSONL)")
-    print(f"Spark start-up (SparkSession.getOrCreate): {startup:.1f} s")
+        print(f"{name}: {rate:,.0f} rows/s ({rate / rates[base_name]:.2f}x {base_name})")
+    print("start-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in startup.items()))
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "command": " ".join(sys.argv), "rows": args.rows, "rounds": args.rounds, "master": args.master,
         "cpu": cpu, "cores": os.cpu_count(), "seconds": times, "rows_per_s": rates,
-        "spark_startup_s": startup}, indent=2) + "\n")
+        "startup_s": startup}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -213,7 +213,7 @@ def test_one_scorer_load_per_python_worker(spark, tmp_path):
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "8")
     try:
         df = spark.createDataFrame(generated_requests(240), SCHEMA).repartition(8)
-        assert din_spark.score(df, model).count() == 240  # 8 tasks, 30 batches of 8 rows, 2 cores
+        assert din_spark.score(df, model).count() == 240  # 8 tasks of 30 rows in batches of 8, 2 cores
     finally:
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
     key = str(model.resolve())
