@@ -6,10 +6,12 @@
 
 Columns are the request fields of docs/design.md: sparse fields and behaviour targets as string or integer
 columns, histories as arrays of them (oldest first), dense fields as numbers. Built on `mapInArrow`: each
-Python worker process loads the model once (a per-process cache keyed by the model directory) and encodes
-and scores the Arrow batches Spark hands it with `Scorer.encode` and `Scorer.score_arrays`, the calls
-din-score makes, so a row gets the same score and the same verdict as in din-score. Needs the `spark`
-extra (pyspark, pyarrow); nothing else in din_runtime imports this module.
+Python worker process loads the model once (a per-process cache keyed by the model directory) and scores
+the Arrow batches Spark hands it with `Scorer.score_arrays`. A clean batch is encoded on its Arrow columns,
+vectorised, into the arrays `Scorer.encode` would make of its rows; a batch with a value that needs
+encode's row checks goes through `Scorer.encode` row by row, as in din-score, so a row gets din-score's
+score and verdict either way. Needs the `spark` extra (pyspark, pandas, pyarrow); nothing else in
+din_runtime imports this module.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def score(df: DataFrame, model_dir: str | Path, *, on_error: Literal["stop", "sk
         extra.append(types.StructField(_ERROR, types.StructType.fromDDL(
             ", ".join(f"{n} {t}" for n, t in _ERROR_FIELDS))))
     task = partial(_score_partition, model_dir=str(model_dir), skip=on_error == "skip", id_field=id_field,
-                   device=device, threads=threads)
+                   device=device, threads=threads, unchecked=schema if manifest is None else None)
     scored = df.mapInArrow(task, types.StructType(list(schema.fields) + extra))
     if on_error == "stop":
         return scored
@@ -129,14 +131,13 @@ def _check_schema(schema: StructType, manifest: Manifest) -> None:
     numbers = (types.ByteType, types.ShortType, types.IntegerType, types.LongType, types.FloatType,
                types.DoubleType, types.DecimalType)
     present = {f.name: f.dataType for f in schema.fields}
-    repeated = next((n for i, n in enumerate(schema.names) if n in schema.names[:i]), None)
-    if repeated is not None:
-        raise InputError("the DataFrame has two columns of this name", field=repeated)
     for name in _request_fields(manifest):
         kind = present.get(name)
         if kind is None:
             raise InputError(f"no such column in the DataFrame; the model reads {', '.join(_request_fields(manifest))}",
                              field=name)
+        if schema.names.count(name) > 1:
+            raise InputError("the DataFrame has two columns of this name", field=name)
         if name in manifest.histories:
             if not (isinstance(kind, types.ArrayType) and isinstance(kind.elementType, ids)):
                 raise InputError(f"a history must be an array of string or integer ids (oldest first), got "
@@ -233,13 +234,16 @@ def _pyspark_types() -> Any:
 
 
 def _score_partition(batches: Iterator[pa.RecordBatch], *, model_dir: str, skip: bool, id_field: str | None,
-                     device: str, threads: int | None) -> Iterator[pa.RecordBatch]:
-    """mapInArrow's function: each batch with its scores (skip mode: and each row's verdict) appended."""
+                     device: str, threads: int | None, unchecked: StructType | None) -> Iterator[pa.RecordBatch]:
+    """mapInArrow's function: each batch with its scores (skip mode: and each row's verdict) appended.
+    `unchecked`: the DataFrame's schema when the driver could not read the model to check it."""
     from pyspark import TaskContext
 
     context = TaskContext.get()
     partition = context.partitionId() if context is not None else 0
     model = _worker_model(model_dir, device, threads)
+    if unchecked is not None:
+        _check_schema(unchecked, model.scorer.manifest)
     fields = _request_fields(model.scorer.manifest)
     offset = 0
     for batch in batches:
@@ -251,9 +255,6 @@ def _score_batch(model: _Model, fields: Sequence[str], batch: pa.RecordBatch, pa
                  skip: bool, id_field: str | None) -> pa.RecordBatch:
     import pyarrow as pa
 
-    missing = next((f for f in fields if f not in batch.schema.names), None)
-    if missing is not None:
-        raise InputError(f"no such column in the DataFrame; the model reads {', '.join(fields)}", field=missing)
     arrays = _arrow_inputs(model, batch)
     if arrays is not None:
         probs = model.scorer.score_arrays(arrays)
@@ -273,10 +274,9 @@ def _score_batch(model: _Model, fields: Sequence[str], batch: pa.RecordBatch, pa
                pa.array(oov, type=pa.int32(), mask=failed)]
     names = [*batch.schema.names, SCORE, OOV]
     if skip:
-        verdicts = {i: (field, reason) for i, field, reason in bad}
-        values = [[partition] * len(bad), [offset + i + 1 for i in verdicts],
-                  [f for f, _ in verdicts.values()], [r for _, r in verdicts.values()],
-                  [_raw(batch, i) for i in verdicts]]
+        # One value per bad row (earliest first, as `_spread` places them), in _ERROR_FIELDS' order.
+        values = [[partition] * len(bad), [offset + i + 1 for i, _, _ in bad], [f for _, f, _ in bad],
+                  [r for _, _, r in bad], [_raw(batch, i) for i, _, _ in bad]]
         errors = pa.StructArray.from_arrays(
             [_spread(pa.array(v, type=t), failed) for v, t in zip(
                 values, (pa.int32(), pa.int64(), pa.string(), pa.string(), pa.string()), strict=True)],
