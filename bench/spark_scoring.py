@@ -108,8 +108,12 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     model_dir = args.model_dir.resolve()
     t = time.perf_counter()
-    jsonl, parquet = write_requests(model_dir, args.rows, args.work)
-    print(f"wrote {args.rows:,} requests in {time.perf_counter() - t:.0f} s: {jsonl}, {parquet}", flush=True)
+    jsonl, parquet = args.work / "requests.jsonl", args.work / "requests.parquet"
+    if jsonl.exists() and parquet.exists() and pq.ParquetFile(parquet).metadata.num_rows == args.rows:
+        print(f"reusing {jsonl}, {parquet}", flush=True)  # written by an earlier run with the same --rows
+    else:
+        jsonl, parquet = write_requests(model_dir, args.rows, args.work)
+        print(f"wrote {args.rows:,} requests in {time.perf_counter() - t:.0f} s: {jsonl}, {parquet}", flush=True)
 
     os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     from pyspark.sql import SparkSession
