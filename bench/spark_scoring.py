@@ -15,6 +15,11 @@ in alternating rounds:
 - pandas: the row path fed by mapInPandas instead of mapInArrow.
 rows/s are medians over the rounds. Spark's start-up (JVM, then a first small job per engine that starts
 the Python workers and loads the model) is reported apart, not in its rows/s.
+
+    python bench/spark_scoring.py --python-side [--rows 100000] [--work ...]
+
+prints instead the CPU time of the Python side alone for one Arrow batch of 10,000 of the requests, per
+variant (7 alternating rounds, one onnxruntime thread, no Spark).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from din_runtime import load_manifest
-from din_runtime.spark import _request_fields, _rows, _score_rows, _worker_model, score
+from din_runtime.spark import _arrow_inputs, _request_fields, _rows, _score_batch, _score_rows, _worker_model, score
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,6 +100,35 @@ def rows_task(batches, model_dir: str):
                                          names=[*batch.schema.names, "score", "oov"])
 
 
+def python_side(parquet: Path, model_dir: Path, rounds: int = 7) -> None:
+    model = _worker_model(str(model_dir))
+    scorer = model.scorer
+    fields = _request_fields(scorer.manifest)
+    batch = pq.ParquetFile(parquet).read_row_group(0).to_batches(max_chunksize=10_000)[0]
+
+    def pandas_rows() -> None:
+        frame = batch.to_pandas()
+        histories = set(scorer.manifest.histories)
+        columns = [[a.tolist() for a in frame[f]] if f in histories else frame[f].tolist() for f in fields]
+        _score_rows(scorer, [dict(zip(fields, v, strict=True)) for v in zip(*columns, strict=True)], skip=False)
+
+    variants = {"mapInArrow, vectorised (din_runtime.spark)": lambda: _score_batch(model, fields, batch, 0, 0,
+                                                                                   False, None),
+                "mapInArrow, row path": lambda: _score_rows(scorer, _rows(batch, fields), skip=False),
+                "mapInPandas, row path": pandas_rows,
+                "onnxruntime alone (score_arrays)": lambda: scorer.score_arrays(_arrow_inputs(model, batch))}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(rounds):
+        for name, run in (variants.items() if r % 2 == 0 else reversed(variants.items())):
+            t = time.process_time()
+            run()
+            cpu[name].append(time.process_time() - t)
+    for name, seconds in cpu.items():
+        median = float(np.median(seconds))
+        print(f"{name}: {median * 1000:.0f} ms CPU per {batch.num_rows:,} rows "
+              f"({batch.num_rows / median:,.0f} rows per CPU-second)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", type=Path, nargs="?", default=REPO / "models" / "demo")
@@ -104,6 +138,7 @@ def main() -> None:
     parser.add_argument("--jobs", default="cli-jsonl,cli-parquet,arrow,arrow-rows,pandas")
     parser.add_argument("--work", type=Path, default=Path("/tmp/spark-bench"))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "spark_scoring.json")
+    parser.add_argument("--python-side", action="store_true", help="time the Python side of one batch, no Spark")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     model_dir = args.model_dir.resolve()
@@ -114,6 +149,9 @@ def main() -> None:
     else:
         jsonl, parquet = write_requests(model_dir, args.rows, args.work)
         print(f"wrote {args.rows:,} requests in {time.perf_counter() - t:.0f} s: {jsonl}, {parquet}", flush=True)
+    if args.python_side:
+        python_side(parquet, model_dir)
+        return
 
     os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     from pyspark.sql import SparkSession
