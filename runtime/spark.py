@@ -95,8 +95,9 @@ def score(df: DataFrame, model_dir: str | Path, *, on_error: Literal["stop", "sk
         _check_schema(schema, manifest)
     extra = [types.StructField(SCORE, types.FloatType()), types.StructField(OOV, types.IntegerType())]
     if on_error == "skip":
-        extra.append(types.StructField(_ERROR, types.StructType.fromDDL(
-            ", ".join(f"{n} {t}" for n, t in _ERROR_FIELDS))))
+        kinds = {"int": types.IntegerType(), "bigint": types.LongType(), "string": types.StringType()}
+        extra.append(types.StructField(_ERROR, types.StructType(
+            [types.StructField(n, kinds[t]) for n, t in _ERROR_FIELDS])))
     task = partial(_score_partition, model_dir=str(model_dir), skip=on_error == "skip", id_field=id_field,
                    device=device, threads=threads, unchecked=schema if manifest is None else None)
     scored = df.mapInArrow(task, types.StructType(list(schema.fields) + extra))
