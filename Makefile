@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[train,cpu,dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[train,cpu,dev,bench,spark]'
 	touch $@
 
 runtime: $(RUNTIME_VENV)/.installed
