@@ -75,7 +75,7 @@ class _Table:
     item: np.ndarray
     label: np.ndarray | None
     sparse: dict[str, np.ndarray]
-    dense: np.ndarray  # (n, n_dense) float64
+    dense: np.ndarray  # (n, n_dense) float32
     starts: np.ndarray  # user block i is rows starts[i]:starts[i+1]
     cate_of_item: np.ndarray  # item code -> category code (of the item's first row in the file)
     names: dict[str, np.ndarray]  # vocabulary name -> raw id string of each code
@@ -115,8 +115,9 @@ def _sorted_table(events: Events, stats: dict) -> _Table:
     item, item_names = _codes(f["item"].array)
     cate, cate_names = _codes(f["category"].array)
     ts = f["timestamp"].to_numpy(np.int64)
-    # lexsort is stable, and the file row is the last key anyway: equal timestamps keep file order
-    order = np.lexsort((np.arange(len(f)), ts, user))
+    # lexsort is stable: equal timestamps keep file order
+    order = np.lexsort((ts, user))
+    del ts
     # an item's category is the one on its first row in the file; other rows are counted, not trusted
     cate_of_item = np.full(len(item_names), -1, dtype=np.int32)
     first_items, first_rows = np.unique(item, return_index=True)
@@ -126,8 +127,9 @@ def _sorted_table(events: Events, stats: dict) -> _Table:
     for name in events.sparse:
         sparse[name], names[name] = _codes(f[name].array)
         sparse[name] = sparse[name][order]
-    dense = (np.stack([f[c].to_numpy(np.float64)[order] for c in events.dense], axis=1)
-             if events.dense else np.zeros((len(f), 0)))
+    # float32, as the dataset stores them: one rounding from the source's values either way
+    dense = (np.stack([f[c].to_numpy(np.float32)[order] for c in events.dense], axis=1)
+             if events.dense else np.zeros((len(f), 0), dtype=np.float32))
     user = user[order]
     starts = np.concatenate([[0], np.flatnonzero(np.diff(user)) + 1, [len(user)]]).astype(np.int64)
     return _Table(
@@ -343,43 +345,71 @@ def _requests(table: _Table, hist_src: np.ndarray, cols: dict[str, np.ndarray],
         yield json.dumps(req, ensure_ascii=False)
 
 
+class _NpyFile:
+    """One .npy file of known shape, written and rewritten through plain file I/O.
+
+    Not a memory map: pages of a mapped file count in the process's resident memory until unmapped,
+    so writing a 100M-sample split through memmaps would look (and, under pressure, act) like holding
+    it all; the page cache holds the same bytes without that."""
+
+    def __init__(self, path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        self.dtype, self.shape = np.dtype(dtype), shape
+        self.row = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.f = open(path, "w+b")
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(self.f, header)
+        self.data = self.f.tell()
+        self.f.truncate(self.data + shape[0] * self.row)
+
+    def write(self, start: int, values: np.ndarray) -> None:
+        self.f.seek(self.data + start * self.row)
+        self.f.write(np.ascontiguousarray(values, dtype=self.dtype).tobytes())
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        self.f.seek(self.data + start * self.row)
+        count = (stop - start) * (self.row // self.dtype.itemsize)
+        return np.fromfile(self.f, dtype=self.dtype, count=count).reshape(-1, *self.shape[1:])
+
+    def close(self) -> None:
+        self.f.close()
+
+
 class _SplitColumns:
-    """The memory-mapped .npy files of one split (DATA_DIR/<split>/<column>.npy), filled block by block."""
+    """The .npy files of one split (DATA_DIR/<split>/<column>.npy), filled block by block."""
 
     def __init__(self, folder: Path, n: int, spec: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
         folder.mkdir(parents=True)
         self.n, self.offset = n, 0
-        self.arrays = {k: np.lib.format.open_memmap(folder / f"{k}.npy", mode="w+", dtype=dt, shape=(n, *tail))
-                       for k, (dt, tail) in spec.items()}
+        self.files = {k: _NpyFile(folder / f"{k}.npy", dt, (n, *tail)) for k, (dt, tail) in spec.items()}
 
     def append(self, block: dict[str, np.ndarray]) -> None:
-        m = len(block["label"])
-        for k, arr in self.arrays.items():
-            arr[self.offset:self.offset + m] = block[k]
-        self.offset += m
+        for k, f in self.files.items():
+            f.write(self.offset, block[k])
+        self.offset += len(block["label"])
 
     def remap(self, key: str, lut: np.ndarray) -> int:
         """codes -> indices through `lut` (indexed by code + 1), in place; returns the OOV count."""
-        arr, oov = self.arrays[key], 0
+        f, oov = self.files[key], 0
         for a in range(0, self.n, REMAP_CELLS):
-            chunk = lut[arr[a:a + REMAP_CELLS].astype(np.int64) + 1]
+            chunk = lut[f.read(a, min(a + REMAP_CELLS, self.n)).astype(np.int64) + 1]
             oov += int((chunk == OOV_INDEX).sum())
-            arr[a:a + REMAP_CELLS] = chunk
+            f.write(a, chunk)
         return oov
 
     def windows_with(self, flagged: np.ndarray) -> int:
         """History cells of this split's samples that fall on a flagged event (`flagged`: a running count)."""
-        end, length, total = self.arrays["hist_end"], self.arrays["hist_len"], 0
+        total = 0
         for a in range(0, self.n, REMAP_CELLS):
-            e = end[a:a + REMAP_CELLS].astype(np.int64)
-            total += int((flagged[e] - flagged[e - length[a:a + REMAP_CELLS]]).sum())
+            b = min(a + REMAP_CELLS, self.n)
+            end = self.files["hist_end"].read(a, b).astype(np.int64)
+            total += int((flagged[end] - flagged[end - self.files["hist_len"].read(a, b)]).sum())
         return total
 
     def close(self) -> None:
         assert self.offset == self.n, f"split filled {self.offset} of {self.n} rows"
-        for arr in self.arrays.values():
-            arr.flush()
-        self.arrays.clear()
+        for f in self.files.values():
+            f.close()
+        self.files.clear()
 
 
 def _write_events(folder: Path, hist_src: np.ndarray, cate_of_item: np.ndarray,
@@ -387,19 +417,18 @@ def _write_events(folder: Path, hist_src: np.ndarray, cate_of_item: np.ndarray,
     """DATA_DIR/events/: the history sequences in index space, int32; returns each one's running OOV
     count (length + 1), from which the OOV cells of any window are one subtraction."""
     folder.mkdir()
-    out, running = {}, {}
+    files, running = {}, {}
     for key in (HIST_ITEM, HIST_CATE):
-        out[key] = np.lib.format.open_memmap(folder / f"{key}.npy", mode="w+", dtype=np.int32,
-                                             shape=(len(hist_src),))
+        files[key] = _NpyFile(folder / f"{key}.npy", np.dtype(np.int32), (len(hist_src),))
         running[key] = np.zeros(len(hist_src) + 1, dtype=np.int32 if len(hist_src) < 2**31 else np.int64)
     for a in range(0, len(hist_src), REMAP_CELLS):
         items = hist_src[a:a + REMAP_CELLS].astype(np.int64)
         for key, codes, vocab in ((HIST_ITEM, items, ITEM), (HIST_CATE, cate_of_item[items], CATE)):
             idx = luts[vocab][codes + 1]
-            out[key][a:a + len(idx)] = idx
+            files[key].write(a, idx)
             running[key][a + 1:a + 1 + len(idx)] = idx == OOV_INDEX
-    for key in out:
-        out[key].flush()
+    for key in files:
+        files[key].close()
         np.cumsum(running[key], out=running[key])
     return running
 
@@ -587,10 +616,12 @@ def _stats(events: Events, protocol: str, seed: int, max_len: int, ev_stats: dic
            user_split: np.ndarray | None, tmp: Path, vocab_sizes: dict, oov: dict) -> dict:
     samples, positives, users = {}, {}, {}
     for s in SPLITS:
-        label = np.load(tmp / s / "label.npy", mmap_mode="r")
-        group = np.load(tmp / s / "group.npy", mmap_mode="r")
+        label = np.load(tmp / s / "label.npy")
         samples[s], positives[s] = len(label), int(label.sum(dtype=np.int64))
-        users[s] = int(len(np.unique(group)))
+        del label
+        seen = np.zeros(len(table.names[USER]), dtype=bool)  # O(samples), unlike np.unique's sort
+        seen[np.load(tmp / s / "group.npy")] = True
+        users[s] = int(seen.sum())
     return {
         "source": events.source, "protocol": protocol, "seed": seed, "max_len": max_len,
         "events": ev_stats,

@@ -16,8 +16,8 @@ import torch
 from click.testing import CliRunner
 
 import din_export.prepare as prepare_module
-from din_export.data import Batches, DataError, keep_rows, load_split, load_splits
 from din_export.cli import main
+from din_export.data import Batches, DataError, keep_rows, load_split, load_splits
 from din_export.prepare import prepare
 from din_export.schema import PAD_INDEX, Schema
 from din_export.synthetic import SyntheticConfig, generate, to_events
