@@ -101,7 +101,7 @@ class Split(Mapping[str, np.ndarray]):
     holds its padded histories in memory and `take` slices them. Either way `take` returns what the
     npz format always held: int64 ids, float32 label and dense, histories left-aligned and padded with
     index 0. As a mapping it yields whole columns (histories padded to max_len); fine for small splits,
-    while `take` and `head` are the way to read a large one.
+    while `take` is the way to read a large one.
     """
 
     def __init__(self, schema: Schema, columns: dict[str, np.ndarray], events: dict[str, np.ndarray] | None,
@@ -127,10 +127,6 @@ class Split(Mapping[str, np.ndarray]):
         if key in self.histories:
             return self.take(np.arange(self.n), width=self.schema.max_len)[key]
         return _as_batch_dtype(key, np.array(self.columns[key]))
-
-    def head(self, n: int) -> dict[str, np.ndarray]:
-        """The first `n` rows, histories padded to max_len, `group` included."""
-        return self.take(np.arange(min(n, self.n)), width=self.schema.max_len, with_group=True)
 
     def take(self, idx: np.ndarray, width: int | None = None, with_group: bool = True) -> dict[str, np.ndarray]:
         """Rows `idx` as arrays; histories `width` wide (default: the longest hist_len among the rows)."""

@@ -107,36 +107,58 @@ def _codes(cat: object) -> tuple[np.ndarray, np.ndarray]:
     return rank[np.asarray(cat.codes)], names[order]
 
 
-def _sorted_table(events: Events, stats: dict) -> _Table:
+def _first_values(keys: np.ndarray, values: np.ndarray, n_keys: int) -> np.ndarray:
+    """values[i] at the first row i of each key (-1 for keys that never occur), a slice at a time so
+    that no sort of the whole column is needed."""
+    out = np.full(n_keys, -1, dtype=np.int32)
+    for a in range(0, len(keys), REMAP_CELLS):
+        k = keys[a:a + REMAP_CELLS]
+        first_keys, first_rows = np.unique(k, return_index=True)
+        new = out[first_keys] < 0
+        out[first_keys[new]] = values[a:a + REMAP_CELLS][first_rows[new]]
+    return out
+
+
+def _sorted_table(events: Events, stats: dict, release: bool) -> _Table:
+    """release: drop each column of `events.frame` once it is converted, so that the table is not
+    held twice at its largest (the CLI's choice; a library caller may reuse its events)."""
     f = events.frame
     if len(f) == 0:
         raise PrepareError("no events left to prepare")
-    user, user_names = _codes(f["user"].array)
-    item, item_names = _codes(f["item"].array)
-    cate, cate_names = _codes(f["category"].array)
-    ts = f["timestamp"].to_numpy(np.int64)
+
+    def column(name: str) -> object:
+        values = f[name].array
+        if release:
+            del f[name]
+        return values
+
+    user, user_names = _codes(column("user"))
+    item, item_names = _codes(column("item"))
+    cate, cate_names = _codes(column("category"))
+    ts = np.asarray(column("timestamp"), dtype=np.int64)
     # lexsort is stable: equal timestamps keep file order
     order = np.lexsort((ts, user))
     del ts
     # an item's category is the one on its first row in the file; other rows are counted, not trusted
-    cate_of_item = np.full(len(item_names), -1, dtype=np.int32)
-    first_items, first_rows = np.unique(item, return_index=True)
-    cate_of_item[first_items] = cate[first_rows]
-    stats["category_conflicts"] = int((cate != cate_of_item[item]).sum())
+    cate_of_item = _first_values(item, cate, len(item_names))
+    stats["category_conflicts"] = sum(int((cate[a:a + REMAP_CELLS] != cate_of_item[item[a:a + REMAP_CELLS]]).sum())
+                                      for a in range(0, len(item), REMAP_CELLS))
+    del cate
     sparse, names = {}, {USER: user_names, ITEM: item_names, CATE: cate_names}
     for name in events.sparse:
-        sparse[name], names[name] = _codes(f[name].array)
-        sparse[name] = sparse[name][order]
+        codes, names[name] = _codes(column(name))
+        sparse[name] = codes[order]
+        del codes
     # float32, as the dataset stores them: one rounding from the source's values either way
-    dense = (np.stack([f[c].to_numpy(np.float32)[order] for c in events.dense], axis=1)
-             if events.dense else np.zeros((len(f), 0), dtype=np.float32))
-    user = user[order]
+    dense = np.empty((len(order), len(events.dense)), dtype=np.float32)
+    for j, name in enumerate(events.dense):
+        dense[:, j] = np.asarray(column(name), dtype=np.float32)[order]
+    label = np.asarray(column("label"), dtype=np.int8)[order] if events.explicit else None
+    user, item = user[order], item[order]
+    del order
     starts = np.concatenate([[0], np.flatnonzero(np.diff(user)) + 1, [len(user)]]).astype(np.int64)
-    return _Table(
-        user=user, item=item[order],
-        label=f["label"].to_numpy(np.int8)[order] if events.explicit else None,
-        sparse=sparse, dense=dense, starts=starts, cate_of_item=cate_of_item, names=names,
-    )
+    return _Table(user=user, item=item, label=label, sparse=sparse, dense=dense, starts=starts,
+                  cate_of_item=cate_of_item, names=names)
 
 
 def _implicit_filter(table: _Table, stats: dict) -> _Table:
@@ -493,12 +515,14 @@ def _publish(tmp: Path, out: Path) -> None:
 
 def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0,
             valid_fraction: float = 0.1, test_fraction: float = 0.1, history: str = "clicks",
-            force: bool = False, all_requests: bool = False) -> dict:
+            force: bool = False, all_requests: bool = False, release_events: bool = False) -> dict:
     """Write the dataset directory `out` from `events`; returns the stats also saved in stats.json.
 
     history (explicit protocol): "clicks", the user's earlier clicks, or "all", every earlier event
     (MovieLens: every movie rated before the target, the paper's wording). Implicit events are all
-    positives, so there the two are the same."""
+    positives, so there the two are the same. release_events: drop the columns of `events.frame` as
+    they are sorted (the events cannot be prepared again), so that at 100M events the table is never
+    held twice."""
     out = Path(out)
     if max_len < 1:
         raise PrepareError(f"max_len must be >= 1, got {max_len}")
@@ -508,7 +532,7 @@ def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0
     rng = np.random.default_rng(seed)
     protocol = EXPLICIT if events.explicit else IMPLICIT
     ev_stats = {**events.stats, "rows_kept_by_reader": len(events.frame)}
-    table = _sorted_table(events, ev_stats)
+    table = _sorted_table(events, ev_stats, release_events)
     if protocol == IMPLICIT:
         table = _implicit_filter(table, ev_stats)
         if table.n_users == 0:
@@ -725,7 +749,8 @@ def prepare_command(source: str, path: Path | None, out: Path, max_len: int, see
         events = load_source(source, path, meta=meta, all_behaviours=all_behaviours,
                              sparse_features=sparse_features, dense_features=dense_features, seed=seed)
         stats = prepare(events, out, max_len=max_len, seed=seed, valid_fraction=valid_fraction,
-                        test_fraction=test_fraction, history=history, force=force, all_requests=all_requests)
+                        test_fraction=test_fraction, history=history, force=force, all_requests=all_requests,
+                        release_events=True)
     except (SourceError, PrepareError) as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:  # unreadable input, --out under a file, disk full: the system's own words

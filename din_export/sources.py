@@ -282,10 +282,17 @@ def _concat_ids(parts: list[pd.Categorical | np.ndarray]) -> pd.Categorical:
     ints = [p for p in parts if isinstance(p, np.ndarray)]
     cats = [p for p in parts if not isinstance(p, np.ndarray)]
     if ints:
-        # concatenated one list at a time, so the chunks are freed as the whole column is built
-        cats.append(_int_ids(np.concatenate(ints)))
-        del ints
+        # codes a chunk at a time against the sorted distinct ids, each chunk dropped once coded, so
+        # the column is never held twice (nor as int64 codes, which pd.Categorical would make)
+        uniq = np.unique(np.concatenate([np.unique(p) for p in ints]))
+        codes = np.empty(sum(map(len, ints)), dtype=np.int32 if len(uniq) < 2**31 else np.int64)
+        offset = 0
         parts.clear()
+        while ints:
+            p = ints.pop(0)
+            codes[offset:offset + len(p)] = np.searchsorted(uniq, p)
+            offset += len(p)
+        cats.append(pd.Categorical.from_codes(codes, categories=pd.Index(uniq.astype(str), dtype=object)))
     return union_categoricals(cats, ignore_order=True) if len(cats) > 1 else cats[0]
 
 

@@ -186,3 +186,12 @@ def test_requests_are_capped_unless_asked_for_all(synthetic_events: object, tmp_
     summary = prepare_module._summary(tmp_path / "capped", capped)
     assert "capped at the first 50 samples of valid, test; --all-requests writes every sample" in summary
     assert "(every sample)" in prepare_module._summary(tmp_path / "full", full)
+
+
+def test_released_events_give_the_same_dataset(compact_dir: Path, tmp_path: Path) -> None:
+    events = to_events(generate(SyntheticConfig(users=300, items=200, categories=12), seed=1))
+    prepare(events, tmp_path / "released", max_len=12, seed=2, release_events=True)
+    assert list(events.frame.columns) == []  # the CLI's way: the table is not held twice
+    for p in sorted(compact_dir.rglob("*")):
+        if p.is_file():
+            assert (tmp_path / "released" / p.relative_to(compact_dir)).read_bytes() == p.read_bytes(), p
