@@ -317,7 +317,7 @@ def keep_rows(data_dir: str | Path, split: str, rows: np.ndarray) -> None:
     folder = data_dir / split
     if folder.is_dir():
         for path in sorted(folder.glob("*.npy")):
-            kept = np.load(path, mmap_mode="r")[rows]
+            kept = np.load(path, mmap_mode="r", allow_pickle=False)[rows]
             tmp = path.with_name(f".{path.stem}.tmp.npy")
             np.save(tmp, kept)  # the windows point into events/, which stays as it is
             tmp.replace(path)

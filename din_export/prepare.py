@@ -640,11 +640,11 @@ def _stats(events: Events, protocol: str, seed: int, max_len: int, ev_stats: dic
            user_split: np.ndarray | None, tmp: Path, vocab_sizes: dict, oov: dict) -> dict:
     samples, positives, users = {}, {}, {}
     for s in SPLITS:
-        label = np.load(tmp / s / "label.npy")
+        label = np.load(tmp / s / "label.npy", allow_pickle=False)
         samples[s], positives[s] = len(label), int(label.sum(dtype=np.int64))
         del label
         seen = np.zeros(len(table.names[USER]), dtype=bool)  # O(samples), unlike np.unique's sort
-        seen[np.load(tmp / s / "group.npy")] = True
+        seen[np.load(tmp / s / "group.npy", allow_pickle=False)] = True
         users[s] = int(seen.sum())
     return {
         "source": events.source, "protocol": protocol, "seed": seed, "max_len": max_len,
