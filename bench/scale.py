@@ -58,24 +58,26 @@ def old_tree(work: Path, ref: str) -> Path:
         path.mkdir()
         (path / "din_export").symlink_to(src / "din_export")
         (path / "din_runtime").symlink_to(src / "runtime")
+        (path / "models").symlink_to(src / "models")  # the presets, found beside the package
     return path
 
 
 def steps_only(data_dir: Path, steps: int, threads: int) -> None:
     """STEPS training steps of `train --config edge` on DATA_DIR (all splits loaded and checked, as
-    `train` does); prints samples/s of the steps as JSON."""
+    `train` does); prints samples/s of the steps as JSON. Runs under the old toolkit too."""
     import numpy as np
     import torch
     from torch import nn
 
-    from din_export.data import Batches, load_schema, load_splits
+    from din_export.data import Batches, load_schema, load_split
     from din_export.model import DIN
     from din_export.train import load_preset, make_optimizer
 
     torch.set_num_threads(threads)
     model_cfg, cfg, _ = load_preset("edge")
     schema = load_schema(data_dir)
-    splits = load_splits(data_dir, ("train", "valid", "test"), schema)
+    # load_split and Batches as both layouts' toolkits have them, so --old runs this too
+    splits = {s: load_split(data_dir, s, schema) for s in ("train", "valid", "test")}
     torch.manual_seed(cfg.seed)
     model = DIN(schema, model_cfg)
     opt = make_optimizer(model, cfg)
@@ -91,10 +93,10 @@ def steps_only(data_dir: Path, steps: int, threads: int) -> None:
         if done == steps:
             break
     seconds = time.perf_counter() - start
-    assert np.isfinite(float(loss))
+    assert np.isfinite(float(loss.detach()))
     print(json.dumps({"steps": done, "rows": rows, "seconds": round(seconds, 2),
                       "samples_per_s": round(rows / seconds, 1), "batch_size": cfg.batch_size,
-                      "train_rows": splits["train"].n}))
+                      "train_rows": len(splits["train"]["label"])}))
 
 
 def main() -> None:
@@ -142,7 +144,8 @@ def main() -> None:
         else:
             result = timed([py, str(Path(__file__).resolve()), str(work), "--steps-only", str(data), "--train",
                             args.train, "--threads", str(args.threads)], work / f"{name}-steps-{n}m.log", env)
-            result.update(json.loads((work / f"{name}-steps-{n}m.log").read_text().splitlines()[0]))
+            result.update(json.loads(next(line for line in (work / f"{name}-steps-{n}m.log").read_text().splitlines()
+                                          if line.startswith("{"))))
         record[f"{name}_train"] = result
         record["load_after"] = os.getloadavg()
         (work / f"scale-{n}m.json").write_text(json.dumps(record, indent=2))
