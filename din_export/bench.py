@@ -157,14 +157,11 @@ def prepare_dataset(source: str, path: Path, out: Path, train_rows: int | None) 
     with contextlib.redirect_stdout(io.StringIO()):
         prepare(load_source(source, path), out, max_len=50, seed=0)
     if train_rows is not None:
-        with np.load(out / "train.npz", allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        n = len(arrays["label"])
+        from din_export.data import keep_rows, load_split
+
+        n = load_split(out, "train").n
         if n > train_rows:
-            keep = np.sort(np.random.default_rng(0).choice(n, train_rows, replace=False))
-            buffer = io.BytesIO()
-            np.savez(buffer, **{k: v[keep] for k, v in arrays.items()})
-            write_bytes_atomic(out / "train.npz", buffer.getvalue())
+            keep_rows(out, "train", np.sort(np.random.default_rng(0).choice(n, train_rows, replace=False)))
     return out
 
 
@@ -370,6 +367,7 @@ def padded_run(run_dir: Path, work: Path, target_bytes: float) -> Path:
 
     from safetensors.torch import load_file, save_file
 
+    from din_export.data import load_split
     from din_export.verify import resolve_data_dir
 
     config = json.loads((run_dir / "config.json").read_text())
@@ -381,7 +379,7 @@ def padded_run(run_dir: Path, work: Path, target_bytes: float) -> Path:
     extra = max(0, int((target_bytes - sum(t.numel() * 4 for t in state.values())) / (cfg.embed_dim * 4)))
     new_data, new_run = work / "padded-data", work / "padded-run"
     shutil.copytree(data_dir / "vocab", new_data / "vocab")
-    shutil.copyfile(data_dir / "valid.npz", new_data / "valid.npz")
+    np.savez(new_data / "valid.npz", **dict(load_split(data_dir, "valid", schema)))
     ids = json.loads((data_dir / "vocab" / f"{vocab}.json").read_text()) + [f"bench-pad-{i}" for i in range(extra)]
     write_json_atomic(new_data / "vocab" / f"{vocab}.json", ids)
     padded = Schema.from_dict({**schema.to_dict(), "vocab_sizes": {**schema.vocab_sizes, vocab: len(ids) + 2}})

@@ -8,9 +8,11 @@ Two protocols, both deterministic under the seed:
 - explicit (MovieLens, events with label): users split at random into train/valid/test; every event
   at position i >= 1 is a sample whose history is the user's clicks strictly before it.
 
-Samples are built one block of users at a time and written into memory-mapped arrays in raw-code
-space; the vocabularies (train split only) then map those codes to indices in place. Memory stays at
-the sorted events table plus one block (docs/data.md).
+Output is the compact dataset directory (docs/design.md): every history sequence stored once in
+events/, every sample a row of its split's memory-mapped columns pointing into it (window end and
+length). Samples are built one block of users at a time in raw-code space; the vocabularies (train
+split only) then map those codes to indices in place. Counting history cells for the vocabularies
+and OOV figures goes through window coverage, so cost is O(events + samples), whatever max_len is.
 """
 
 from __future__ import annotations
@@ -51,10 +53,12 @@ EXPLICIT = "explicit-user-split"
 SPLITS = ("train", "valid", "test")
 HISTORIES = ("clicks", "all")  # explicit protocol: which of the user's earlier events form the history
 MIN_POSITIVES = 3  # implicit: one train-or-history item, one validation target, one test target
-# working-set sizes, in int64 cells: a block of users makes about this many history cells, and the
-# in-place remap of the memory-mapped arrays goes this many cells at a time (~32 MB each)
+# A block of users is the users whose samples would hold about BLOCK_CELLS padded history cells (the
+# implicit negatives are drawn block by block, so this also fixes the random stream), and columns are
+# remapped REMAP_CELLS rows at a time.
 BLOCK_CELLS = 4_000_000
 REMAP_CELLS = 4_000_000
+REQUESTS_CAP = 100_000  # valid/test requests written by default (--all-requests: every sample)
 ITEM, CATE, USER = "item_id", "cate_id", "user_id"
 HIST_ITEM, HIST_CATE = "hist_item_id", "hist_cate_id"
 
@@ -71,7 +75,7 @@ class _Table:
     item: np.ndarray
     label: np.ndarray | None
     sparse: dict[str, np.ndarray]
-    dense: np.ndarray  # (n, n_dense) float64
+    dense: np.ndarray  # (n, n_dense) float32
     starts: np.ndarray  # user block i is rows starts[i]:starts[i+1]
     cate_of_item: np.ndarray  # item code -> category code (of the item's first row in the file)
     names: dict[str, np.ndarray]  # vocabulary name -> raw id string of each code
@@ -103,34 +107,58 @@ def _codes(cat: object) -> tuple[np.ndarray, np.ndarray]:
     return rank[np.asarray(cat.codes)], names[order]
 
 
-def _sorted_table(events: Events, stats: dict) -> _Table:
+def _first_values(keys: np.ndarray, values: np.ndarray, n_keys: int) -> np.ndarray:
+    """values[i] at the first row i of each key (-1 for keys that never occur), a slice at a time so
+    that no sort of the whole column is needed."""
+    out = np.full(n_keys, -1, dtype=np.int32)
+    for a in range(0, len(keys), REMAP_CELLS):
+        k = keys[a:a + REMAP_CELLS]
+        first_keys, first_rows = np.unique(k, return_index=True)
+        new = out[first_keys] < 0
+        out[first_keys[new]] = values[a:a + REMAP_CELLS][first_rows[new]]
+    return out
+
+
+def _sorted_table(events: Events, stats: dict, release: bool) -> _Table:
+    """release: drop each column of `events.frame` once it is converted, so that the table is not
+    held twice at its largest (the CLI's choice; a library caller may reuse its events)."""
     f = events.frame
     if len(f) == 0:
         raise PrepareError("no events left to prepare")
-    user, user_names = _codes(f["user"].array)
-    item, item_names = _codes(f["item"].array)
-    cate, cate_names = _codes(f["category"].array)
-    ts = f["timestamp"].to_numpy(np.int64)
-    # lexsort is stable, and the file row is the last key anyway: equal timestamps keep file order
-    order = np.lexsort((np.arange(len(f)), ts, user))
+
+    def column(name: str) -> object:
+        values = f[name].array
+        if release:
+            del f[name]
+        return values
+
+    user, user_names = _codes(column("user"))
+    item, item_names = _codes(column("item"))
+    cate, cate_names = _codes(column("category"))
+    ts = np.asarray(column("timestamp"), dtype=np.int64)
+    # lexsort is stable: equal timestamps keep file order
+    order = np.lexsort((ts, user))
+    del ts
     # an item's category is the one on its first row in the file; other rows are counted, not trusted
-    cate_of_item = np.full(len(item_names), -1, dtype=np.int32)
-    first_items, first_rows = np.unique(item, return_index=True)
-    cate_of_item[first_items] = cate[first_rows]
-    stats["category_conflicts"] = int((cate != cate_of_item[item]).sum())
+    cate_of_item = _first_values(item, cate, len(item_names))
+    stats["category_conflicts"] = sum(int((cate[a:a + REMAP_CELLS] != cate_of_item[item[a:a + REMAP_CELLS]]).sum())
+                                      for a in range(0, len(item), REMAP_CELLS))
+    del cate
     sparse, names = {}, {USER: user_names, ITEM: item_names, CATE: cate_names}
     for name in events.sparse:
-        sparse[name], names[name] = _codes(f[name].array)
-        sparse[name] = sparse[name][order]
-    dense = (np.stack([f[c].to_numpy(np.float64)[order] for c in events.dense], axis=1)
-             if events.dense else np.zeros((len(f), 0)))
-    user = user[order]
+        codes, names[name] = _codes(column(name))
+        sparse[name] = codes[order]
+        del codes
+    # float32, as the dataset stores them: one rounding from the source's values either way
+    dense = np.empty((len(order), len(events.dense)), dtype=np.float32)
+    for j, name in enumerate(events.dense):
+        dense[:, j] = np.asarray(column(name), dtype=np.float32)[order]
+    label = np.asarray(column("label"), dtype=np.int8)[order] if events.explicit else None
+    user, item = user[order], item[order]
+    del order
     starts = np.concatenate([[0], np.flatnonzero(np.diff(user)) + 1, [len(user)]]).astype(np.int64)
-    return _Table(
-        user=user, item=item[order],
-        label=f["label"].to_numpy(np.int8)[order] if events.explicit else None,
-        sparse=sparse, dense=dense, starts=starts, cate_of_item=cate_of_item, names=names,
-    )
+    return _Table(user=user, item=item, label=label, sparse=sparse, dense=dense, starts=starts,
+                  cate_of_item=cate_of_item, names=names)
 
 
 def _implicit_filter(table: _Table, stats: dict) -> _Table:
@@ -282,84 +310,149 @@ def _block_samples(plan: _Plan, block: tuple[int, int]) -> dict[str, dict[str, n
             for i, s in enumerate(SPLITS)}
 
 
-def _materialise(table: _Table, hist_src: np.ndarray, smp: dict[str, np.ndarray], max_len: int,
-                 with_user: bool) -> dict[str, np.ndarray]:
-    """Sample specs -> the npz arrays, still in code space (histories padded with -1)."""
-    rows, h_len = smp["row"], smp["h_len"]
-    steps = np.arange(max_len)
-    real = steps[None, :] < h_len[:, None]
-    idx = np.where(real, smp["h_end"][:, None] - h_len[:, None] + steps[None, :], 0)
-    hist_item = np.where(real, hist_src[idx] if len(hist_src) else 0, -1).astype(np.int64)
-    hist_cate = np.where(real, table.cate_of_item[np.maximum(hist_item, 0)], -1).astype(np.int64)
-    out = {USER: table.user[rows].astype(np.int64)} if with_user else {}
-    out.update({name: codes[rows].astype(np.int64) for name, codes in table.sparse.items()})
+def _sample_columns(table: _Table, smp: dict[str, np.ndarray], with_user: bool) -> dict[str, np.ndarray]:
+    """Sample specs -> the split's per-sample columns, ids still codes into `table.names`."""
+    rows = smp["row"]
+    out = {USER: table.user[rows]} if with_user else {}
+    out.update({name: codes[rows] for name, codes in table.sparse.items()})
     out.update({
-        ITEM: smp["target"], CATE: table.cate_of_item[smp["target"]].astype(np.int64),
-        HIST_ITEM: hist_item, HIST_CATE: hist_cate, "hist_len": h_len.astype(np.int64),
-        "label": smp["label"].astype(np.float32), "group": table.user[rows].astype(np.int64),
+        ITEM: smp["target"], CATE: table.cate_of_item[smp["target"]], "hist_len": smp["h_len"],
+        "hist_end": smp["h_end"], "label": smp["label"], "group": table.user[rows],
     })
     if table.dense.shape[1]:
         out["dense"] = table.dense[rows].astype(np.float32)
     return out
 
 
+def _window_counts(hist_src: np.ndarray, cate_of_item: np.ndarray, cols: dict[str, np.ndarray],
+                   counts: dict[str, np.ndarray]) -> None:
+    """Add each history cell of the samples `cols` to the item and category counts, in O(events + samples):
+    an event counts once per sample whose window [hist_end - hist_len, hist_end) covers it."""
+    end = cols["hist_end"].astype(np.int64)
+    start = end - cols["hist_len"]
+    if not len(end) or not (end > start).any():
+        return
+    lo, hi = int(start.min()), int(end.max())
+    cover = np.cumsum(np.bincount(start - lo, minlength=hi - lo + 1) - np.bincount(end - lo, minlength=hi - lo + 1))
+    items = hist_src[lo:hi]
+    weights = cover[:-1].astype(np.float64)  # bincount adds float weights; counts stay far below 2**53
+    counts[ITEM] += np.rint(np.bincount(items, weights, minlength=len(counts[ITEM]))).astype(np.int64)
+    counts[CATE] += np.rint(np.bincount(cate_of_item[items], weights, minlength=len(counts[CATE]))).astype(np.int64)
+
+
 def _json_number(v: float) -> int | float:
     return int(v) if float(v).is_integer() else float(v)
 
 
-def _requests(table: _Table, arrays: dict[str, np.ndarray], dense_names: tuple[str, ...]) -> Iterator[str]:
+def _requests(table: _Table, hist_src: np.ndarray, cols: dict[str, np.ndarray],
+              dense_names: tuple[str, ...]) -> Iterator[str]:
     """Valid/test samples as raw requests (docs/design.md, Request format), one JSON line each."""
     names = table.names
-    cols = {USER: names[USER][arrays["group"]]}  # the group (GAUC) field, a feature or a pass-through
-    cols.update({name: names[name][arrays[name]] for name in table.sparse})
+    group = cols["group"]
+    users = {USER: names[USER][group]}  # the group (GAUC) field, a feature or a pass-through
+    users.update({name: names[name][cols[name]] for name in table.sparse})
     items, cates = names[ITEM], names[CATE]
-    dense = arrays.get("dense")
-    for i in range(len(arrays["label"])):
-        n = int(arrays["hist_len"][i])
-        req: dict[str, object] = {k: str(v[i]) for k, v in cols.items()}
+    dense = cols.get("dense")
+    for i in range(len(cols["label"])):
+        n, end = int(cols["hist_len"][i]), int(cols["hist_end"][i])
+        hist = hist_src[end - n:end]
+        req: dict[str, object] = {k: str(v[i]) for k, v in users.items()}
         for j, name in enumerate(dense_names):
             req[name] = _json_number(dense[i, j])
-        req[ITEM] = str(items[arrays[ITEM][i]])
-        req[CATE] = str(cates[arrays[CATE][i]])
-        req[HIST_ITEM] = items[arrays[HIST_ITEM][i, :n]].tolist()
-        req[HIST_CATE] = cates[arrays[HIST_CATE][i, :n]].tolist()
-        req["label"] = int(arrays["label"][i])
+        req[ITEM] = str(items[cols[ITEM][i]])
+        req[CATE] = str(cates[cols[CATE][i]])
+        req[HIST_ITEM] = items[hist].tolist()
+        req[HIST_CATE] = cates[table.cate_of_item[hist]].tolist()
+        req["label"] = int(cols["label"][i])
         yield json.dumps(req, ensure_ascii=False)
 
 
-class _SplitArrays:
-    """Memory-mapped .npy files of one split, filled block by block, zipped into <split>.npz at the end."""
+class _NpyFile:
+    """One .npy file of known shape, written and rewritten through plain file I/O.
+
+    Not a memory map: pages of a mapped file count in the process's resident memory until unmapped,
+    so writing a 100M-sample split through memmaps would look (and, under pressure, act) like holding
+    it all; the page cache holds the same bytes without that."""
+
+    def __init__(self, path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        self.dtype, self.shape = np.dtype(dtype), shape
+        self.row = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.f = open(path, "w+b")
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(self.f, header)
+        self.data = self.f.tell()
+        self.f.truncate(self.data + shape[0] * self.row)
+
+    def write(self, start: int, values: np.ndarray) -> None:
+        self.f.seek(self.data + start * self.row)
+        self.f.write(np.ascontiguousarray(values, dtype=self.dtype).tobytes())
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        self.f.seek(self.data + start * self.row)
+        count = (stop - start) * (self.row // self.dtype.itemsize)
+        return np.fromfile(self.f, dtype=self.dtype, count=count).reshape(-1, *self.shape[1:])
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class _SplitColumns:
+    """The .npy files of one split (DATA_DIR/<split>/<column>.npy), filled block by block."""
 
     def __init__(self, folder: Path, n: int, spec: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
         folder.mkdir(parents=True)
-        self.n, self.offset, self.folder = n, 0, folder
-        self.arrays = {k: np.lib.format.open_memmap(folder / f"{k}.npy", mode="w+", dtype=dt, shape=(n, *tail))
-                       for k, (dt, tail) in spec.items()}
+        self.n, self.offset = n, 0
+        self.files = {k: _NpyFile(folder / f"{k}.npy", dt, (n, *tail)) for k, (dt, tail) in spec.items()}
 
     def append(self, block: dict[str, np.ndarray]) -> None:
-        m = len(block["label"])
-        for k, arr in self.arrays.items():
-            arr[self.offset:self.offset + m] = block[k]
-        self.offset += m
+        for k, f in self.files.items():
+            f.write(self.offset, block[k])
+        self.offset += len(block["label"])
 
     def remap(self, key: str, lut: np.ndarray) -> int:
-        """codes (-1 = padding) -> indices through `lut` (indexed by code + 1); returns the OOV count."""
-        arr, oov = self.arrays[key], 0
-        step = max(1, REMAP_CELLS // max(1, arr[0].size if self.n else 1))
-        for a in range(0, self.n, step):
-            chunk = lut[arr[a:a + step] + 1]
+        """codes -> indices through `lut` (indexed by code + 1), in place; returns the OOV count."""
+        f, oov = self.files[key], 0
+        for a in range(0, self.n, REMAP_CELLS):
+            chunk = lut[f.read(a, min(a + REMAP_CELLS, self.n)).astype(np.int64) + 1]
             oov += int((chunk == OOV_INDEX).sum())
-            arr[a:a + step] = chunk
+            f.write(a, chunk)
         return oov
 
-    def save(self, path: Path) -> None:
+    def windows_with(self, flagged: np.ndarray) -> int:
+        """History cells of this split's samples that fall on a flagged event (`flagged`: a running count)."""
+        total = 0
+        for a in range(0, self.n, REMAP_CELLS):
+            b = min(a + REMAP_CELLS, self.n)
+            end = self.files["hist_end"].read(a, b).astype(np.int64)
+            total += int((flagged[end] - flagged[end - self.files["hist_len"].read(a, b)]).sum())
+        return total
+
+    def close(self) -> None:
         assert self.offset == self.n, f"split filled {self.offset} of {self.n} rows"
-        for arr in self.arrays.values():
-            arr.flush()
-        # np.savez streams each array in 16 MiB pieces, so the memmaps are never copied whole
-        np.savez(path, **self.arrays)
-        self.arrays.clear()
-        shutil.rmtree(self.folder)
+        for f in self.files.values():
+            f.close()
+        self.files.clear()
+
+
+def _write_events(folder: Path, hist_src: np.ndarray, cate_of_item: np.ndarray,
+                  luts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """DATA_DIR/events/: the history sequences in index space, int32; returns each one's running OOV
+    count (length + 1), from which the OOV cells of any window are one subtraction."""
+    folder.mkdir()
+    files, running = {}, {}
+    for key in (HIST_ITEM, HIST_CATE):
+        files[key] = _NpyFile(folder / f"{key}.npy", np.dtype(np.int32), (len(hist_src),))
+        running[key] = np.zeros(len(hist_src) + 1, dtype=np.int32 if len(hist_src) < 2**31 else np.int64)
+    for a in range(0, len(hist_src), REMAP_CELLS):
+        items = hist_src[a:a + REMAP_CELLS].astype(np.int64)
+        for key, codes, vocab in ((HIST_ITEM, items, ITEM), (HIST_CATE, cate_of_item[items], CATE)):
+            idx = luts[vocab][codes + 1]
+            files[key].write(a, idx)
+            running[key][a + 1:a + 1 + len(idx)] = idx == OOV_INDEX
+    for key in files:
+        files[key].close()
+        np.cumsum(running[key], out=running[key])
+    return running
 
 
 class _Moments:
@@ -422,12 +515,14 @@ def _publish(tmp: Path, out: Path) -> None:
 
 def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0,
             valid_fraction: float = 0.1, test_fraction: float = 0.1, history: str = "clicks",
-            force: bool = False) -> dict:
+            force: bool = False, all_requests: bool = False, release_events: bool = False) -> dict:
     """Write the dataset directory `out` from `events`; returns the stats also saved in stats.json.
 
     history (explicit protocol): "clicks", the user's earlier clicks, or "all", every earlier event
     (MovieLens: every movie rated before the target, the paper's wording). Implicit events are all
-    positives, so there the two are the same."""
+    positives, so there the two are the same. release_events: drop the columns of `events.frame` as
+    they are sorted (the events cannot be prepared again), so that at 100M events the table is never
+    held twice."""
     out = Path(out)
     if max_len < 1:
         raise PrepareError(f"max_len must be >= 1, got {max_len}")
@@ -437,7 +532,7 @@ def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0
     rng = np.random.default_rng(seed)
     protocol = EXPLICIT if events.explicit else IMPLICIT
     ev_stats = {**events.stats, "rows_kept_by_reader": len(events.frame)}
-    table = _sorted_table(events, ev_stats)
+    table = _sorted_table(events, ev_stats, release_events)
     if protocol == IMPLICIT:
         table = _implicit_filter(table, ev_stats)
         if table.n_users == 0:
@@ -458,9 +553,13 @@ def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0
     with_user = protocol == IMPLICIT  # explicit test users are never in train: user_id would be all OOV
     hist_src = table.item if (table.label is None or history == "all") else table.item[table.label == 1]
     keys = _vocab_keys(with_user, tuple(table.sparse))
-    spec = {k: (np.dtype(np.int64), (max_len,) if k in (HIST_ITEM, HIST_CATE) else ()) for k in keys}
-    spec.update({"hist_len": (np.dtype(np.int64), ()), "label": (np.dtype(np.float32), ()),
-                 "group": (np.dtype(np.int64), ())})
+    sample_keys = {k: v for k, v in keys.items() if k not in (HIST_ITEM, HIST_CATE)}
+    spec = {k: (np.dtype(np.int32), ()) for k in sample_keys}
+    spec.update({
+        "hist_len": (np.dtype(np.int16 if max_len < 2**15 else np.int32), ()),
+        "hist_end": (np.dtype(np.int32 if len(hist_src) < 2**31 else np.int64), ()),
+        "label": (np.dtype(np.int8), ()), "group": (np.dtype(np.int32), ()),
+    })
     if table.dense.shape[1]:
         spec["dense"] = (np.dtype(np.float32), (table.dense.shape[1],))
 
@@ -469,25 +568,30 @@ def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
     tmp.mkdir()
     try:
-        splits = {s: _SplitArrays(tmp / ".arrays" / s, sizes[s], spec) for s in SPLITS}
+        splits = {s: _SplitColumns(tmp / s, sizes[s], spec) for s in SPLITS}
         counts = {v: np.zeros(len(table.names[v]), dtype=np.int64) for v in set(keys.values())}
         moments = _Moments(table.dense.shape[1])
         dense_names = tuple(events.dense)
+        cap = None if all_requests else REQUESTS_CAP
+        written = {"valid": 0, "test": 0}
         with open(tmp / "valid_requests.jsonl", "w", encoding="utf-8") as fv, \
                 open(tmp / "test_requests.jsonl", "w", encoding="utf-8") as ft:
             for block in _blocks(table, max_len):
                 for split, smp in _block_samples(plan, block).items():
-                    arrays = _materialise(table, hist_src, smp, max_len, with_user)
-                    splits[split].append(arrays)
+                    cols = _sample_columns(table, smp, with_user)
+                    splits[split].append(cols)
                     if split == "train":
-                        for key, vocab in keys.items():
-                            codes = arrays[key].ravel()
-                            counts[vocab] += np.bincount(codes[codes >= 0], minlength=len(counts[vocab]))
-                        moments.add(arrays.get("dense", np.zeros((0, 0))))
-                    else:
+                        for key, vocab in sample_keys.items():
+                            counts[vocab] += np.bincount(cols[key], minlength=len(counts[vocab]))
+                        _window_counts(hist_src, table.cate_of_item, cols, counts)
+                        moments.add(cols.get("dense", np.zeros((0, 0))))
+                    elif cap is None or written[split] < cap:
+                        take = len(cols["label"]) if cap is None else min(len(cols["label"]), cap - written[split])
                         f = fv if split == "valid" else ft
-                        for line in _requests(table, arrays, dense_names):
+                        for line in _requests(table, hist_src, {k: v[:take] for k, v in cols.items()},
+                                              dense_names):
                             f.write(line + "\n")
+                        written[split] += take
 
         vocab_sizes, oov = {}, {s: {} for s in SPLITS}
         luts = {}
@@ -497,11 +601,14 @@ def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0
             write_json_atomic(tmp / "vocab" / f"{vocab}.json", ids)
             (tmp / "freq").mkdir(exist_ok=True)
             np.save(tmp / "freq" / f"{vocab}.npy", freq)
+        del counts
+        running_oov = _write_events(tmp / "events", hist_src, table.cate_of_item, luts)
         for s in SPLITS:
             for key, vocab in keys.items():
-                oov[s][key] = splits[s].remap(key, luts[vocab])
-            splits[s].save(tmp / f"{s}.npz")
-        (tmp / ".arrays").rmdir()
+                oov[s][key] = (splits[s].windows_with(running_oov[key]) if key in running_oov
+                               else splits[s].remap(key, luts[vocab]))
+            splits[s].close()
+        del running_oov
 
         mean, std = moments.result() if dense_names else ((), ())
         schema = Schema(
@@ -515,6 +622,8 @@ def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0
         )
         schema.save(tmp / "schema.json")
         stats = _stats(events, protocol, seed, max_len, ev_stats, table, plan.user_split, tmp, vocab_sizes, oov)
+        stats["requests"] = {s: {"written": written[s], "samples": sizes[s]} for s in ("valid", "test")}
+        stats["requests"]["cap"] = cap
         if protocol == EXPLICIT:
             stats["history"] = history
         if plan.pools:
@@ -531,10 +640,12 @@ def _stats(events: Events, protocol: str, seed: int, max_len: int, ev_stats: dic
            user_split: np.ndarray | None, tmp: Path, vocab_sizes: dict, oov: dict) -> dict:
     samples, positives, users = {}, {}, {}
     for s in SPLITS:
-        with np.load(tmp / f"{s}.npz", allow_pickle=False) as z:
-            label, group = z["label"], z["group"]
-            samples[s], positives[s] = len(label), int(label.sum())
-            users[s] = int(len(np.unique(group)))
+        label = np.load(tmp / s / "label.npy", allow_pickle=False)
+        samples[s], positives[s] = len(label), int(label.sum(dtype=np.int64))
+        del label
+        seen = np.zeros(len(table.names[USER]), dtype=bool)  # O(samples), unlike np.unique's sort
+        seen[np.load(tmp / s / "group.npy", allow_pickle=False)] = True
+        users[s] = int(seen.sum())
     return {
         "source": events.source, "protocol": protocol, "seed": seed, "max_len": max_len,
         "events": ev_stats,
@@ -589,6 +700,11 @@ def _summary(out: Path, stats: dict) -> str:
         "  samples: " + ", ".join(f"{k} {s[k]:,} (positive rate {r[k]})" for k in SPLITS),
         "  vocab sizes: " + ", ".join(f"{k} {v:,}" for k, v in stats["vocab_sizes"].items()),
     ]
+    req = stats["requests"]
+    capped = [s for s in ("valid", "test") if req[s]["written"] < req[s]["samples"]]
+    lines.append("  requests: " + ", ".join(f"{s}_requests.jsonl {req[s]['written']:,}" for s in ("valid", "test"))
+                 + (f" (capped at the first {req['cap']:,} samples of {', '.join(capped)}; --all-requests writes "
+                    "every sample)" if capped else " (every sample)"))
     return "\n".join(lines)
 
 
@@ -612,10 +728,13 @@ def _summary(out: Path, stats: dict) -> str:
               help="explicit protocol: share of users held out for validation.")
 @click.option("--test-fraction", default=0.1, show_default=True, type=FRACTION,
               help="explicit protocol: share of users held out for test.")
+@click.option("--all-requests", is_flag=True,
+              help=f"Write every valid/test sample to *_requests.jsonl (default: the first {REQUESTS_CAP:,} of each).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out directory.")
 def prepare_command(source: str, path: Path | None, out: Path, max_len: int, seed: int, meta: Path | None,
                     all_behaviours: bool, sparse_features: str, dense_features: str,
-                    history: str, valid_fraction: float, test_fraction: float, force: bool) -> None:
+                    history: str, valid_fraction: float, test_fraction: float, all_requests: bool,
+                    force: bool) -> None:
     """Turn raw events at PATH into a dataset directory (docs/data.md).
 
     \b
@@ -630,7 +749,8 @@ def prepare_command(source: str, path: Path | None, out: Path, max_len: int, see
         events = load_source(source, path, meta=meta, all_behaviours=all_behaviours,
                              sparse_features=sparse_features, dense_features=dense_features, seed=seed)
         stats = prepare(events, out, max_len=max_len, seed=seed, valid_fraction=valid_fraction,
-                        test_fraction=test_fraction, history=history, force=force)
+                        test_fraction=test_fraction, history=history, force=force, all_requests=all_requests,
+                        release_events=True)
     except (SourceError, PrepareError) as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:  # unreadable input, --out under a file, disk full: the system's own words

@@ -6,7 +6,8 @@ equal timestamps), with columns
     timestamp              int64
     label                  int8 0/1, only for explicit sources (MovieLens, events with a label)
     <sparse features>      Categorical of strings, declared in `Events.sparse`
-    <dense features>       float64, declared in `Events.dense`
+    <dense features>       float32 (float64 from the MovieLens, Taobao and Amazon readers), declared in
+                           `Events.dense`
 Ids are kept as categoricals so a large file costs a few bytes per row, not a Python string each.
 
 Every reader raises `SourceError` naming the file, the line and the field of the first bad value
@@ -48,6 +49,7 @@ TAOBAO_WINDOW = (1511539200, 1512316800)
 TAOBAO_BEHAVIOURS = ("pv", "cart", "fav", "buy")
 CLICK_RATING = 4
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 FLOAT_EXACT = 2**53  # float64 holds every integer below this exactly, and rounds some above it
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # dense values are stored as float32
 INT_TEXT = re.compile(r"-?[0-9]+")
@@ -114,8 +116,10 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def _ids(values: pd.Series, path: Path | str, name: str, lines: np.ndarray) -> pd.Categorical:
-    """Raw ids -> Categorical of strings, with the same str() rule as the runtime vocabularies."""
+def _ids(values: pd.Series, path: Path | str, name: str, lines: np.ndarray) -> pd.Categorical | np.ndarray:
+    """Raw ids -> Categorical of strings, with the same str() rule as the runtime vocabularies; integer
+    ids stay integers (int32 where they fit) until `_concat_ids` names them, since a Categorical per
+    chunk would hold each chunk's distinct ids as Python strings (gigabytes over 100M rows)."""
     missing = values.isna().to_numpy()
     if missing.any():
         raise _bad(path, int(lines[_first(missing)]), name, None, "missing id")
@@ -133,6 +137,11 @@ def _ids(values: pd.Series, path: Path | str, name: str, lines: np.ndarray) -> p
             raise _bad(path, int(lines[i]), name, arr[i],
                        "too large for a floating-point id to be exact; store ids as integers or strings")
         values = pd.Series(arr.astype(np.int64))
+    if values.dtype.kind in "iu" and len(values):
+        arr = values.to_numpy()
+        lo, hi = int(arr.min()), int(arr.max())
+        if hi <= INT64_MAX:
+            return arr.astype(np.int32 if INT32_MIN <= lo and hi <= INT32_MAX else np.int64)
     try:
         cat = pd.Categorical(values)
     except TypeError:  # unhashable values (lists, dicts, arrays) cannot be ids
@@ -266,10 +275,25 @@ def _labels(values: pd.Series, path: Path | str, name: str, lines: np.ndarray) -
     return arr.astype(np.int8)
 
 
-def _concat_ids(parts: list[pd.Categorical]) -> pd.Categorical:
+def _concat_ids(parts: list[pd.Categorical | np.ndarray]) -> pd.Categorical:
+    """One Categorical of strings from the chunks' ids (integer chunks as arrays, the others as Categoricals)."""
     if not parts:
         return pd.Categorical(np.array([], dtype=object))
-    return union_categoricals(parts, ignore_order=True) if len(parts) > 1 else parts[0]
+    ints = [p for p in parts if isinstance(p, np.ndarray)]
+    cats = [p for p in parts if not isinstance(p, np.ndarray)]
+    if ints:
+        # codes a chunk at a time against the sorted distinct ids, each chunk dropped once coded, so
+        # the column is never held twice (nor as int64 codes, which pd.Categorical would make)
+        uniq = np.unique(np.concatenate([np.unique(p) for p in ints]))
+        codes = np.empty(sum(map(len, ints)), dtype=np.int32 if len(uniq) < 2**31 else np.int64)
+        offset = 0
+        parts.clear()
+        while ints:
+            p = ints.pop(0)
+            codes[offset:offset + len(p)] = np.searchsorted(uniq, p)
+            offset += len(p)
+        cats.append(pd.Categorical.from_codes(codes, categories=pd.Index(uniq.astype(str), dtype=object)))
+    return union_categoricals(cats, ignore_order=True) if len(cats) > 1 else cats[0]
 
 
 def _check_file(path: Path, what: str) -> None:
@@ -859,22 +883,25 @@ def _collect_events(chunks: Iterable[pd.DataFrame], where: object, line0: int, h
         lines = np.arange(line0 + n_rows, line0 + n_rows + len(chunk))
         for c in ids:
             ids[c].append(_ids(chunk[c], where, c, lines))
-        nums["timestamp"].append(_ints(chunk["timestamp"], where, "timestamp", lines))
+        # a copy: a view would keep the chunk's whole 2-d block of int64 columns alive until the end
+        nums["timestamp"].append(_ints(chunk["timestamp"], where, "timestamp", lines).copy())
         if has_label:
             nums["label"].append(_labels(chunk["label"], where, "label", lines))
         for c in dense_cols:
-            nums[c].append(_floats(chunk[c], where, c, lines))
+            # float32 is what the dataset stores; rounding here or at the end gives the same values
+            nums[c].append(_floats(chunk[c], where, c, lines).astype(np.float32))
         n_rows += len(chunk)
     if n_rows == 0:
         raise SourceError(f"{where}: no rows")
-    frame = pd.DataFrame({c: _concat_ids(ids[c]) for c in ("user", "item", "category")})
-    frame["timestamp"] = np.concatenate(nums["timestamp"])
+    # each column is built while its chunks are dropped, so the table is never held twice
+    frame = pd.DataFrame({c: _concat_ids(ids.pop(c)) for c in ("user", "item", "category")})
+    frame["timestamp"] = np.concatenate(nums.pop("timestamp"))
     if has_label:
-        frame["label"] = np.concatenate(nums["label"])
+        frame["label"] = np.concatenate(nums.pop("label"))
     for c in sparse_cols:
-        frame[c] = _concat_ids(ids[c])
+        frame[c] = _concat_ids(ids.pop(c))
     for c in dense_cols:
-        frame[c] = np.concatenate(nums[c])
+        frame[c] = np.concatenate(nums.pop(c))
     return Events(frame=frame, source=source, sparse=sparse_cols, dense=dense_cols,
                   stats={"rows_read": n_rows},
                   notes={"category": "category column", "label": "label column" if has_label else "implicit"})

@@ -12,7 +12,8 @@ So the label hangs on which parts of the history match the target, the relation 
 computes and sum pooling blurs. Explicit labels: prepare uses the explicit (user split) protocol,
 with clicks (label 1) as history. Everything is drawn from one seeded numpy Generator.
 
-`python -m din_export.synthetic OUT.csv|OUT.parquet [--users N ...]` writes the table;
+`python -m din_export.synthetic OUT.csv|OUT.parquet [--users N ...]` writes the table, one block of
+users at a time (constant memory: 100M events are a few minutes and a few hundred MB);
 `din-export prepare --source synthetic [OUT]` prepares it (or the default table when OUT is omitted).
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,9 @@ from din_export.sources import Events, SourceError, events_from_frame, read_even
 SPARSE = ("gender",)
 DENSE = ("age", "price")
 START_TIME = 1_700_000_000  # 2023-11-14, only so the timestamps look like epoch seconds
+# Users are generated (and written) this many at a time: memory is one block's events, whatever the total.
+BLOCK_USERS = 100_000
+PARQUET_ROW_GROUP = 1_000_000  # rows per Parquet row group, so that readers can stream the file
 
 
 @dataclass(frozen=True)
@@ -59,40 +64,51 @@ class SyntheticConfig:
             raise ValueError("interest_share must be in [0, 1]")
 
 
-def generate(config: SyntheticConfig | None = None, seed: int = 0) -> pd.DataFrame:
-    """The events table: user, item, category, timestamp, label, gender, age, price (time order)."""
-    c = config or SyntheticConfig()
-    rng = np.random.default_rng(seed)
+@dataclass(frozen=True)
+class _Catalogue:
+    item_cat: np.ndarray
+    cat_items: np.ndarray  # items grouped by category
+    cat_count: np.ndarray
+    cat_first: np.ndarray
+    price: np.ndarray
+    price_z: np.ndarray
+    appeal: np.ndarray
+    taste: np.ndarray  # +1: women like the category more, -1: men
+
+
+def _catalogue(c: SyntheticConfig, rng: np.random.Generator) -> _Catalogue:
     # every category gets one item, the rest are spread at random
     item_cat = np.concatenate([np.arange(c.categories), rng.integers(0, c.categories, c.items - c.categories)])
     rng.shuffle(item_cat)
-    cat_items = np.argsort(item_cat, kind="stable")  # items grouped by category
     cat_count = np.bincount(item_cat, minlength=c.categories)
-    cat_first = np.concatenate([[0], np.cumsum(cat_count)[:-1]])
     log_price = rng.normal(3.0, 0.3, c.categories)[item_cat] + rng.normal(0, 0.5, c.items)
-    price = np.round(np.exp(log_price), 2)
-    price_z = (log_price - log_price.mean()) / log_price.std()
-    appeal = rng.normal(0, 0.5, c.items)
-    taste = rng.choice([-1.0, 1.0], c.categories)  # +1: women like it more, -1: men
+    return _Catalogue(
+        item_cat=item_cat, cat_items=np.argsort(item_cat, kind="stable"), cat_count=cat_count,
+        cat_first=np.concatenate([[0], np.cumsum(cat_count)[:-1]]), price=np.round(np.exp(log_price), 2),
+        price_z=(log_price - log_price.mean()) / log_price.std(), appeal=rng.normal(0, 0.5, c.items),
+        taste=rng.choice([-1.0, 1.0], c.categories))
 
-    n_int = rng.integers(2, 4, c.users)
-    interests = np.stack([rng.permutation(c.categories)[:3] for _ in range(c.users)])
-    female = rng.random(c.users) < 0.5
-    age = rng.integers(18, 71, c.users)
-    length = rng.integers(c.min_events, c.max_events + 1, c.users)
-    clock = START_TIME + rng.integers(0, 30 * 86400, c.users)
 
-    recent = np.full((c.users, c.memory), -1)  # categories of the last clicks, newest last
+def _users_block(c: SyntheticConfig, k: _Catalogue, rng: np.random.Generator, first: int, n: int) -> pd.DataFrame:
+    """The events of users first+1 .. first+n, sorted by (timestamp, user)."""
+    n_int = rng.integers(2, 4, n)
+    interests = np.stack([rng.permutation(c.categories)[:3] for _ in range(n)])
+    female = rng.random(n) < 0.5
+    age = rng.integers(18, 71, n)
+    length = rng.integers(c.min_events, c.max_events + 1, n)
+    clock = START_TIME + rng.integers(0, 30 * 86400, n)
+
+    recent = np.full((n, c.memory), -1)  # categories of the last clicks, newest last
     rows = []
     for t in range(c.max_events):
         u = np.flatnonzero(length > t)
         own = rng.random(len(u)) < c.interest_share
         cat = np.where(own, interests[u, (rng.random(len(u)) * n_int[u]).astype(int)],
                        rng.integers(0, c.categories, len(u)))
-        item = cat_items[cat_first[cat] + (rng.random(len(u)) * cat_count[cat]).astype(int)]
+        item = k.cat_items[k.cat_first[cat] + (rng.random(len(u)) * k.cat_count[cat]).astype(int)]
         match = np.minimum((recent[u] == cat[:, None]).sum(1), 3)
-        logit = (c.base_logit + c.match_weight * match + appeal[item] - c.price_weight * price_z[item]
-                 + c.taste_weight * taste[cat] * np.where(female[u], 1, -1))
+        logit = (c.base_logit + c.match_weight * match + k.appeal[item] - c.price_weight * k.price_z[item]
+                 + c.taste_weight * k.taste[cat] * np.where(female[u], 1, -1))
         click = rng.random(len(u)) < 1 / (1 + np.exp(-logit))
         clicked = u[click]
         recent[clicked] = np.concatenate([recent[clicked, 1:], cat[click, None]], axis=1)
@@ -101,11 +117,33 @@ def generate(config: SyntheticConfig | None = None, seed: int = 0) -> pd.DataFra
                                   "label": click.astype(np.int8)}))
     ev = pd.concat(rows, ignore_index=True)
     ev = ev.sort_values(["timestamp", "user"], kind="stable", ignore_index=True)
-    ev["category"] = np.char.add("c", ev["category"].to_numpy().astype(str))
-    ev["gender"] = np.where(female[ev["user"] - 1], "F", "M")
-    ev["age"] = age[ev["user"] - 1]
-    ev["price"] = price[ev["item"] - 1]
+    local = ev["user"].to_numpy() - 1
+    ev["user"] += first
+    ev["category"] = np.array([f"c{i}" for i in range(c.categories)], dtype=object)[ev["category"].to_numpy()]
+    ev["gender"] = np.where(female[local], "F", "M").astype(object)
+    ev["age"] = age[local]
+    ev["price"] = k.price[ev["item"].to_numpy() - 1]
     return ev
+
+
+def generate_blocks(config: SyntheticConfig | None = None, seed: int = 0,
+                    block_users: int = BLOCK_USERS) -> Iterator[pd.DataFrame]:
+    """The events table in blocks of `block_users` users, each sorted by (timestamp, user).
+
+    One seeded Generator draws the catalogue, then each block's users and their impressions in turn, so
+    memory stays at one block whatever the number of users, and a table of up to `block_users` users is
+    the same one `generate` has always made for that seed."""
+    c = config or SyntheticConfig()
+    rng = np.random.default_rng(seed)
+    catalogue = _catalogue(c, rng)
+    for first in range(0, c.users, block_users):
+        yield _users_block(c, catalogue, rng, first, min(block_users, c.users - first))
+
+
+def generate(config: SyntheticConfig | None = None, seed: int = 0) -> pd.DataFrame:
+    """The events table: user, item, category, timestamp, label, gender, age, price; in time order
+    within each block of BLOCK_USERS users (all of it in time order up to that many)."""
+    return pd.concat(list(generate_blocks(config, seed)), ignore_index=True)
 
 
 def to_events(frame: pd.DataFrame) -> Events:
@@ -128,24 +166,46 @@ def load(path: str | Path | None, seed: int = 0) -> Events:
     return events
 
 
-def write_events(frame: pd.DataFrame, path: str | Path) -> None:
-    """CSV or Parquet (by suffix), written to a temporary file and renamed."""
+def write_events(frame: pd.DataFrame | Iterable[pd.DataFrame], path: str | Path) -> dict[str, int]:
+    """CSV or Parquet (by suffix), from one table or an iterable of blocks written as they come, to a
+    temporary file renamed at the end. Returns the rows, distinct users and clicks written."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet", ".pq"):
         raise ValueError(f"{path}: use a .csv or .parquet file name")
+    blocks = [frame] if isinstance(frame, pd.DataFrame) else frame
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    counts = {"rows": 0, "users": 0, "clicks": 0}
+    writer = None
     try:
-        if suffix == ".csv":
-            frame.to_csv(tmp, index=False)
-        else:
-            frame.to_parquet(tmp, index=False)
+        for i, block in enumerate(blocks):
+            if suffix == ".csv":
+                block.to_csv(tmp, index=False, mode="w" if i == 0 else "a", header=i == 0)
+            else:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                table = pa.Table.from_pandas(block, preserve_index=False,
+                                             schema=writer.schema if writer else None)
+                writer = writer or pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table, row_group_size=PARQUET_ROW_GROUP)
+            counts["rows"] += len(block)
+            counts["users"] += block["user"].nunique()  # blocks hold disjoint users
+            counts["clicks"] += int(block["label"].sum()) if "label" in block else 0
+        if not counts["rows"]:
+            raise ValueError(f"{path}: no events to write")
+        if writer is not None:
+            writer.close()
+            writer = None
         os.replace(tmp, path)
     except BaseException:
+        if writer is not None:
+            writer.close()
         Path(tmp).unlink(missing_ok=True)
         raise
+    return counts
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -164,12 +224,11 @@ def write_events(frame: pd.DataFrame, path: str | Path) -> None:
 def main(out: Path, seed: int, **sizes: int) -> None:
     """Write a synthetic shoppers events table to OUT (.csv or .parquet)."""
     try:
-        frame = generate(SyntheticConfig(**sizes), seed)
-        write_events(frame, out)
+        n = write_events(generate_blocks(SyntheticConfig(**sizes), seed), out)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"wrote {len(frame):,} events of {frame['user'].nunique():,} users to {out} "
-               f"(click rate {frame['label'].mean():.3f})")
+    click.echo(f"wrote {n['rows']:,} events of {n['users']:,} users to {out} "
+               f"(click rate {n['clicks'] / n['rows']:.3f})")
 
 
 if __name__ == "__main__":

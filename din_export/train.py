@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 import din_export
 from din_export.cli import CONTEXT_SETTINGS
-from din_export.data import Batches, DataError, load_frequencies, load_schema, load_split
+from din_export.data import Batches, DataError, Split, load_frequencies, load_schema, load_split, load_splits
 from din_export.model import ATTENTION_NORMS, DIN, MODELS, MBARegularizer, ModelConfig
 from din_export.schema import Schema, write_bytes_atomic, write_json_atomic
 
@@ -171,7 +171,7 @@ def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
 
 
 @torch.no_grad()
-def predict_proba(model: DIN, arrays: dict[str, np.ndarray], schema: Schema, batch_size: int,
+def predict_proba(model: DIN, arrays: Split | dict[str, np.ndarray], schema: Schema, batch_size: int,
                   device: torch.device | str = "cpu") -> np.ndarray:
     """Click probabilities of every row of a split, in row order (model in eval mode)."""
     was_training = model.training
@@ -188,7 +188,7 @@ def split_metrics(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> 
     return {**{k: None if np.isnan(v) else v for k, v in values.items()}, "rows": len(labels)}
 
 
-def evaluate_split(model: DIN, arrays: dict[str, np.ndarray], schema: Schema, batch_size: int,
+def evaluate_split(model: DIN, arrays: Split | dict[str, np.ndarray], schema: Schema, batch_size: int,
                    device: torch.device | str = "cpu") -> dict[str, float]:
     probs = predict_proba(model, arrays, schema, batch_size, device)
     return split_metrics(arrays["label"], probs, arrays["group"])
@@ -382,11 +382,11 @@ def train(data_dir: str | Path, run_dir: str | Path, model_cfg: ModelConfig, cfg
         check_resume(run_dir, model_cfg, cfg, schema)
     elif not resume and ((run_dir / "config.json").exists() or (run_dir / "state").exists()):
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
-    splits = {s: load_split(data_dir, s, schema) for s in ("train", "valid", "test")}
-    sizes = {s: len(a["label"]) for s, a in splits.items()}
+    splits = load_splits(data_dir, ("train", "valid", "test"), schema)
+    sizes = {s: a.n for s, a in splits.items()}
     valid = splits["valid"]
     if np.isnan(gauc(valid["label"], np.zeros(sizes["valid"]), valid["group"])):
-        raise DataError(f"{data_dir / 'valid.npz'}: no user has both a click and a non-click, so validation "
+        raise DataError(f"{valid.where}: no user has both a click and a non-click, so validation "
                         f"GAUC (the model selection metric) is undefined")
 
     torch.manual_seed(cfg.seed)
@@ -470,7 +470,7 @@ def train(data_dir: str | Path, run_dir: str | Path, model_cfg: ModelConfig, cfg
 
 
 def end_epoch(run_dir: Path, model: DIN, opt: torch.optim.Optimizer, best: dict[str, Tensor] | None,
-              progress: dict, valid_arrays: dict[str, np.ndarray], schema: Schema, model_cfg: ModelConfig,
+              progress: dict, valid_arrays: Split, schema: Schema, model_cfg: ModelConfig,
               cfg: TrainConfig, dist: Dist, sizes: dict[str, int], seconds: float, log: Log) -> dict[str, Tensor]:
     """Validate, keep the best weights, write the epoch's files (rank 0). Returns the best weights."""
     epoch = progress["epoch"]

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from din_export.data import load_split, load_splits
 from din_export.prepare import EXPLICIT, IMPLICIT, PrepareError, prepare, prepare_command
 from din_export.schema import OOV_INDEX, PAD_INDEX, Schema
 from din_export.sources import (
@@ -42,10 +43,7 @@ SPLITS = ("train", "valid", "test")
 
 def load_dir(d: Path) -> tuple[Schema, dict[str, dict[str, np.ndarray]], dict[str, list[str]]]:
     schema = Schema.load(d)
-    splits = {}
-    for s in SPLITS:
-        with np.load(d / f"{s}.npz", allow_pickle=False) as z:
-            splits[s] = {k: z[k] for k in z.files}
+    splits = {s: dict(split) for s, split in load_splits(d, SPLITS, schema).items()}
     vocabs = {p.stem: json.loads(p.read_text()) for p in (d / "vocab").glob("*.json")}
     return schema, splits, vocabs
 
@@ -422,7 +420,7 @@ def test_implicit_negative_pool_exhausted(tmp_path: Path) -> None:
     assert not (tmp_path / "d").exists()
 
 
-def test_npz_layout(implicit_dir: tuple[Path, pd.DataFrame]) -> None:
+def test_split_arrays(implicit_dir: tuple[Path, pd.DataFrame]) -> None:
     out, _ = implicit_dir
     schema, splits, vocabs = load_dir(out)
     for s in SPLITS:
@@ -841,8 +839,8 @@ def test_taobao_real(tmp_path: Path) -> None:
     # most held-out targets here are items no training position shows, so a leak-free split needs
     # negatives that are as often out of the vocabulary, and item identity must carry no signal
     for split in ("valid", "test"):
-        with np.load(tmp_path / "tb" / f"{split}.npz", allow_pickle=False) as z:
-            oov, label = z["item_id"] == OOV_INDEX, z["label"] == 1
+        z = load_split(tmp_path / "tb", split)
+        oov, label = z["item_id"] == OOV_INDEX, z["label"] == 1
         assert oov[label].mean() > 0.5
         assert abs(oov[label].mean() - oov[~label].mean()) < 0.05
 

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from din_export.data import write_splits
+from din_export.schema import Schema
+
 MAX_LEN = 8
 N_ITEMS, N_CATES, N_USERS = 60, 6, 40
 
@@ -83,9 +86,9 @@ def make_dataset(root: Path, n_train: int = 1200, n_valid: int = 300, n_test: in
         (root / "vocab" / f"{name}.json").write_text(json.dumps(ids))
     bounds = {"train": (0, n_train), "valid": (n_train, n_train + n_valid),
               "test": (n_train + n_valid, n_train + n_valid + n_test)}
-    for split, (a, b) in bounds.items():
-        part = {k: v[a:b] for k, v in rows.items()}
-        np.savez(root / f"{split}.npz", **part)
+    parts = {split: {k: v[a:b] for k, v in rows.items()} for split, (a, b) in bounds.items()}
+    write_splits(root, Schema.from_dict(schema_dict()), parts)
+    for split, part in parts.items():
         if split != "train":
             lines = "".join(json.dumps(r) + "\n" for r in raw_requests(part))
             (root / f"{split}_requests.jsonl").write_text(lines)
