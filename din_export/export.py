@@ -488,7 +488,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
     example = example or example_sizes(schema)
     variant = {"opset": opset, "precision": precision, "quantize": quantize, "example": example}
     int8 = quantize == "int8"
-    rows = calibration_rows(data_dir, schema) if int8 else None
+    calibrated_on, rows = calibration_rows(data_dir, schema) if int8 else (None, None)
     # int8 keeps each Dice whole: folding its 1/sqrt(var) into the Linear before it spreads that Linear's
     # rows 3-5x, which one int8 scale per tensor cannot hold (docs/export.md, "int8")
     module = inference_module(model, keep_input_affine=int8, fold_dice_scale=not int8) if optimize else model
@@ -496,6 +496,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
                               calibration=batch_feeds(rows, schema) if rows is not None else None)
     manifest = build_manifest(model_bytes, schema, spec, config, metrics, opset=opset, precision=precision,
                               quantize=quantize, optimized=optimize, example=example)
+    if rows is not None:
+        manifest["calibration"] = {"split": calibrated_on, "rows": len(rows["label"])}
     extra_files = {}
     if optimize and candidates:
         cspec = candidate_spec(schema)

@@ -12,7 +12,9 @@ ranges depend on the query, and a per-tensor scale calibrated on one data set mo
 random inputs by up to 0.9 when they were quantised too.
 
 The calibration rows are a seeded sample of the TRAINING split, not the validation rows that
-verification judges the AUC on: calibrating on the rows that judge the result would flatter it.
+verification judges the AUC on: calibrating on the rows that judge the result would flatter it (a
+dataset directory without a training split calibrates on its validation rows; the manifest's
+"calibration" says which).
 """
 
 from __future__ import annotations
@@ -45,12 +47,15 @@ SCOPE: re.Pattern[str] | None = re.compile(r"(^|\.)unit\.")
 Feeds = dict[str, np.ndarray]
 
 
-def calibration_rows(data_dir: Path, schema: Schema, rows: int = CALIBRATION_ROWS, seed: int = 0) -> Feeds:
-    """A seeded sample of `rows` training rows (all of them if fewer), in their stored order."""
-    split = load_split(data_dir, "train", schema)
+def calibration_rows(data_dir: Path, schema: Schema, rows: int = CALIBRATION_ROWS,
+                     seed: int = 0) -> tuple[str, Feeds]:
+    """(split, a seeded sample of `rows` of its rows in their stored order): the training split, or the
+    validation split for a dataset directory that holds no training split."""
+    name = "train" if (Path(data_dir) / "train.npz").is_file() else "valid"
+    split = load_split(data_dir, name, schema)
     n = len(split["label"])
     keep = np.sort(np.random.default_rng(seed).choice(n, rows, replace=False)) if n > rows else np.arange(n)
-    return {k: v[keep] for k, v in split.items()}
+    return name, {k: v[keep] for k, v in split.items()}
 
 
 def batch_feeds(rows: Feeds, schema: Schema, batch: int = CALIBRATION_BATCH) -> list[Feeds]:
