@@ -352,11 +352,11 @@ def judge(report: dict[str, Any], policy: dict[str, Any]) -> None:
     policy's limits, AUCError if the validation AUC falls too far. Rows not judged must still be finite."""
     bounds = f"(probability {policy['prob']:g}, relative logit {policy['logit_rel']})"
     for row in report["shapes"] + [report["validation"]]:
-        if not within(row, policy if row["judged"] else FINITE_ONLY):
+        if not within(row, policy if judged(row, policy) else FINITE_ONLY):
             where = "on the validation split" if "rows" in row else f"at batch {row['batch']}, seq {row['seq']}"
             raise ToleranceError(f"{where}: {describe(row)} exceeds the tolerance {bounds}")
     for row in report.get("candidates", []):
-        if not within(row, policy if row["judged"] else FINITE_ONLY):
+        if not within(row, policy if judged(row, policy) else FINITE_ONLY):
             raise ToleranceError(f"candidate graph, {row['user']} user x {row['candidates']} candidates, seq "
                                  f"{row['seq']}: {describe(row)} exceeds the tolerance {bounds}")
     v = report["validation"]
