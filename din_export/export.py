@@ -288,6 +288,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
         product = f"{node.output[0]}_matmul"
         nodes.append(onnx.helper.make_node("MatMul", [node.input[0], weight.name],
                                            [product if len(node.input) > 2 else node.output[0]]))
+        nodes[-1].metadata_props.extend(node.metadata_props)  # the module scope: int8 selects by it
         if len(node.input) > 2:
             nodes.append(onnx.helper.make_node("Add", [product, node.input[2]], [node.output[0]]))
         rewritten += 1

@@ -1,6 +1,6 @@
 """Static int8 quantisation of an exported graph, calibrated on rows of the run's dataset.
 
-Every MatMul of the attention's activation unit with a constant weight (see SCOPE) gets int8
+Every MatMul of the attention's activation unit with a constant weight (see IN_SCOPE) gets int8
 weights and an int8 input whose scale and zero point were measured once, on calibration rows, and are
 stored in the file (QDQ format: QuantizeLinear / DequantizeLinear pairs that onnxruntime fuses into
 integer kernels). Nothing about the scale depends on the batch being scored, so a row's score is
@@ -35,14 +35,20 @@ from din_export.schema import Schema
 CALIBRATION_ROWS = 2048
 CALIBRATION_BATCH = 256
 CANDIDATE_USERS = 8  # users whose history scores CALIBRATION_BATCH candidates each, for candidates.onnx
-# Only the activation unit's weights (named ...unit.* in the plain, optimised and candidate graphs):
-# it runs once per history position, the MLP once per row, so the MLP's MatMuls are a small part of the
-# time but were most of the error: on the synthetic shoppers' paper-preset run, quantising the MLP too
-# took the worst validation probability difference from 0.013 to 0.036 and the AUC loss from 3e-5 to
-# 1.7e-4 (its first layer alone 0.033), for no measurable speed (docs/export.md, "int8").
-# One weight scale per tensor: per output channel was no better there (0.017, 3e-5).
+# Only the activation unit's MatMuls (its module scope, recorded by the exporter in each node's
+# metadata, in the plain, optimised and candidate graphs): it runs once per history position, the MLP
+# once per row, so the MLP's MatMuls are a small part of the time but were most of the error: on the
+# synthetic shoppers' paper-preset run, quantising the MLP too took the worst validation probability
+# difference from 0.013 to 0.036 and the AUC loss from 3e-5 to 1.7e-4 (its first layer alone 0.033),
+# for no measurable speed (docs/export.md, "int8"). One weight scale per tensor: per output channel was
+# no better there (0.017, 3e-5).
 PER_CHANNEL = False
-SCOPE: re.Pattern[str] | None = re.compile(r"(^|\.)unit\.")
+IN_SCOPE = re.compile(r"\bunit[.']")
+# Not the plain graph's first layer of the unit (`--no-optimize`): its input concatenates q, k, q - k and
+# q * k, whose ranges differ by orders of magnitude; one int8 scale for all four moved a MovieLens
+# validation probability of the official preset by 0.057 (logit 1.7).
+OUT_OF_SCOPE = re.compile(r"unit\.mlp\.linears\.0'")
+SCOPES = "pkg.torch.onnx.name_scopes"
 
 Feeds = dict[str, np.ndarray]
 
@@ -96,23 +102,32 @@ class _Reader(CalibrationDataReader):
         return next(self._feeds, None)
 
 
-def weight_matmuls(model: onnx.ModelProto, scope: re.Pattern[str] | None = None) -> list[str]:
-    """Names of the MatMul nodes whose second input is a constant (initializer or Constant node), and
-    with `scope` only those whose weight's name matches it."""
+def weight_matmuls(model: onnx.ModelProto) -> list[str]:
+    """Names of the MatMul nodes of the activation unit (IN_SCOPE, not OUT_OF_SCOPE) whose second input
+    is a constant (initializer or Constant node)."""
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in constants
-            and (scope is None or scope.search(n.input[1]))]
+    chosen = []
+    for n in model.graph.node:
+        scopes = next((p.value for p in n.metadata_props if p.key == SCOPES), "")
+        if (n.op_type == "MatMul" and n.input[1] in constants and IN_SCOPE.search(scopes)
+                and not OUT_OF_SCOPE.search(scopes)):
+            chosen.append(n.name)
+    return chosen
 
 
 def quantize_int8(model: onnx.ModelProto, calibration: Sequence[Feeds],
                   per_channel: bool = PER_CHANNEL) -> onnx.ModelProto:
-    """`model` with every constant-weight MatMul in SCOPE in static QDQ int8 (weights and their inputs,
-    MinMax ranges over `calibration`, the graph's inputs by name). Gemms must already be MatMul + Add."""
+    """`model` with the activation unit's constant-weight MatMuls (`weight_matmuls`) in static QDQ int8
+    (weights and their inputs, MinMax ranges over `calibration`, the graph's inputs by name). Gemms must
+    already be MatMul + Add."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     for i, node in enumerate(model.graph.node):
         node.name = node.name or f"node_{i}"  # the quantiser selects nodes by name
-    nodes = weight_matmuls(model, SCOPE)
+    nodes = weight_matmuls(model)
+    if not nodes:  # the quantiser would take an empty selection as "everything"
+        raise ValueError("int8 quantises the attention's activation unit, and this graph has none "
+                         "(a base model?): export it in fp32")
     if not calibration:
         raise ValueError("int8 needs calibration rows; the dataset gave none")
     root = logging.getLogger()

@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, e.g. 'int8 plain'")
     args = parser.parse_args()
     data = args.out / "data"
     if not (data / "schema.json").is_file():
@@ -53,7 +54,8 @@ def main() -> None:
         run = args.out / f"run-{preset}"
         if not (run / "model.safetensors").is_file():
             train(data, run, model_cfg, replace(train_cfg, epochs=args.epochs, threads=1), quiet=True)
-        for name, options in VARIANTS.items():
+        for name in args.variants.split(","):
+            options = VARIANTS[name]
             out = args.out / f"{preset}-{name.replace(' ', '-')}"
             start = time.perf_counter()
             try:
