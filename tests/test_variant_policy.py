@@ -114,10 +114,10 @@ def test_report_marks_the_rows_it_does_not_judge() -> None:
 def test_int8_scores_a_row_the_same_alone_or_in_any_batch() -> None:
     scorer = Scorer.load(exported("int8"))
     _, schema, _ = load_run(run_dir())
-    arrays = random_inputs(list(scorer.manifest.raw["inputs"]), schema, 600, MAX_LEN, np.random.default_rng(3))
-    assert 600 > 2 * rows_per_run(MAX_LEN)  # several of the Scorer's runs
+    arrays = random_inputs(list(scorer.manifest.raw["inputs"]), schema, 1000, MAX_LEN, np.random.default_rng(3))
+    assert 1000 > 2 * rows_per_run(MAX_LEN)  # several of the Scorer's runs
     whole = scorer.score_arrays(arrays)
-    for start, stop in ((5, 600), (0, 37), (290, 291)):
+    for start, stop in ((5, 1000), (0, 37), (340, 343)):
         assert np.array_equal(scorer.score_arrays({k: v[start:stop] for k, v in arrays.items()}), whole[start:stop])
     # the same rows with other neighbours: reversed order
     assert np.array_equal(scorer.score_arrays({k: v[::-1] for k, v in arrays.items()}), whole[::-1])
