@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,6 @@ import onnx
 import onnxruntime
 import torch
 from onnx import numpy_helper
-from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 from torch import Tensor, nn
 
@@ -36,10 +36,21 @@ from din_export import __version__
 from din_export.cli import CONTEXT_SETTINGS
 from din_export.optimize import candidate_module, inference_module
 from din_export.portable import PORTABLE_FILE, build_portable, portable_entry, read_vocabs, supports_opset
+from din_export.quantize import Feeds, batch_feeds, calibration_rows, candidate_feeds, quantize_int8
 from din_export.schema import OOV_INDEX, PAD_INDEX, Schema, write_bytes_atomic, write_json_atomic
 from din_export.train import load_run
 from din_export.triton import NAME_PATTERN, TritonError, sibling_temp_dir, write_triton_model
-from din_export.verify import GRID_BATCHES, VerifyError, format_report, grid_seqs, resolve_data_dir, verify_model_dir
+from din_export.verify import (
+    DEFAULT_VALID_ROWS,
+    GRID_BATCHES,
+    TOLERANCE_HELP,
+    VerifyError,
+    format_report,
+    grid_seqs,
+    resolve_data_dir,
+    tolerance_option,
+    verify_model_dir,
+)
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 16  # lowest opset the exporter's down-conversion was checked at (docs/export.md)
@@ -244,17 +255,21 @@ def trace_graph(module: nn.Module, schema: Schema, spec: GraphSpec, opset: int,
 
 
 def build_graph(module: nn.Module, schema: Schema, spec: GraphSpec, *, opset: int, precision: str,
-                quantize: str | None, example: tuple[int, int]) -> tuple[bytes, tuple[int, int]]:
+                quantize: str | None, example: tuple[int, int],
+                calibration: list[Feeds] | None = None) -> tuple[bytes, tuple[int, int]]:
     """Trace, check, convert to the variant, stamp the metadata, check again: the serialized graph and
-    the (batch, seq) it was traced at (`trace_graph`)."""
+    the (batch, seq) it was traced at (`trace_graph`). `calibration`: the graph's inputs for int8's
+    activation ranges (`din_export.quantize`)."""
     graph, example = trace_graph(module, schema, spec, opset, example)
     check_graph(graph, spec, example)
     if precision == "fp16":
         graph = to_fp16(graph)
     elif quantize == "int8":
-        graph = to_int8(graph)
+        graph = to_int8(graph, calibration or [])
     set_metadata(graph, schema)
-    check_graph(graph, spec, example)
+    # Frozen axes are looked for in the traced graph above: conversion adds no shapes, but int8 adds
+    # small integer zero points that the size check would misread.
+    check_graph(graph, spec)
     return graph.SerializeToString(), example
 
 
@@ -301,8 +316,8 @@ def topological_sort(graph: onnx.GraphProto) -> None:
 def gemm_to_matmul(model: onnx.ModelProto) -> int:
     """Rewrite Gemm(A, W, b) with a constant W as MatMul(A, W') + b in place; returns how many.
 
-    onnxruntime's dynamic quantiser only has an integer MatMul, so without this the final MLP's Gemms
-    would stay fp32. Exact: Gemm computes alpha * A' W' + beta * b with the transposes as flagged.
+    int8 quantises MatMuls only (`din_export.quantize`), so without this the MLP's Gemms would stay
+    fp32. Exact: Gemm computes alpha * A' W' + beta * b with the transposes as flagged.
     """
     inits = {i.name: i for i in model.graph.initializer}
     nodes: list[onnx.NodeProto] = []
@@ -321,6 +336,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
         product = f"{node.output[0]}_matmul"
         nodes.append(onnx.helper.make_node("MatMul", [node.input[0], weight.name],
                                            [product if len(node.input) > 2 else node.output[0]]))
+        nodes[-1].metadata_props.extend(node.metadata_props)  # the module scope: int8 selects by it
         if len(node.input) > 2:
             nodes.append(onnx.helper.make_node("Add", [product, node.input[2]], [node.output[0]]))
         rewritten += 1
@@ -333,21 +349,15 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
     return rewritten
 
 
-def to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Dynamic int8 quantisation of the MatMul/Gemm weights (activations quantised per batch at run time)."""
+def to_int8(model: onnx.ModelProto, calibration: list[Feeds]) -> onnx.ModelProto:
+    """Static int8 (QDQ) of every constant-weight MatMul and Gemm, activation scales calibrated on
+    `calibration` and fixed in the file (`din_export.quantize`)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     gemm_to_matmul(model)
-    root = logging.getLogger()
-    level = root.level
-    with tempfile.TemporaryDirectory(prefix="din-int8-") as tmp:
-        out = Path(tmp) / MODEL_FILE
-        # quantize_dynamic logs a hint about pre-processing meant for conv nets through the root logger
-        root.setLevel(logging.ERROR)
-        try:
-            quantize_dynamic(model, out, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
-        finally:
-            root.setLevel(level)
-        return onnx.load(out)
+    try:
+        return quantize_int8(model, calibration)
+    except Exception as e:  # the quantiser raises plain Exceptions and onnxruntime errors alike
+        raise ExportError(f"int8 quantisation failed: {type(e).__name__}: {e}") from e
 
 
 # --- Graph checks ------------------------------------------------------------------------------------
@@ -495,9 +505,10 @@ def _read_json(path: Path) -> dict:
 
 def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, precision: str = "fp32",
                quantize: str | None = None, with_attention: bool = False, optimize: bool = True,
-               tolerance: float | None = None, triton_repo: str | Path | None = None, triton_name: str = "din",
-               force: bool = False, example: tuple[int | None, int | None] | None = None,
-               candidates: bool = True, portable: bool = True, triton_portable: bool = False) -> dict[str, Any]:
+               tolerance: float | Mapping[str, float] | None = None, triton_repo: str | Path | None = None,
+               triton_name: str = "din", force: bool = False, example: tuple[int | None, int | None] | None = None,
+               candidates: bool = True, portable: bool = True, triton_portable: bool = False,
+               valid_rows: int = DEFAULT_VALID_ROWS) -> dict[str, Any]:
     """Export, check, write to a temporary sibling of `out`, verify there, then rename; returns the manifest.
 
     `example`: the (batch, seq) to trace with (either may be None), default `example_sizes(schema)`; the
@@ -505,6 +516,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
     the candidate graph (CANDIDATE_FILE, declared in the manifest's "candidates"); optimised exports only.
     `portable`: also write PORTABLE_FILE, the model with its encoder inside (raw ids in, manifest "portable").
     `triton_portable`: the Triton model serves the portable graph (raw ids, TYPE_STRING) instead of model.onnx.
+    `tolerance`: bounds replacing the variant's verification policy (verify.POLICY: "prob", "logit_rel",
+    "auc_drop"), or a float for the probability bound. `valid_rows`: validation rows verification scores.
     """
     run_dir, out = Path(run_dir), Path(out)
     if precision == "fp16" and quantize:
@@ -541,13 +554,22 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
     variant = {"opset": opset, "precision": precision, "quantize": quantize,
                "example": example or example_sizes(schema)}
     int8 = quantize == "int8"
-    model_bytes, traced = build_graph(inference_module(model, int8) if optimize else model, schema, spec, **variant)
+    calibrated_on, rows = calibration_rows(data_dir, schema) if int8 else (None, None)
+    # int8 keeps each Dice whole: folding its 1/sqrt(var) into the Linear before it spreads that Linear's
+    # rows 3-5x, which one int8 scale per tensor cannot hold (docs/export.md, "int8")
+    module = inference_module(model, keep_input_affine=int8, fold_dice_scale=not int8) if optimize else model
+    model_bytes, traced = build_graph(module, schema, spec, **variant,
+                                      calibration=batch_feeds(rows, schema) if rows is not None else None)
     manifest = build_manifest(model_bytes, schema, spec, config, metrics, opset=opset, precision=precision,
                               quantize=quantize, optimized=optimize, example=traced)
+    if rows is not None:
+        manifest["calibration"] = {"split": calibrated_on, "rows": len(rows["label"])}
     extra_files = {}
     if optimize and candidates:
         cspec = candidate_spec(schema)
-        extra_files[CANDIDATE_FILE], traced = build_graph(candidate_module(model, int8), schema, cspec, **variant)
+        extra_files[CANDIDATE_FILE], traced = build_graph(
+            candidate_module(model, keep_input_affine=int8, fold_dice_scale=not int8), schema, cspec, **variant,
+            calibration=candidate_feeds(rows, schema) if rows is not None else None)
         manifest["candidates"] = {"model_file": CANDIDATE_FILE,
                                   "sha256": hashlib.sha256(extra_files[CANDIDATE_FILE]).hexdigest(),
                                   "inputs": [t.to_manifest() for t in cspec.inputs],
@@ -568,7 +590,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
         if stray:
             raise GraphCheckError(f"model.onnx is not self-contained: {stray}")
         try:
-            report = verify_model_dir(tmp, model, schema, data_dir, tolerance=tolerance)
+            report = verify_model_dir(tmp, model, schema, data_dir, tolerance=tolerance, valid_rows=valid_rows)
         except VerifyError as e:
             if quantize == "int8" and optimize:
                 e.message += ("; this was int8 of the optimised graph: `--no-optimize` quantises the plain "
@@ -601,7 +623,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="fp16: half-precision weights and arithmetic (for GPUs), fp32 inputs and outputs.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="Dynamic int8 quantisation of the constant weight matrices (CPU; docs/export.md).")
+              help="Static int8 quantisation of the constant weight matrices and their inputs, calibrated "
+                   "on training rows (CPU; docs/export.md).")
 @click.option("--with-attention", is_flag=True, help="Add the attention weights output (batch, seq).")
 @click.option("--triton", "triton_repo", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write REPO/NAME/1/model.onnx and REPO/NAME/config.pbtxt for Triton.")
@@ -613,8 +636,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
               help=f"Do not write {CANDIDATE_FILE}, the one-user x many-candidates graph (optimised exports only).")
 @click.option("--no-portable-graph", is_flag=True,
               help=f"Do not write {PORTABLE_FILE}, the graph that takes raw ids (docs/export.md).")
-@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Max abs probability difference vs torch (default: 1e-5 fp32, 1e-3 fp16, int8 policy).")
+@click.option("--tolerance", metavar="[NAME=]VALUE", multiple=True, help=TOLERANCE_HELP,
+              callback=lambda _ctx, _param, values: tolerance_option(values))
 @click.option("--example-batch", type=int, default=None,
               help=f"Batch size to trace at (default {EXAMPLE_BATCH}; docs/export.md, step 4).")
 @click.option("--example-seq", type=int, default=None,
@@ -623,9 +646,17 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
 @click.option("--force", is_flag=True, help="Replace an existing model directory / Triton model.")
 def export_command(run_dir: Path, out: Path, opset: int, precision: str, quantize: str | None, with_attention: bool,
                    triton_repo: Path | None, triton_name: str, triton_portable: bool, no_optimize: bool,
-                   no_candidate_graph: bool, no_portable_graph: bool, tolerance: float | None,
+                   no_candidate_graph: bool, no_portable_graph: bool, tolerance: dict[str, float] | None,
                    example_batch: int | None, example_seq: int | None, force: bool) -> None:
-    """Export RUN_DIR to an ONNX model directory, verified against torch before it is written."""
+    """Export RUN_DIR to an ONNX model directory, verified against torch before it is written.
+
+    \b
+    Verification's tolerance policy (each bound replaceable with --tolerance NAME=VALUE):
+      fp32  prob 1e-5, logit_rel 1e-5, auc_drop 1e-4   every history length
+      fp16  prob 1e-3, logit_rel 1e-2, auc_drop 1e-3   histories up to max_len
+      int8  prob 5e-2, logit_rel -,    auc_drop 2e-3   histories up to max_len
+    Longer histories than judged are still scored and must be finite (din-score keeps the last max_len).
+    """
     example = None if example_batch is None and example_seq is None else (example_batch, example_seq)
     manifest = export_run(run_dir, out, opset=opset, precision=precision, quantize=quantize,
                           with_attention=with_attention, optimize=not no_optimize, tolerance=tolerance,

@@ -101,7 +101,7 @@ def fold_dice(dice: Dice, before: nn.Linear, after: nn.Linear) -> nn.Module:
         if dice.beta is not None:
             a = a * dice.beta
         if bool((a.abs() < MIN_SCALE).any()):
-            return UnfoldedDice(a.clone(), -dice.running_mean * a, dice.alpha.detach().clone())
+            return unfold_dice(dice)
         before.weight.mul_(a.unsqueeze(1))
         before.bias.mul_(a)
         after.weight.div_(a)
@@ -126,14 +126,26 @@ class InputAffine(nn.Module):
         return x * self.scale + self.shift
 
 
-def fold_mlp(mlp: MLP) -> tuple[list[nn.Linear], list[nn.Module]]:
+def unfold_dice(dice: Dice) -> UnfoldedDice:
+    """Dice with its running statistics as constants and the Linears around it untouched."""
+    with torch.no_grad():
+        a = torch.rsqrt(dice.running_var + dice.eps)
+        if dice.beta is not None:
+            a = a * dice.beta
+        return UnfoldedDice(a.clone(), -dice.running_mean * a, dice.alpha.detach().clone())
+
+
+def fold_mlp(mlp: MLP, fold_dice_scale: bool = True) -> tuple[list[nn.Linear], list[nn.Module]]:
     """An eval-mode MLP as copies of its Linears (hidden ones, then the output) and one-argument
-    activations between them, every Dice folded (`fold_dice`). Dropout is the identity in eval mode."""
+    activations between them, every Dice folded (`fold_dice`). Dropout is the identity in eval mode.
+
+    fold_dice_scale=False keeps each Dice whole (`unfold_dice`): folding scales the rows of the Linear
+    before it by 1/sqrt(var), a per-channel spread that a per-tensor int8 scale cannot hold."""
     linears = [copy.deepcopy(m) for m in (*mlp.linears, mlp.out)]
     activations: list[nn.Module] = []
     for i, act in enumerate(mlp.activations):
         if isinstance(act, Dice):
-            activations.append(fold_dice(act, linears[i], linears[i + 1]))
+            activations.append(fold_dice(act, linears[i], linears[i + 1]) if fold_dice_scale else unfold_dice(act))
         elif isinstance(act, Pointwise):
             activations.append(copy.deepcopy(act.fn))
         else:  # PReLU: already elementwise; its mask argument defaults to None
@@ -259,7 +271,7 @@ class SeparateEmbeddings(nn.Module):
 class InferenceDIN(nn.Module):
     """Eval-only DIN computing the same function as `model.eval()` (see `inference_module`)."""
 
-    def __init__(self, model: DIN, keep_input_affine: bool = False) -> None:
+    def __init__(self, model: DIN, keep_input_affine: bool = False, fold_dice_scale: bool = True) -> None:
         super().__init__()
         self.embeddings = SeparateEmbeddings(model)
         self.attention_norm = model.cfg.attention_norm
@@ -267,11 +279,11 @@ class InferenceDIN(nn.Module):
         self.unit: FactoredActivationUnit | None = None
         if model.attention is not None:
             dim = model.cfg.embed_dim * len(model.schema.behaviour)
-            linears, activations = fold_mlp(model.attention.unit.mlp)
+            linears, activations = fold_mlp(model.attention.unit.mlp, fold_dice_scale)
             if self.attention_norm == "softmax":
                 scale_output(linears[-1], 1.0 / math.sqrt(dim))
             self.unit = FactoredActivationUnit(linears[0], chain(activations, linears[1:]), dim)
-        linears, activations = fold_mlp(model.mlp)
+        linears, activations = fold_mlp(model.mlp, fold_dice_scale)
         scale, shift = mlp_input_affine(model)
         if keep_input_affine:
             self.mlp = nn.Sequential(InputAffine(scale, shift), linears[0], chain(activations, linears[1:]))
@@ -361,18 +373,19 @@ class CandidateDIN(nn.Module):
         return unit.tail(first.flatten(0, 1)).reshape(keys.shape[0], n).t()
 
 
-def candidate_module(model: DIN, keep_input_affine: bool = False) -> CandidateDIN:
+def candidate_module(model: DIN, keep_input_affine: bool = False, fold_dice_scale: bool = True) -> CandidateDIN:
     """`inference_module(model)` for one user and many candidates (see CandidateDIN)."""
     with torch.no_grad():
-        return CandidateDIN(InferenceDIN(model, keep_input_affine))
+        return CandidateDIN(InferenceDIN(model, keep_input_affine, fold_dice_scale))
 
 
-def inference_module(model: DIN, keep_input_affine: bool = False) -> InferenceDIN:
+def inference_module(model: DIN, keep_input_affine: bool = False, fold_dice_scale: bool = True) -> InferenceDIN:
     """An eval-only snapshot of `model` that computes the same function as `model.eval()`, faster.
 
     Same forward signature (x -> logits, or (logits, attention) with return_attention=True), exports
     to ONNX with dynamic batch and sequence like the model. Later changes to `model` do not reach it.
     keep_input_affine: keep the MLP input's normalisation as its own map, for int8 (`mlp_input_affine`).
+    fold_dice_scale: fold each Dice's 1/sqrt(var) into the Linears around it (`fold_mlp`); not for int8.
     """
     with torch.no_grad():
-        return InferenceDIN(model, keep_input_affine)
+        return InferenceDIN(model, keep_input_affine, fold_dice_scale)

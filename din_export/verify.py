@@ -12,7 +12,7 @@ the validation split in batches trimmed to their longest history. A candidate gr
 repeated, at candidates {1, 3, 64, 257} x the same histories, and for validation users x candidates.
 Failures raise one named error: ShapeError (an output has the wrong shape), DynamicAxisError (an
 interface dim is fixed, or the model fails at some size), ToleranceError (a difference above the
-variant's tolerance, see POLICY).
+variant's tolerance, see POLICY), AUCError (the validation AUC falls by more than the variant allows).
 
 A portable graph (manifest "portable": raw ids in) is scored on raw requests against Scorer.score and
 torch (`verify_portable`); its own failures are PortableGraphError (hash, IR version, domains,
@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +53,23 @@ VALID_BATCH = 1024
 DEFAULT_VALID_ROWS = 20000
 # Per variant: the max abs probability difference, the max relative logit (and attention) difference
 # |a - ref| / (1 + |ref|), which catches saturated probabilities, and the most the validation AUC may
-# drop. None: not judged. int8 is lossy by design, so it is judged by its effect on ranking, with a
-# loose probability bound that only a broken graph exceeds; see docs/export.md.
+# drop against the fp32 torch model. None: not judged. int8 is lossy by design, so it is judged mostly
+# by its effect on ranking, with a loose probability bound that only a broken graph exceeds; see
+# docs/export.md, "Tolerance policy". `--tolerance NAME=VALUE` overrides any of them.
 POLICY: dict[str, dict[str, float | None]] = {
-    "fp32": {"prob": 1e-5, "logit_rel": 1e-5, "auc_drop": None},
-    "fp16": {"prob": 1e-3, "logit_rel": 1e-2, "auc_drop": None},
-    "int8": {"prob": 5e-2, "logit_rel": None, "auc_drop": 5e-3},
+    "fp32": {"prob": 1e-5, "logit_rel": 1e-5, "auc_drop": 1e-4},
+    "fp16": {"prob": 1e-3, "logit_rel": 1e-2, "auc_drop": 1e-3},
+    "int8": {"prob": 5e-2, "logit_rel": None, "auc_drop": 2e-3},
 }
+TOLERANCE_NAMES = ("prob", "logit_rel", "auc_drop")
+# Judged only where scores are served: histories up to max_len, as din-score and the encoder keep the
+# last max_len. Longer histories are still scored and must be finite; fp32 is judged at every length.
+SERVED_LENGTHS_ONLY = frozenset({"fp16", "int8"})
+TOLERANCE_HELP = ("A bound of the variant's tolerance policy, NAME=VALUE with NAME one of prob (max abs "
+                  "probability difference), logit_rel (max relative logit difference), auc_drop (most the "
+                  "validation AUC may fall); a bare number sets prob. Repeatable. Defaults per variant: "
+                  "fp32 prob 1e-5, logit_rel 1e-5, auc_drop 1e-4 at every history length; fp16 1e-3, 1e-2, "
+                  "1e-3 and int8 5e-2, none, 2e-3, judged at histories up to max_len (docs/export.md).")
 
 
 class VerifyError(click.ClickException):
@@ -79,6 +90,49 @@ class DynamicAxisError(VerifyError):
 
 class ToleranceError(VerifyError):
     """The exported model's outputs differ from torch's by more than the tolerance (or are not finite)."""
+
+
+class AUCError(ToleranceError):
+    """The exported model's validation AUC falls further below the torch model's than the variant allows."""
+
+
+def parse_tolerance(values: tuple[str, ...] | list[str]) -> dict[str, float]:
+    """`--tolerance` values (NAME=VALUE, or a bare number for prob) -> {name: bound}; ValueError if bad."""
+    bounds: dict[str, float] = {}
+    for text in values:
+        name, eq, raw = text.partition("=")
+        name, raw = (name.strip(), raw) if eq else ("prob", name)
+        if name not in TOLERANCE_NAMES:
+            raise ValueError(f"{text!r}: unknown bound {name!r}; expected one of {', '.join(TOLERANCE_NAMES)}")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{text!r}: {raw!r} is not a number") from None
+        if not value > 0 or not math.isfinite(value):
+            raise ValueError(f"{text!r}: a bound must be a finite number > 0")
+        bounds[name] = value
+    return bounds
+
+
+def tolerance_option(values: tuple[str, ...]) -> dict[str, float] | None:
+    """click callback form of `parse_tolerance`: None when the flag was not given."""
+    if not values:
+        return None
+    try:
+        return parse_tolerance(values)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--tolerance") from e
+
+
+def resolve_policy(variant: str, tolerance: float | Mapping[str, float] | None) -> dict[str, float | None]:
+    """The variant's POLICY with `tolerance` applied (a float: the probability bound)."""
+    policy = dict(POLICY[variant])
+    given = {"prob": tolerance} if isinstance(tolerance, int | float) else dict(tolerance or {})
+    unknown = set(given) - set(TOLERANCE_NAMES)
+    if unknown:
+        raise ValueError(f"unknown tolerance bounds {sorted(unknown)}; expected {list(TOLERANCE_NAMES)}")
+    policy.update({k: float(v) for k, v in given.items()})
+    return policy
 
 
 class PortableGraphError(VerifyError):
@@ -232,11 +286,13 @@ def validation_rows(data_dir: Path, schema: Schema, limit: int) -> dict[str, np.
 
 
 def verify_model_dir(model_dir: str | Path, model: nn.Module, schema: Schema, data_dir: str | Path,
-                     tolerance: float | None = None, valid_rows: int = DEFAULT_VALID_ROWS,
+                     tolerance: float | Mapping[str, float] | None = None, valid_rows: int = DEFAULT_VALID_ROWS,
                      seed: int = 0) -> dict[str, Any]:
     """Compare MODEL_DIR with the torch `model` (eval mode); returns the report or raises a VerifyError.
 
-    Every shape is scored before any tolerance is judged, so a failing report still shows them all.
+    `tolerance`: bounds that replace the variant's POLICY ({"prob", "logit_rel", "auc_drop"}), or a
+    float for the probability bound. Every shape is scored before any tolerance is judged, so a failing
+    report still shows them all.
     """
     model_dir = Path(model_dir)
     exported = ExportedModel(model_dir)
@@ -244,9 +300,8 @@ def verify_model_dir(model_dir: str | Path, model: nn.Module, schema: Schema, da
     if Schema.from_dict(manifest["schema"]) != schema:
         raise VerifyError(f"{model_dir} was exported with a different schema than this run's")
     variant = variant_of(manifest)
-    policy = dict(POLICY[variant])
-    if tolerance is not None:
-        policy["prob"] = tolerance
+    policy: dict[str, Any] = dict(resolve_policy(variant, tolerance))
+    policy["judged_max_seq"] = schema.max_len if variant in SERVED_LENGTHS_ONLY else None
     with_attention = "attention" in exported.outputs
     report: dict[str, Any] = {"variant": {"name": variant}, "tolerance": policy,
                               "shapes": [], "passed": False}
@@ -266,17 +321,21 @@ def verify_model_dir(model_dir: str | Path, model: nn.Module, schema: Schema, da
             report["candidates"] = verify_candidates(model_dir, manifest, model, schema, valid, rng)
         if "portable" in manifest:
             report["portable"] = verify_portable(exported, model)
-        rows = report["shapes"] + [v]
+        for row in report["shapes"] + report.get("candidates", []) + [v]:
+            row["judged"] = judged(row, policy)
+        # the summary's maxima are over the judged rows: what the policy holds the variant to
+        rows = [r for r in report["shapes"] + [v] if r["judged"]]
         report["max_abs_diff"] = {k: max((r[k] for r in rows), key=_nan_high) for k in ("prob", "logit")}
         report["variant"] = {"name": variant, "precision": manifest.get("precision", "fp32"),
                              "quantize": manifest.get("quantize"),
                              "max_abs_diff_prob": report["max_abs_diff"]["prob"],
-                             "max_abs_diff_logit": report["max_abs_diff"]["logit"], "valid_rows": v["rows"],
+                             "max_abs_diff_logit": report["max_abs_diff"]["logit"],
+                             "judged_max_seq": policy["judged_max_seq"], "valid_rows": v["rows"],
                              "valid_auc_torch_fp32": v["auc_torch"], "valid_auc": v["auc_model"],
                              "auc_change": v["auc_change"]}
         if "candidates" in report:
-            report["variant"]["max_abs_diff_prob_candidates"] = max((r["prob"] for r in report["candidates"]),
-                                                                    key=_nan_high)
+            report["variant"]["max_abs_diff_prob_candidates"] = max(
+                (r["prob"] for r in report["candidates"] if r["judged"]), key=_nan_high)
         judge(report, policy)
         if "portable" in report:
             judge_portable(report["portable"], policy, scorer_tolerance(manifest))
@@ -300,22 +359,37 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def judge(report: dict[str, Any], policy: dict[str, float | None]) -> None:
-    """Raise ToleranceError for the first shape (then the validation split) over the policy's limits."""
+FINITE_ONLY: dict[str, float | None] = {"prob": None, "logit_rel": None}
+
+
+def judged(row: dict[str, Any], policy: dict[str, Any]) -> bool:
+    """Whether `row`'s differences count: its history is one that is served (see SERVED_LENGTHS_ONLY)."""
+    return policy.get("judged_max_seq") is None or "seq" not in row or row["seq"] <= policy["judged_max_seq"]
+
+
+def judge(report: dict[str, Any], policy: dict[str, Any]) -> None:
+    """Raise ToleranceError for the first shape (then the validation split, the candidate graph) over the
+    policy's limits, AUCError if the validation AUC falls too far. Rows not judged must still be finite."""
+    bounds = f"(probability {policy['prob']:g}, relative logit {policy['logit_rel']})"
     for row in report["shapes"] + [report["validation"]]:
-        if not within(row, policy):
+        if not within(row, policy if judged(row, policy) else FINITE_ONLY):
             where = "on the validation split" if "rows" in row else f"at batch {row['batch']}, seq {row['seq']}"
-            raise ToleranceError(f"{where}: {describe(row)} exceeds the tolerance (probability {policy['prob']:g}, "
-                                 f"relative logit {policy['logit_rel']})")
+            raise ToleranceError(f"{where}: {describe(row)} exceeds the tolerance {bounds}")
     for row in report.get("candidates", []):
-        if not within(row, policy):
+        if not within(row, policy if judged(row, policy) else FINITE_ONLY):
             raise ToleranceError(f"candidate graph, {row['user']} user x {row['candidates']} candidates, seq "
-                                 f"{row['seq']}: {describe(row)} exceeds the tolerance (probability "
-                                 f"{policy['prob']:g}, relative logit {policy['logit_rel']})")
+                                 f"{row['seq']}: {describe(row)} exceeds the tolerance {bounds}")
     v = report["validation"]
     if policy["auc_drop"] is not None and not math.isnan(v["auc_torch"]) and not v["auc_change"] >= -policy["auc_drop"]:
-        raise ToleranceError(f"validation AUC drops by {-v['auc_change']:.3g} ({v['auc_torch']:.5f} -> "
-                             f"{v['auc_model']:.5f}) > allowed {policy['auc_drop']:g}")
+        raise AUCError(f"validation AUC drops by {-v['auc_change']:.3g} ({v['auc_torch']:.5f} -> "
+                       f"{v['auc_model']:.5f}) > allowed {policy['auc_drop']:g}")
+
+
+def describe_policy(policy: dict[str, Any]) -> str:
+    """'prob 1e-05, logit_rel 1e-05, auc_drop 0.0001 at every history length' (None: not judged)."""
+    text = ", ".join(f"{k} {'-' if policy.get(k) is None else format(policy[k], 'g')}" for k in TOLERANCE_NAMES)
+    limit = policy.get("judged_max_seq")
+    return text + (" at every history length" if limit is None else f" at histories up to {limit}")
 
 
 def _nan_high(x: float) -> float:
@@ -439,10 +513,11 @@ def format_report(report: dict[str, Any]) -> str:
 
     has_attention = any("attention" in r for r in report["shapes"])
     head = f"{'batch':>6} {'seq':>5} {'prob':>10} {'logit':>10}" + (f" {'attention':>10}" if has_attention else "")
-    lines = [f"variant {report['variant']['name']}, tolerance {report['tolerance']['prob']:g} (probability)", head]
+    lines = [f"variant {report['variant']['name']}, tolerance {describe_policy(report['tolerance'])}", head]
     for r in report["shapes"]:
         line = f"{r['batch']:>6} {r['seq']:>5} {num(r['prob'], '>10.2e')} {num(r['logit'], '>10.2e')}"
-        lines.append(line + (f" {num(r['attention'], '>10.2e')}" if has_attention else ""))
+        line += f" {num(r['attention'], '>10.2e')}" if has_attention else ""
+        lines.append(line + ("" if r.get("judged", True) else "  (not judged: longer than served)"))
     cand = report.get("candidates")
     if cand:
         worst = max(cand, key=lambda r: _nan_high(math.nan if r["prob"] is None else r["prob"]))
@@ -466,15 +541,23 @@ def format_report(report: dict[str, Any]) -> str:
 @click.command("verify", context_settings=CONTEXT_SETTINGS)
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Max abs probability difference (default: 1e-5 fp32, 1e-3 fp16, 5e-2 int8).")
+@click.option("--tolerance", metavar="[NAME=]VALUE", multiple=True, help=TOLERANCE_HELP,
+              callback=lambda _ctx, _param, values: tolerance_option(values))
 @click.option("--valid-rows", type=click.IntRange(min=1), default=DEFAULT_VALID_ROWS, show_default=True,
               help="Validation rows to score (the first N).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the report as JSON here.")
-def verify_command(model_dir: Path, run_dir: Path, tolerance: float | None, valid_rows: int,
+def verify_command(model_dir: Path, run_dir: Path, tolerance: dict[str, float] | None, valid_rows: int,
                    report_path: Path | None) -> None:
-    """Check MODEL_DIR against the torch model of RUN_DIR at many shapes and on the validation split."""
+    """Check MODEL_DIR against the torch model of RUN_DIR at many shapes and on the validation split.
+
+    \b
+    Tolerance policy (each bound replaceable with --tolerance NAME=VALUE):
+      fp32  prob 1e-5, logit_rel 1e-5, auc_drop 1e-4   every history length
+      fp16  prob 1e-3, logit_rel 1e-2, auc_drop 1e-3   histories up to max_len
+      int8  prob 5e-2, logit_rel -,    auc_drop 2e-3   histories up to max_len
+    Longer histories than judged are still scored and must be finite (din-score keeps the last max_len).
+    """
     try:
         model, schema, config = load_run(run_dir)
     except (OSError, KeyError, TypeError, ValueError) as e:

@@ -184,7 +184,7 @@ def test_tolerance_override_and_variant_defaults() -> None:
     with pytest.raises(ToleranceError):
         verify(exported("fp16"), tolerance=1e-6)
     int8 = verify(exported("int8"))
-    assert int8["tolerance"] == {"prob": 5e-2, "logit_rel": None, "auc_drop": 5e-3}
+    assert int8["tolerance"] == {"prob": 5e-2, "logit_rel": None, "auc_drop": 2e-3, "judged_max_seq": MAX_LEN}
 
 
 def test_cli_passes_and_writes_the_report(tmp_path: Path) -> None:
