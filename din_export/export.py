@@ -267,10 +267,18 @@ def build_graph(module: nn.Module, schema: Schema, spec: GraphSpec, *, opset: in
     elif quantize == "int8":
         graph = to_int8(graph, calibration or [])
     set_metadata(graph, schema)
+    lower_ir_version(graph)
     # Frozen axes are looked for in the traced graph above: conversion adds no shapes, but int8 adds
     # small integer zero points that the size check would misread.
     check_graph(graph, spec)
     return graph.SerializeToString(), example
+
+
+def lower_ir_version(model: onnx.ModelProto) -> None:
+    """Stamp the lowest IR version the graph's opsets need (8 for opset 18): the exporter writes the newest
+    it knows (10), which onnxruntime before 1.18 refuses to load although it runs every op of the graph;
+    `check_graph` then confirms the graph is valid at that IR version."""
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
 
 
 def set_metadata(model: onnx.ModelProto, schema: Schema) -> None:

@@ -183,6 +183,8 @@ def test_directory_is_self_contained_and_graph_passes_its_checks(name: str) -> N
     os.umask(umask)
     assert model_dir.stat().st_mode & 0o777 == 0o777 & ~umask, "mode of a plain mkdir, not mkdtemp's 0700"
     _, manifest, graph = load(name)
+    # onnxruntime 1.17 (the floor in pyproject.toml) reads IR versions up to 9; opset 18 needs only 8
+    assert graph.ir_version == 8
     assert all(i.data_location != onnx.TensorProto.EXTERNAL for i in graph.graph.initializer)
     assert not {n.op_type for n in graph.graph.node} & FORBIDDEN_OPS
     for value, entry in zip(graph.graph.input, manifest["inputs"], strict=True):
@@ -193,6 +195,7 @@ def test_directory_is_self_contained_and_graph_passes_its_checks(name: str) -> N
     check_graph(graph, spec, tuple(manifest["example_sizes"].values()))
     if name != "plain":
         candidates = onnx.load(model_dir / CANDIDATE_FILE)
+        assert candidates.ir_version == 8
         check_graph(candidates, candidate_spec(schema), tuple(manifest["example_sizes"].values()))
         entry = manifest["candidates"]
         assert entry["sha256"] == hashlib.sha256((model_dir / CANDIDATE_FILE).read_bytes()).hexdigest()
