@@ -139,7 +139,11 @@ def test_demo_file_is_what_din_export_portable_builds(tmp_path: Path) -> None:
         add_portable(copy)
     entry = add_portable(copy, force=True)
     assert (copy / PORTABLE_FILE).read_bytes() == (DEMO / PORTABLE_FILE).read_bytes()
-    assert json.loads((copy / "manifest.json").read_text()) == json.loads((DEMO / "manifest.json").read_text())
+    # the command adds its own check's figures; `export` writes the same entry without them (verify judged it)
+    rebuilt, shipped = (json.loads((d / "manifest.json").read_text()) for d in (copy, DEMO))
+    rebuilt["portable"].pop("check")
+    shipped["portable"].pop("check", None)
+    assert rebuilt == shipped
     assert entry["check"]["max_abs_diff_prob"] == 0.0 and entry["check"]["oov_ids"] > 0
     assert {c["rows"] for c in entry["check"]["cases"]} >= {1, 257}
 
