@@ -182,22 +182,32 @@ def load_manifest(model_dir: str | Path) -> Manifest:
     )
 
 
+def _graph_entry(root: Path, raw: dict, key: str, file_key: str) -> tuple[dict, str, str] | None:
+    """An optional extra graph of the manifest (`key`: "candidates", "portable"): (entry, file, lowercase
+    sha256), or None when the manifest has none; the file must lie inside the model directory."""
+    entry = raw.get(key)
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        raise ManifestError(f"manifest '{key}' must be an object, got {entry!r:.80}")
+    file = _str(entry, file_key, f"manifest {key}")
+    _inside(root, file, f"{key} {file_key}")
+    sha = _str(entry, "sha256", f"manifest {key}").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise ManifestError(f"manifest {key} sha256 must be 64 hex digits, got {entry['sha256']!r}")
+    return entry, file, sha
+
+
 def _candidate_graph(root: Path, raw: dict, inputs: tuple[str, ...]) -> tuple[str | None, str | None]:
     """The optional "candidates" entry: (file, sha256), or (None, None) when the manifest has none.
 
     The graph takes the model's inputs in the same order (each history and hist_len for one user) and
     returns "prob"; anything else is a manifest from another exporter, refused rather than half-used.
     """
-    entry = raw.get("candidates")
-    if entry is None:
+    found = _graph_entry(root, raw, "candidates", "model_file")
+    if found is None:
         return None, None
-    if not isinstance(entry, dict):
-        raise ManifestError(f"manifest 'candidates' must be an object, got {entry!r:.80}")
-    model_file = _str(entry, "model_file", "manifest candidates")
-    _inside(root, model_file, "candidates model_file")
-    sha = _str(entry, "sha256", "manifest candidates").lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", sha):
-        raise ManifestError(f"manifest candidates sha256 must be 64 hex digits, got {entry['sha256']!r}")
+    entry, model_file, sha = found
     names = tuple(_str(i, "name", "manifest candidates inputs")
                   for i in _list_of_objects(entry, "inputs", required=True))
     if names != inputs:
@@ -221,16 +231,10 @@ def _portable_graph(root: Path, raw: dict, sparse: tuple[Sparse, ...], behaviour
     take, and an int64 id field must name the sentinel a caller passes for an id that cannot be a key:
     a caller outside Python builds its tensors from this entry alone.
     """
-    entry = raw.get("portable")
-    if entry is None:
+    found = _graph_entry(root, raw, "portable", "file")
+    if found is None:
         return None, None
-    if not isinstance(entry, dict):
-        raise ManifestError(f"manifest 'portable' must be an object, got {entry!r:.80}")
-    file = _str(entry, "file", "manifest portable")
-    _inside(root, file, "portable file")
-    sha = _str(entry, "sha256", "manifest portable").lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", sha):
-        raise ManifestError(f"manifest portable sha256 must be 64 hex digits, got {entry['sha256']!r}")
+    entry, file, sha = found
     kinds = {s.name: "id" for s in sparse}
     kinds.update({b.target: "id" for b in behaviour})
     kinds.update({b.history: "history" for b in behaviour})
