@@ -167,6 +167,12 @@ def load_splits(data_dir: str | Path, splits: tuple[str, ...] = SPLITS,
     return {s: load_split(data_dir, s, schema, events=events) for s in splits}
 
 
+def has_split(data_dir: str | Path, split: str) -> bool:
+    """Whether DATA_DIR holds `split`, in either layout (DATA_DIR/<split>/ or an older <split>.npz)."""
+    data_dir = Path(data_dir)
+    return (data_dir / split).is_dir() or (data_dir / f"{split}.npz").is_file()
+
+
 def load_split(data_dir: str | Path, split: str, schema: Schema | None = None, *,
                events: dict[str, np.ndarray] | None = None) -> Split:
     """DATA_DIR/<split>/ (compact, memory-mapped) or an older DATA_DIR/<split>.npz, every row checked.

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-from din_export.data import load_split
+from din_export.data import has_split, load_split
 from din_export.schema import Schema
 
 CALIBRATION_ROWS = 2048
@@ -57,11 +57,11 @@ def calibration_rows(data_dir: Path, schema: Schema, rows: int = CALIBRATION_ROW
                      seed: int = 0) -> tuple[str, Feeds]:
     """(split, a seeded sample of `rows` of its rows in their stored order): the training split, or the
     validation split for a dataset directory that holds no training split."""
-    name = "train" if (Path(data_dir) / "train.npz").is_file() else "valid"
+    name = "train" if has_split(data_dir, "train") else "valid"
     split = load_split(data_dir, name, schema)
-    n = len(split["label"])
+    n = split.n
     keep = np.sort(np.random.default_rng(seed).choice(n, rows, replace=False)) if n > rows else np.arange(n)
-    return name, {k: v[keep] for k, v in split.items()}
+    return name, split.take(keep, width=schema.max_len)
 
 
 def batch_feeds(rows: Feeds, schema: Schema, batch: int = CALIBRATION_BATCH) -> list[Feeds]:

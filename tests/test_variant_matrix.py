@@ -25,6 +25,7 @@ import pytest
 from din_runtime import Scorer
 from din_runtime.scorer import rows_per_run
 
+from din_export.data import keep_rows, load_split
 from din_export.export import export_run
 from din_export.train import load_preset, train
 from din_export.verify import POLICY, variant_of
@@ -55,10 +56,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("variant-matrix") / "ml"
     with contextlib.redirect_stdout(io.StringIO()):
         prepare(load_source("movielens", ML100K), out, max_len=MAX_LEN, seed=0)
-    with np.load(out / "train.npz") as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    keep = np.sort(np.random.default_rng(0).choice(len(arrays["label"]), TRAIN_ROWS, replace=False))
-    np.savez(out / "train.npz", **{k: v[keep] for k, v in arrays.items()})
+    keep = np.sort(np.random.default_rng(0).choice(load_split(out, "train").n, TRAIN_ROWS, replace=False))
+    keep_rows(out, "train", keep)
     return out
 
 
@@ -98,6 +97,8 @@ def test_every_preset_exports_and_verifies_in_every_variant(preset: str, variant
     assert longest == 2 * MAX_LEN
     assert all(r["judged"] == (name == "fp32" or r["seq"] <= MAX_LEN) for r in parity["shapes"])
     assert parity["validation"]["rows"] == VALID_ROWS and parity["tolerance"]["auc_drop"] == POLICY[name]["auc_drop"]
+    if name == "int8":  # activation ranges from training rows, never the validation rows verify judges
+        assert manifest["calibration"]["split"] == "train"
 
     # a served row's score does not depend on its neighbours: the same rows in batches shifted by 7 (so each
     # row meets other rows in the Scorer's runs of rows_per_run(width)) score bitwise the same, and each row
