@@ -347,7 +347,8 @@ def add_portable(model_dir: str | Path, force: bool = False) -> dict:
     if "portable" in manifest and not force:
         raise PortableError(f"{model_dir} already has {manifest['portable'].get('file')}; pass --force to rebuild it")
     schema = Schema.from_dict(manifest["schema"])
-    vocabs = read_vocabs({name: model_dir / rel for name, rel in manifest["vocab_files"].items()})
+    # the vocabularies Scorer.load has read and checked; a lookup keeps the file's order (index 2 onwards)
+    vocabs = {name: list(lookup) for name, lookup in scorer.manifest.vocabs.items()}
     data, entry = build_portable(scorer.manifest.model_path.read_bytes(), schema, vocabs)
     entry = portable_entry(data, entry)
     try:
