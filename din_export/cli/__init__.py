@@ -1,7 +1,9 @@
 """`din-export`: prepare, train, evaluate, predict, export, verify, explain, bench.
 
-Each command lives in the module of its stage and is imported only when invoked, so `--help` and
-`prepare` do not pay for importing torch.
+Each command lives in a module of this package (moving there from its stage's module) and is imported
+only when invoked, so `--help` and `prepare` do not pay for importing torch. The commands parse options,
+call the library and turn its errors into click errors (`common.library_errors`); the library itself
+does not import click.
 """
 
 from __future__ import annotations
@@ -11,10 +13,7 @@ import importlib
 import click
 
 from din_export import __version__
-
-# Every command takes -h too. Set on each command, not only inherited from the group: click caches a
-# command's help option, so a command first run on its own (tests, `python -m`) would keep only --help.
-CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+from din_export.cli.common import CONTEXT_SETTINGS
 
 # command name -> (module, attribute, one-line help shown by `din-export --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
