@@ -14,9 +14,7 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -28,6 +26,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import torch
+from din_runtime.fs import publish_dir, temp_dir_beside
 from onnx import numpy_helper
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 from torch import Tensor, nn
@@ -39,7 +38,7 @@ from din_export.portable import PORTABLE_FILE, build_portable, portable_entry, r
 from din_export.quantize import Feeds, batch_feeds, calibration_rows, candidate_feeds, quantize_int8
 from din_export.schema import OOV_INDEX, PAD_INDEX, Schema, write_bytes_atomic, write_json_atomic
 from din_export.train import load_run
-from din_export.triton import NAME_PATTERN, TritonError, sibling_temp_dir, write_triton_model
+from din_export.triton import NAME_PATTERN, TritonError, write_triton_model
 from din_export.verify import (
     DEFAULT_VALID_ROWS,
     GRID_BATCHES,
@@ -491,19 +490,6 @@ def write_model_dir(model_dir: Path, model_bytes: bytes, manifest: dict, data_di
     write_json_atomic(model_dir / "manifest.json", manifest)
 
 
-def replace_dir(tmp: Path, out: Path, force: bool) -> None:
-    """Move the finished `tmp` to `out`; an existing `out` is replaced only with `force`."""
-    if out.exists():
-        if not force:
-            raise ExportError(f"{out} already exists; pass --force to replace it")
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, trash / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(trash)
-    else:
-        os.replace(tmp, out)
-
-
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -589,7 +575,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
         manifest["portable"] = portable_entry(extra_files[PORTABLE_FILE], entry)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sibling_temp_dir(out)
+    tmp = temp_dir_beside(out)
     try:
         write_model_dir(tmp, model_bytes, manifest, data_dir, schema)
         for name, data in extra_files.items():
@@ -607,7 +593,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
         manifest["parity"] = report
         manifest["variant"] = report["variant"]
         write_json_atomic(tmp / "manifest.json", manifest)
-        replace_dir(tmp, out, force)
+        if out.exists() and not force:  # it may have appeared while the export ran
+            raise ExportError(f"{out} already exists; pass --force to replace it")
+        publish_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

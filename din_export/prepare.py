@@ -18,15 +18,14 @@ and OOV figures goes through window coverage, so cost is O(events + samples), wh
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import numpy as np
+from din_runtime.fs import publish_dir, temp_dir_beside
 
 from din_export.cli import CONTEXT_SETTINGS
 from din_export.schema import (
@@ -502,17 +501,6 @@ def _check_out(out: Path, force: bool) -> None:
         raise PrepareError(f"--out {out} exists and is not empty; pass --force to replace it")
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Swap the finished temporary directory in; the old one (with --force) is removed afterwards."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}-{time.time_ns()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0,
             valid_fraction: float = 0.1, test_fraction: float = 0.1, history: str = "clicks",
             force: bool = False, all_requests: bool = False, release_events: bool = False) -> dict:
@@ -564,9 +552,7 @@ def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0
         spec["dense"] = (np.dtype(np.float32), (table.dense.shape[1],))
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    # a plain mkdir (not mkdtemp's 0700) so the published directory gets the user's usual permissions
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
-    tmp.mkdir()
+    tmp = temp_dir_beside(out)
     try:
         splits = {s: _SplitColumns(tmp / s, sizes[s], spec) for s in SPLITS}
         counts = {v: np.zeros(len(table.names[v]), dtype=np.int64) for v in set(keys.values())}
@@ -629,7 +615,7 @@ def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0
         if plan.pools:
             stats["negative_pool_items"] = {s: len(p) for s, p in zip(SPLITS, plan.pools, strict=True)}
         write_json_atomic(tmp / "stats.json", stats)
-        _publish(tmp, out)
+        publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
