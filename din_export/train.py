@@ -46,6 +46,7 @@ from torch import Tensor, nn
 import din_export
 from din_export.cli import CONTEXT_SETTINGS
 from din_export.data import Batches, DataError, Split, load_frequencies, load_schema, load_split, load_splits
+from din_export.errors import DinExportError
 from din_export.model import ATTENTION_NORMS, DIN, MODELS, MBARegularizer, ModelConfig
 from din_export.schema import Schema
 
@@ -318,7 +319,7 @@ def plot_curve(history: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-class RunError(ValueError):
+class RunError(DinExportError, ValueError):
     """A run directory that cannot be written or resumed as asked."""
 
 
