@@ -29,9 +29,11 @@ import os
 import shutil
 import sys
 import tempfile
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
+_Output = TypeVar("_Output", bound="CommitOnSuccess")
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 # errno values with which renameat2 says "not here" (old kernel or libc, or a file system without it)
@@ -53,7 +55,27 @@ def _umask() -> int:
     return mask
 
 
-class AtomicFile:
+class CommitOnSuccess(ABC):
+    """A context manager for an output that is `commit()`ed when its block succeeds and `discard()`ed
+    when it raises."""
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def discard(self) -> None: ...
+
+    def __enter__(self: _Output) -> _Output:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+class AtomicFile(CommitOnSuccess):
     """A file written under a temporary name beside `path` and renamed over `path` by `commit()`.
 
     `mode` "wb" or "w" (then `encoding` and `newline` as for `open`). As a context manager it commits on
@@ -98,14 +120,6 @@ class AtomicFile:
             Path(self._tmp).unlink(missing_ok=True)
             self._tmp = None
 
-    def __enter__(self) -> AtomicFile:
-        return self
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

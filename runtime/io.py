@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, NamedTuple
 
 from din_runtime.errors import DinRuntimeError
-from din_runtime.fs import AtomicFile
+from din_runtime.fs import AtomicFile, CommitOnSuccess
 
 INPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
                  ".parquet": "parquet", ".pq": "parquet"}
@@ -244,7 +244,7 @@ def read_parquet(source: str | BinaryIO, batch_size: int) -> Iterator[Record]:
         raise InputFileError("the Parquet input has no rows to score")
 
 
-class AtomicText:
+class AtomicText(CommitOnSuccess):
     """A UTF-8 text file written beside `path` and renamed over it only by `commit()` (din_runtime.fs).
 
     `path` "-" writes straight to stdout instead (streamed, so nothing to undo), as UTF-8 whatever the
@@ -271,15 +271,6 @@ class AtomicText:
     def discard(self) -> None:
         if self._target is not None:
             self._target.discard()
-
-    def __enter__(self) -> AtomicText:
-        return self
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
 
 
 class ScoreWriter:
