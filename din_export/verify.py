@@ -325,7 +325,7 @@ def verify_model_dir(model_dir: str | Path, model: nn.Module, schema: Schema, da
             judge_portable(report["portable"], policy, scorer_tolerance(manifest))
             report["variant"]["max_abs_diff_prob_portable"] = report["portable"]["max_abs_diff_prob_ref"]
     except VerifyError as e:
-        report["error"] = e.message
+        report["error"] = str(e)
         e.report = json_safe(report)
         raise
     report["passed"] = True
@@ -463,7 +463,7 @@ def verify_portable(exported: ExportedModel, model: nn.Module) -> dict[str, Any]
         data = read_portable(scorer.manifest)
         check_portable(onnx.load_from_string(data), entry["inputs"], entry["outputs"])
     except (DinRuntimeError, PortableError) as e:
-        raise PortableGraphError(str(e.message if isinstance(e, PortableError) else e)) from e
+        raise PortableGraphError(str(e)) from e
     try:
         return check_against_scorer(data, entry, scorer,
                                     reference=lambda arrays: torch_outputs(model, arrays, with_attention=False))
