@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import json
 import os
 import shutil
@@ -121,7 +122,6 @@ class AtomicFile(CommitOnSuccess):
             self._tmp = None
 
 
-
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` through an AtomicFile, creating missing parent directories."""
     path = Path(path)
@@ -186,6 +186,7 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+@functools.cache
 def _renameat2() -> Any:
     if not sys.platform.startswith("linux"):
         return None
