@@ -122,3 +122,13 @@ def test_a_library_error_is_its_message_and_exit_1() -> None:
 def test_other_errors_are_not_translated() -> None:
     result = run(KeyError("a bug"))
     assert result.exit_code == 1 and isinstance(result.exception, KeyError)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["prepare", "--help"]])
+def test_help_and_prepare_do_not_import_torch(args: list[str]) -> None:
+    """The commands load lazily: help and prepare (no torch needed) must not pay for importing torch."""
+    code = ("import sys\nfrom din_export.cli import main\nmain(sys.argv[1:], standalone_mode=False)\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Usage: ")
