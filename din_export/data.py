@@ -16,13 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from din_export.errors import DinExportError
 from din_export.schema import PAD_INDEX, Schema
 
 SPLITS = ("train", "valid", "test")
 CHECK_ROWS = 1 << 20  # rows of a memory-mapped column checked at a time
 
 
-class DataError(ValueError):
+class DataError(DinExportError, ValueError):
     """A dataset directory that does not follow docs/design.md; the message names split, row and field."""
 
 

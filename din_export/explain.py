@@ -9,24 +9,17 @@ unless the run uses the official code's softmax), with the most recent `max_len`
 from __future__ import annotations
 
 import io
-import json
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import torch
 from din_runtime.encode import encode_rows
-from din_runtime.errors import DinRuntimeError, InputError
-from din_runtime.io import read_jsonl
 from din_runtime.manifest import Manifest
 
-from din_export.cli import CONTEXT_SETTINGS
 from din_export.data import DataError
 from din_export.model import DIN
-from din_export.schema import OOV_INDEX, write_bytes_atomic
+from din_export.schema import OOV_INDEX
 
 BAR_WIDTH = 30
 
@@ -136,77 +129,3 @@ def plot_attention(e: Explanation, title: str) -> bytes:
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
-
-
-def read_request(source: str, line: int | None) -> tuple[dict[str, Any], str]:
-    """(row, where) from an inline JSON object or a JSONL file ('-': stdin), at `line` or its first row."""
-    if source.lstrip().startswith("{"):
-        if line is not None:
-            raise click.UsageError("--line applies to a requests file, not to an inline JSON request")
-        try:
-            row = json.loads(source)
-        except json.JSONDecodeError as e:
-            raise click.BadParameter(f"not valid JSON: {e}", param_hint="REQUEST") from None
-        if not isinstance(row, dict):
-            raise click.BadParameter("expected a JSON object", param_hint="REQUEST")
-        return row, "the request"
-    path = Path(source)
-    if source != "-" and not path.is_file():
-        raise click.BadParameter(f"{source!r} is neither a JSON object nor a file", param_hint="REQUEST")
-    with (sys.stdin.buffer if source == "-" else path.open("rb")) as stream:
-        for record in read_jsonl(stream):
-            if line is not None and record.line != line:
-                if record.line > line:
-                    break
-                continue
-            if record.error is not None:
-                field = f", field {record.field!r}" if record.field else ""
-                raise click.ClickException(f"{source} line {record.line}{field}: {record.error}")
-            return record.row, f"{source} line {record.line}"
-    raise click.ClickException(f"{source} has no request on line {line}" if line is not None
-                               else f"{source} holds no request")
-
-
-@click.command("explain", context_settings=CONTEXT_SETTINGS)
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("request", metavar="REQUEST_JSON_OR_FILE")
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also draw the weights as a PNG bar chart here.")
-@click.option("--line", type=click.IntRange(min=1),
-              help="Line of the requests file to explain (default: its first request).")
-@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Dataset directory whose vocabularies encode the request (default: the run's).")
-def explain_command(run_dir: Path, request: str, out: Path | None, line: int | None, data_dir: Path | None) -> None:
-    """Print the attention weight of each history item of one request (docs/design.md "Request format").
-
-    \b
-    REQUEST_JSON_OR_FILE is a JSON object or a JSONL file ("-": stdin):
-      din-export explain RUN requests.jsonl --line 3 --out attention.png
-    """
-    from din_export.train import dataset_manifest, load_run
-    from din_export.verify import resolve_data_dir
-
-    row, where = read_request(request, line)
-    try:
-        model, schema, config = load_run(run_dir)
-    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise click.ClickException(f"cannot load the run {run_dir}: {e}") from e
-    try:
-        manifest = dataset_manifest(data_dir or resolve_data_dir(run_dir, config), schema)
-        explanation = explain_request(model, manifest, row)
-    except InputError as e:
-        field = f", field {e.field!r}" if e.field else ""
-        raise click.ClickException(f"{where}{field}: {e.reason}") from None
-    except (DataError, DinRuntimeError) as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(format_table(explanation))
-    if out is not None:
-        if not len(explanation.weights):
-            raise click.ClickException(f"{where} has an empty history: there is no attention to draw")
-        target = ", ".join(f"{k} {v}" for k, v in explanation.target.items())
-        title = f"{where}: target {target}, p(click) {explanation.prob:.3f}"
-        try:
-            write_bytes_atomic(out, plot_attention(explanation, title))
-        except OSError as e:
-            raise click.ClickException(f"cannot write {out}: {e.strerror or e}") from None
-        click.echo(f"wrote {out}")

@@ -14,41 +14,36 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import onnx
 import onnxruntime
 import torch
+from din_runtime.fs import publish_dir, temp_dir_beside
 from onnx import numpy_helper
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 from torch import Tensor, nn
 
 from din_export import __version__
-from din_export.cli import CONTEXT_SETTINGS
+from din_export.errors import DinExportError, OptionError
 from din_export.optimize import candidate_module, inference_module
 from din_export.portable import PORTABLE_FILE, build_portable, portable_entry, read_vocabs, supports_opset
 from din_export.quantize import Feeds, batch_feeds, calibration_rows, candidate_feeds, quantize_int8
 from din_export.schema import OOV_INDEX, PAD_INDEX, Schema, write_bytes_atomic, write_json_atomic
 from din_export.train import load_run
-from din_export.triton import NAME_PATTERN, TritonError, sibling_temp_dir, write_triton_model
+from din_export.triton import NAME_PATTERN, TritonError, write_triton_model
 from din_export.verify import (
     DEFAULT_VALID_ROWS,
     GRID_BATCHES,
-    TOLERANCE_HELP,
     VerifyError,
-    format_report,
     grid_seqs,
     resolve_data_dir,
-    tolerance_option,
     verify_model_dir,
 )
 
@@ -64,9 +59,11 @@ FORBIDDEN_PREFIXES = ("Sequence", "ConcatFromSequence", "SplitToSequence")
 # them, different from each other, and outside the verification grid (din_export/verify.py).
 EXAMPLE_BATCH = 4
 EXAMPLE_SEQS = (5, 6)
+# notes for whoever runs an export (the CLI shows them on stderr: logging's last-resort handler)
+log = logging.getLogger("din_export")
 
 
-class ExportError(click.ClickException):
+class ExportError(DinExportError):
     """The export could not produce a model directory; the message says which step failed."""
 
 
@@ -217,14 +214,14 @@ def check_example(schema: Schema, example: tuple[int, int]) -> None:
     up unseen; max_len and 2 max_len are where verification must run at sizes other than the traced ones."""
     batch, seq = example
     if batch < 2 or seq < 2:
-        raise click.BadParameter(f"example sizes must be >= 2 (torch.export fixes sizes 0 and 1), got {batch}, {seq}",
-                                 param_hint="--example-batch/--example-seq")
+        raise OptionError(f"example sizes must be >= 2 (torch.export fixes sizes 0 and 1), got {batch}, {seq}",
+                          option="--example-batch/--example-seq")
     if batch == seq:
-        raise click.BadParameter(f"example batch and seq must differ (both {batch}): a graph that confused "
-                                 "the two axes would pass every check", param_hint="--example-batch/--example-seq")
+        raise OptionError(f"example batch and seq must differ (both {batch}): a graph that confused "
+                          "the two axes would pass every check", option="--example-batch/--example-seq")
     if seq in (schema.max_len, 2 * schema.max_len):
-        raise click.BadParameter(f"example seq {seq} is max_len or 2 max_len ({schema.max_len}), which "
-                                 "verification checks; pick another", param_hint="--example-seq")
+        raise OptionError(f"example seq {seq} is max_len or 2 max_len ({schema.max_len}), which "
+                          "verification checks; pick another", option="--example-seq")
 
 
 def _small_ints(model: onnx.ModelProto) -> set[int]:
@@ -491,19 +488,6 @@ def write_model_dir(model_dir: Path, model_bytes: bytes, manifest: dict, data_di
     write_json_atomic(model_dir / "manifest.json", manifest)
 
 
-def replace_dir(tmp: Path, out: Path, force: bool) -> None:
-    """Move the finished `tmp` to `out`; an existing `out` is replaced only with `force`."""
-    if out.exists():
-        if not force:
-            raise ExportError(f"{out} already exists; pass --force to replace it")
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, trash / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(trash)
-    else:
-        os.replace(tmp, out)
-
-
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -529,21 +513,21 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
     """
     run_dir, out = Path(run_dir), Path(out)
     if precision == "fp16" and quantize:
-        raise click.UsageError("--precision fp16 and --quantize int8 are alternatives; pick one")
+        raise OptionError("--precision fp16 and --quantize int8 are alternatives; pick one")
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; pass --force to replace it")
     if triton_portable and (triton_repo is None or not portable):
-        raise click.UsageError("--triton-portable needs --triton REPO and the portable graph")
+        raise OptionError("--triton-portable needs --triton REPO and the portable graph")
     if portable and not supports_opset(opset):
         why = (f"opset {opset} needs an ONNX IR version that onnxruntime 1.17 and onnxruntime-web/-node 1.30 "
                f"refuse; export at --opset 20 or lower for it")
         if triton_portable:
-            raise click.UsageError(f"--triton-portable: {why}")
-        click.echo(f"note: {PORTABLE_FILE} is not written: {why}", err=True)
+            raise OptionError(f"--triton-portable: {why}")
+        log.warning(f"note: {PORTABLE_FILE} is not written: {why}")
         portable = False
     if triton_repo is not None:
         if not NAME_PATTERN.fullmatch(triton_name):
-            raise click.BadParameter(f"{triton_name!r} must match {NAME_PATTERN.pattern}", param_hint="--triton-name")
+            raise OptionError(f"{triton_name!r} must match {NAME_PATTERN.pattern}", option="--triton-name")
         if (Path(triton_repo) / triton_name).exists() and not force:
             raise ExportError(f"{Path(triton_repo) / triton_name} already exists; pass --force to replace it")
     try:
@@ -589,7 +573,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
         manifest["portable"] = portable_entry(extra_files[PORTABLE_FILE], entry)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sibling_temp_dir(out)
+    tmp = temp_dir_beside(out)
     try:
         write_model_dir(tmp, model_bytes, manifest, data_dir, schema)
         for name, data in extra_files.items():
@@ -601,13 +585,15 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
             report = verify_model_dir(tmp, model, schema, data_dir, tolerance=tolerance, valid_rows=valid_rows)
         except VerifyError as e:
             if quantize == "int8" and optimize:
-                e.message += ("; this was int8 of the optimised graph: `--no-optimize` quantises the plain "
-                              "graph instead (slower, sometimes closer, docs/export.md)")
+                e.args = (f"{e}; this was int8 of the optimised graph: `--no-optimize` quantises the plain "
+                          "graph instead (slower, sometimes closer, docs/export.md)",)
             raise
         manifest["parity"] = report
         manifest["variant"] = report["variant"]
         write_json_atomic(tmp / "manifest.json", manifest)
-        replace_dir(tmp, out, force)
+        if out.exists() and not force:  # it may have appeared while the export ran
+            raise ExportError(f"{out} already exists; pass --force to replace it")
+        publish_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -620,58 +606,3 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
         except (TritonError, OSError) as e:
             raise ExportError(f"wrote {out}, but not the Triton model: {e}") from e
     return manifest
-
-
-@click.command("export", context_settings=CONTEXT_SETTINGS)
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
-@click.option("--opset", default=DEFAULT_OPSET, show_default=True,
-              type=click.IntRange(MIN_OPSET, onnx.defs.onnx_opset_version()),
-              help="ONNX opset (why 18: docs/export.md).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="fp16: half-precision weights and arithmetic (for GPUs), fp32 inputs and outputs.")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="Static int8 quantisation of the constant weight matrices and their inputs, calibrated "
-                   "on training rows (CPU; docs/export.md).")
-@click.option("--with-attention", is_flag=True, help="Add the attention weights output (batch, seq).")
-@click.option("--triton", "triton_repo", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also write REPO/NAME/1/model.onnx and REPO/NAME/config.pbtxt for Triton.")
-@click.option("--triton-name", default="din", show_default=True, help="Model name in the Triton repository.")
-@click.option("--triton-portable", is_flag=True,
-              help=f"With --triton: serve {PORTABLE_FILE} (raw ids, strings as TYPE_STRING) instead of model.onnx.")
-@click.option("--no-optimize", is_flag=True, help="Export the plain model instead of the exact inference rewrite.")
-@click.option("--no-candidate-graph", is_flag=True,
-              help=f"Do not write {CANDIDATE_FILE}, the one-user x many-candidates graph (optimised exports only).")
-@click.option("--no-portable-graph", is_flag=True,
-              help=f"Do not write {PORTABLE_FILE}, the graph that takes raw ids (docs/export.md).")
-@click.option("--tolerance", metavar="[NAME=]VALUE", multiple=True, help=TOLERANCE_HELP,
-              callback=lambda _ctx, _param, values: tolerance_option(values))
-@click.option("--example-batch", type=int, default=None,
-              help=f"Batch size to trace at (default {EXAMPLE_BATCH}; docs/export.md, step 4).")
-@click.option("--example-seq", type=int, default=None,
-              help=f"History length to trace at (default {EXAMPLE_SEQS[0]}, or {EXAMPLE_SEQS[1]} if that is max_len "
-                   "or 2 max_len).")
-@click.option("--force", is_flag=True, help="Replace an existing model directory / Triton model.")
-def export_command(run_dir: Path, out: Path, opset: int, precision: str, quantize: str | None, with_attention: bool,
-                   triton_repo: Path | None, triton_name: str, triton_portable: bool, no_optimize: bool,
-                   no_candidate_graph: bool, no_portable_graph: bool, tolerance: dict[str, float] | None,
-                   example_batch: int | None, example_seq: int | None, force: bool) -> None:
-    """Export RUN_DIR to an ONNX model directory, verified against torch before it is written.
-
-    \b
-    Verification's tolerance policy (each bound replaceable with --tolerance NAME=VALUE):
-      fp32  prob 1e-5, logit_rel 1e-5, auc_drop 1e-4   every history length
-      fp16  prob 1e-3, logit_rel 1e-2, auc_drop 1e-3   histories up to max_len
-      int8  prob 5e-2, logit_rel -,    auc_drop 2e-3   histories up to max_len
-    Longer histories than judged are still scored and must be finite (din-score keeps the last max_len).
-    """
-    example = None if example_batch is None and example_seq is None else (example_batch, example_seq)
-    manifest = export_run(run_dir, out, opset=opset, precision=precision, quantize=quantize,
-                          with_attention=with_attention, optimize=not no_optimize, tolerance=tolerance,
-                          triton_repo=triton_repo, triton_name=triton_name, force=force,
-                          candidates=not no_candidate_graph, portable=not no_portable_graph,
-                          triton_portable=triton_portable, example=example)
-    click.echo(format_report(manifest["parity"]))
-    click.echo(f"wrote {out} (sha256 {manifest['sha256'][:16]}...)")
-    if triton_repo is not None:
-        click.echo(f"wrote {Path(triton_repo) / triton_name}")

@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import onnx
 from din_runtime import Scorer
@@ -29,7 +28,7 @@ from din_runtime.errors import DinRuntimeError
 from din_runtime.manifest import FIRST_KNOWN_INDEX, OOV_INDEX, PAD_INDEX
 from onnx import TensorProto, helper, numpy_helper
 
-from din_export.cli import CONTEXT_SETTINGS
+from din_export.errors import DinExportError
 from din_export.portable_check import PortableRunError, check_against_scorer
 from din_export.schema import Schema, write_bytes_atomic, write_json_atomic
 
@@ -53,7 +52,7 @@ _MODEL = "model/"  # prefix of every name of the wrapped model.onnx, so request 
 _ENC = "encode/"
 
 
-class PortableError(click.ClickException):
+class PortableError(DinExportError):
     """portable.onnx cannot be built from this model (or model directory); the message says why."""
 
 
@@ -359,16 +358,3 @@ def add_portable(model_dir: str | Path, force: bool = False) -> dict:
     manifest["portable"] = entry
     write_json_atomic(model_dir / "manifest.json", manifest)
     return entry
-
-
-@click.command("portable", context_settings=CONTEXT_SETTINGS)
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--force", is_flag=True, help="Rebuild portable.onnx if the directory already has one.")
-def portable_command(model_dir: Path, force: bool) -> None:
-    """Add portable.onnx (raw ids in, probability out) to an exported MODEL_DIR, checked against Scorer.score."""
-    entry = add_portable(model_dir, force=force)
-    check = entry["check"]
-    click.echo(f"portable.onnx vs Scorer.score: {check['rows']} raw rows in {len(check['cases'])} batches, "
-               f"max abs diff prob {check['max_abs_diff_prob']:.2e}, oov counts equal")
-    click.echo(f"wrote {model_dir / PORTABLE_FILE} ({(model_dir / PORTABLE_FILE).stat().st_size:,} bytes, "
-               f"sha256 {entry['sha256'][:16]}...) and its manifest entry")

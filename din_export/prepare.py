@@ -18,17 +18,15 @@ and OOV figures goes through window coverage, so cost is O(events + samples), wh
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
+from din_runtime.fs import publish_dir, temp_dir_beside
 
-from din_export.cli import CONTEXT_SETTINGS
+from din_export.errors import DinExportError, OptionError
 from din_export.schema import (
     OOV_INDEX,
     PAD_INDEX,
@@ -41,7 +39,6 @@ from din_export.schema import (
 from din_export.sources import (
     TAOBAO_BEHAVIOURS,
     Events,
-    SourceError,
     read_amazon,
     read_events,
     read_movielens,
@@ -63,7 +60,7 @@ ITEM, CATE, USER = "item_id", "cate_id", "user_id"
 HIST_ITEM, HIST_CATE = "hist_item_id", "hist_cate_id"
 
 
-class PrepareError(ValueError):
+class PrepareError(DinExportError, ValueError):
     """The events cannot make a dataset (too few users, a full user, an output dir in the way)."""
 
 
@@ -502,17 +499,6 @@ def _check_out(out: Path, force: bool) -> None:
         raise PrepareError(f"--out {out} exists and is not empty; pass --force to replace it")
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Swap the finished temporary directory in; the old one (with --force) is removed afterwards."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}-{time.time_ns()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0,
             valid_fraction: float = 0.1, test_fraction: float = 0.1, history: str = "clicks",
             force: bool = False, all_requests: bool = False, release_events: bool = False) -> dict:
@@ -564,9 +550,7 @@ def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0
         spec["dense"] = (np.dtype(np.float32), (table.dense.shape[1],))
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    # a plain mkdir (not mkdtemp's 0700) so the published directory gets the user's usual permissions
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
-    tmp.mkdir()
+    tmp = temp_dir_beside(out)
     try:
         splits = {s: _SplitColumns(tmp / s, sizes[s], spec) for s in SPLITS}
         counts = {v: np.zeros(len(table.names[v]), dtype=np.int64) for v in set(keys.values())}
@@ -629,7 +613,7 @@ def prepare(events: Events, out: str | Path, *, max_len: int = 50, seed: int = 0
         if plan.pools:
             stats["negative_pool_items"] = {s: len(p) for s, p in zip(SPLITS, plan.pools, strict=True)}
         write_json_atomic(tmp / "stats.json", stats)
-        _publish(tmp, out)
+        publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -658,23 +642,23 @@ def _stats(events: Events, protocol: str, seed: int, max_len: int, ev_stats: dic
 
 
 # ---------------------------------------------------------------------------------------------------
-# CLI
+# Sources (the `prepare` command is din_export.cli.prepare)
 
 SOURCES = ("movielens", "taobao", "amazon", "events", "synthetic")
-FRACTION = click.FloatRange(0, 1, min_open=True, max_open=True)
 
 
 def load_source(source: str, path: Path | None, *, meta: Path | None = None, all_behaviours: bool = False,
                 sparse_features: str = "", dense_features: str = "", seed: int = 0) -> Events:
-    """The events of `source` at `path` (see `din-export prepare --help`)."""
+    """The events of `source` at `path` (see `din-export prepare --help`); OptionError for arguments that
+    do not go together."""
     if source != "synthetic" and path is None:
-        raise click.UsageError(f"--source {source} needs a PATH")
+        raise OptionError(f"--source {source} needs a PATH")
     if (meta is not None) != (source == "amazon"):
-        raise click.UsageError("--meta FILE is required with --source amazon and used by no other source")
+        raise OptionError("--meta FILE is required with --source amazon and used by no other source")
     if all_behaviours and source != "taobao":
-        raise click.UsageError("--all-behaviours only applies to --source taobao")
+        raise OptionError("--all-behaviours only applies to --source taobao")
     if (sparse_features or dense_features) and source != "events":
-        raise click.UsageError("--sparse-features/--dense-features only apply to --source events")
+        raise OptionError("--sparse-features/--dense-features only apply to --source events")
     if source == "movielens":
         return read_movielens(path)
     if source == "taobao":
@@ -706,53 +690,3 @@ def _summary(out: Path, stats: dict) -> str:
                  + (f" (capped at the first {req['cap']:,} samples of {', '.join(capped)}; --all-requests writes "
                     "every sample)" if capped else " (every sample)"))
     return "\n".join(lines)
-
-
-@click.command("prepare", context_settings=CONTEXT_SETTINGS)
-@click.option("--source", type=click.Choice(SOURCES), required=True, help="Kind of raw data at PATH.")
-@click.argument("path", required=False, type=click.Path(path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Dataset directory to write (made in a temporary sibling, then renamed).")
-@click.option("--max-len", default=50, show_default=True, type=click.IntRange(min=1),
-              help="Keep the most recent N behaviours of each history.")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Seed for negatives, the user split and the synthetic generator.")
-@click.option("--meta", type=click.Path(path_type=Path), help="amazon: the metadata JSON-lines file.")
-@click.option("--all-behaviours", is_flag=True, help="taobao: use pv, cart, fav and buy (default: pv only).")
-@click.option("--sparse-features", default="", metavar="COL,COL",
-              help="events: extra categorical columns (user profile or context), comma separated.")
-@click.option("--dense-features", default="", metavar="COL,COL", help="events: extra numeric columns.")
-@click.option("--history", type=click.Choice(HISTORIES), default="clicks", show_default=True,
-              help="explicit protocol: the history is the user's earlier clicks, or all their earlier events.")
-@click.option("--valid-fraction", default=0.1, show_default=True, type=FRACTION,
-              help="explicit protocol: share of users held out for validation.")
-@click.option("--test-fraction", default=0.1, show_default=True, type=FRACTION,
-              help="explicit protocol: share of users held out for test.")
-@click.option("--all-requests", is_flag=True,
-              help=f"Write every valid/test sample to *_requests.jsonl (default: the first {REQUESTS_CAP:,} of each).")
-@click.option("--force", is_flag=True, help="Replace a non-empty --out directory.")
-def prepare_command(source: str, path: Path | None, out: Path, max_len: int, seed: int, meta: Path | None,
-                    all_behaviours: bool, sparse_features: str, dense_features: str,
-                    history: str, valid_fraction: float, test_fraction: float, all_requests: bool,
-                    force: bool) -> None:
-    """Turn raw events at PATH into a dataset directory (docs/data.md).
-
-    \b
-    movielens  PATH = ml-100k or ml-1m directory            explicit: rating >= 4 is a click
-    taobao     PATH = UserBehavior.csv                      implicit: pv behaviours
-    amazon     PATH = reviews JSON lines, --meta metadata   implicit
-    events     PATH = CSV/TSV/Parquet: user,item,category,timestamp[,label][,features]
-    synthetic  PATH = optional events file from `python -m din_export.synthetic`; none: generate
-    """
-    try:
-        _check_out(out, force)
-        events = load_source(source, path, meta=meta, all_behaviours=all_behaviours,
-                             sparse_features=sparse_features, dense_features=dense_features, seed=seed)
-        stats = prepare(events, out, max_len=max_len, seed=seed, valid_fraction=valid_fraction,
-                        test_fraction=test_fraction, history=history, force=force, all_requests=all_requests,
-                        release_events=True)
-    except (SourceError, PrepareError) as e:
-        raise click.ClickException(str(e)) from None
-    except OSError as e:  # unreadable input, --out under a file, disk full: the system's own words
-        raise click.ClickException(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)) from None
-    click.echo(_summary(out, stats))

@@ -7,10 +7,11 @@ manifest, by the runtime. Index 0 is padding and 1 out-of-vocabulary in every vo
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+# Files are written the runtime's way (din_runtime.fs), re-exported here for the writers of din_export.
+from din_runtime.fs import write_bytes_atomic, write_json_atomic
 
 # The id conventions and the id-field records are the runtime's: one definition for both sides.
 from din_runtime.manifest import OOV_INDEX, PAD_INDEX, Behaviour
@@ -18,7 +19,8 @@ from din_runtime.manifest import Sparse as SparseField
 
 SCHEMA_VERSION = 1
 
-__all__ = ["OOV_INDEX", "PAD_INDEX", "Behaviour", "DenseField", "Schema", "SparseField"]
+__all__ = ["OOV_INDEX", "PAD_INDEX", "Behaviour", "DenseField", "Schema", "SparseField", "write_bytes_atomic",
+           "write_json_atomic"]
 
 
 @dataclass(frozen=True)
@@ -107,27 +109,3 @@ class Schema:
         if not path.is_file():
             raise FileNotFoundError(f"no schema at {path}: is this a dataset directory made by `din-export prepare`?")
         return cls.from_dict(json.loads(path.read_text()))
-
-
-def write_json_atomic(path: str | Path, obj: object) -> None:
-    """Write JSON to a temporary file beside `path` and rename it, so readers see old or new, never half."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates 0600; give the file the mode a plain open() would have had.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -25,7 +25,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 import pandas as pd
 
@@ -208,28 +207,7 @@ def write_events(frame: pd.DataFrame | Iterable[pd.DataFrame], path: str | Path)
     return counts
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generator (a table is repeatable).")
-@click.option("--users", default=SyntheticConfig.users, show_default=True, type=click.IntRange(min=1),
-              help="Number of shoppers.")
-@click.option("--items", default=SyntheticConfig.items, show_default=True, type=click.IntRange(min=3),
-              help="Number of items in the catalogue.")
-@click.option("--categories", default=SyntheticConfig.categories, show_default=True, type=click.IntRange(min=3),
-              help="Number of item categories (a shopper's interests are a few of them).")
-@click.option("--min-events", default=SyntheticConfig.min_events, show_default=True, type=click.IntRange(min=1),
-              help="Fewest events per shopper.")
-@click.option("--max-events", default=SyntheticConfig.max_events, show_default=True, type=click.IntRange(min=1),
-              help="Most events per shopper.")
-def main(out: Path, seed: int, **sizes: int) -> None:
-    """Write a synthetic shoppers events table to OUT (.csv or .parquet)."""
-    try:
-        n = write_events(generate_blocks(SyntheticConfig(**sizes), seed), out)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(f"wrote {n['rows']:,} events of {n['users']:,} users to {out} "
-               f"(click rate {n['clicks'] / n['rows']:.3f})")
+if __name__ == "__main__":  # `python -m din_export.synthetic`: the command lives with the other commands
+    from din_export.cli.synthetic import main
 
-
-if __name__ == "__main__":
     main()

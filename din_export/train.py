@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from din_runtime.encode import encode_rows
 from din_runtime.errors import DinRuntimeError, InputError
+from din_runtime.fs import write_bytes_atomic, write_json_atomic
 from din_runtime.io import OUTPUT_FORMATS, AtomicText, Record, ScoreWriter, format_of, read_jsonl
 from din_runtime.manifest import FIRST_KNOWN_INDEX, Manifest
 from din_runtime.manifest import Behaviour as RuntimeBehaviour
@@ -45,8 +46,9 @@ from torch import Tensor, nn
 import din_export
 from din_export.cli import CONTEXT_SETTINGS
 from din_export.data import Batches, DataError, Split, load_frequencies, load_schema, load_split, load_splits
+from din_export.errors import DinExportError
 from din_export.model import ATTENTION_NORMS, DIN, MODELS, MBARegularizer, ModelConfig
-from din_export.schema import Schema, write_bytes_atomic, write_json_atomic
+from din_export.schema import Schema
 
 # Package data (pyproject.toml): the presets travel in the wheel, wherever it is installed.
 PRESETS_DIR = Path(din_export.__file__).parent / "presets"
@@ -317,7 +319,7 @@ def plot_curve(history: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-class RunError(ValueError):
+class RunError(DinExportError, ValueError):
     """A run directory that cannot be written or resumed as asked."""
 
 

@@ -10,14 +10,12 @@ to a common length (e.g. max_len) to benefit from it.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from din_export.schema import write_bytes_atomic
+from din_runtime.fs import publish_dir, temp_dir_beside, write_bytes_atomic
 
 TRITON_DTYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "string": "TYPE_STRING"}
 MAX_BATCH_SIZE = 1024
@@ -59,31 +57,20 @@ def triton_config(name: str, inputs: list[dict[str, Any]], outputs: list[dict[st
     ])
 
 
-def sibling_temp_dir(target: Path) -> Path:
-    """An empty directory beside `target` to build it in before a rename. mkdtemp makes it 0700; it gets
-    the mode a plain mkdir would, so the renamed result is readable by whoever serves it."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    return tmp
-
-
 def write_triton_model(repo: Path, name: str, model_bytes: bytes, inputs: list[dict[str, Any]],
                        outputs: list[dict[str, Any]], force: bool = False) -> Path:
-    """Write REPO/NAME (config.pbtxt, 1/model.onnx) via a temporary sibling, so it appears whole or not at all."""
+    """Write REPO/NAME (config.pbtxt, 1/model.onnx) in a temporary sibling published with `publish_dir`:
+    it appears whole or not at all, and a model it replaces stays servable until the new one is in place."""
     config = triton_config(name, inputs, outputs)
     target = repo / name
     if target.exists() and not force:
         raise TritonError(f"{target} already exists; pass --force to replace it")
     repo.mkdir(parents=True, exist_ok=True)
-    tmp = sibling_temp_dir(target)
+    tmp = temp_dir_beside(target)
     try:
         write_bytes_atomic(tmp / "config.pbtxt", config.encode())
         write_bytes_atomic(tmp / "1" / "model.onnx", model_bytes)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        publish_dir(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

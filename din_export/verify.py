@@ -22,13 +22,11 @@ interface) and PortableScorerError (scores or OOV counts differ from the runtime
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -39,12 +37,11 @@ from din_runtime.manifest import read_portable
 from din_runtime.metrics import auc
 from torch import nn
 
-from din_export.cli import CONTEXT_SETTINGS
 from din_export.data import DataError, load_split
+from din_export.errors import DinExportError, OptionError
 from din_export.portable import PortableError, check_portable, scorer_tolerance
 from din_export.portable_check import PortableRunError, check_against_scorer
-from din_export.schema import Schema, write_json_atomic
-from din_export.train import load_run
+from din_export.schema import Schema
 
 GRID_BATCHES = (1, 3, 64, 257)
 CANDIDATE_USERS = 8  # validation rows whose history scores VALID_CANDIDATES validation targets each
@@ -65,14 +62,9 @@ TOLERANCE_NAMES = ("prob", "logit_rel", "auc_drop")
 # Judged only where scores are served: histories up to max_len, as din-score and the encoder keep the
 # last max_len. Longer histories are still scored and must be finite; fp32 is judged at every length.
 SERVED_LENGTHS_ONLY = frozenset({"fp16", "int8"})
-TOLERANCE_HELP = ("A bound of the variant's tolerance policy, NAME=VALUE with NAME one of prob (max abs "
-                  "probability difference), logit_rel (max relative logit difference), auc_drop (most the "
-                  "validation AUC may fall); a bare number sets prob. Repeatable. Defaults per variant: "
-                  "fp32 prob 1e-5, logit_rel 1e-5, auc_drop 1e-4 at every history length; fp16 1e-3, 1e-2, "
-                  "1e-3 and int8 5e-2, none, 2e-3, judged at histories up to max_len (docs/export.md).")
 
 
-class VerifyError(click.ClickException):
+class VerifyError(DinExportError):
     """The model directory does not score like the torch model. `report` holds what was measured."""
 
     def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
@@ -97,31 +89,22 @@ class AUCError(ToleranceError):
 
 
 def parse_tolerance(values: tuple[str, ...] | list[str]) -> dict[str, float]:
-    """`--tolerance` values (NAME=VALUE, or a bare number for prob) -> {name: bound}; ValueError if bad."""
+    """`--tolerance` values (NAME=VALUE, or a bare number for prob) -> {name: bound}; OptionError if bad."""
     bounds: dict[str, float] = {}
     for text in values:
         name, eq, raw = text.partition("=")
         name, raw = (name.strip(), raw) if eq else ("prob", name)
         if name not in TOLERANCE_NAMES:
-            raise ValueError(f"{text!r}: unknown bound {name!r}; expected one of {', '.join(TOLERANCE_NAMES)}")
+            raise OptionError(f"{text!r}: unknown bound {name!r}; expected one of {', '.join(TOLERANCE_NAMES)}",
+                              option="--tolerance")
         try:
             value = float(raw)
         except ValueError:
-            raise ValueError(f"{text!r}: {raw!r} is not a number") from None
+            raise OptionError(f"{text!r}: {raw!r} is not a number", option="--tolerance") from None
         if not value > 0 or not math.isfinite(value):
-            raise ValueError(f"{text!r}: a bound must be a finite number > 0")
+            raise OptionError(f"{text!r}: a bound must be a finite number > 0", option="--tolerance")
         bounds[name] = value
     return bounds
-
-
-def tolerance_option(values: tuple[str, ...]) -> dict[str, float] | None:
-    """click callback form of `parse_tolerance`: None when the flag was not given."""
-    if not values:
-        return None
-    try:
-        return parse_tolerance(values)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--tolerance") from e
 
 
 def resolve_policy(variant: str, tolerance: float | Mapping[str, float] | None) -> dict[str, float | None]:
@@ -130,7 +113,8 @@ def resolve_policy(variant: str, tolerance: float | Mapping[str, float] | None) 
     given = {"prob": tolerance} if isinstance(tolerance, int | float) else dict(tolerance or {})
     unknown = set(given) - set(TOLERANCE_NAMES)
     if unknown:
-        raise ValueError(f"unknown tolerance bounds {sorted(unknown)}; expected {list(TOLERANCE_NAMES)}")
+        raise OptionError(f"unknown tolerance bounds {sorted(unknown)}; expected {list(TOLERANCE_NAMES)}",
+                          option="--tolerance")
     policy.update({k: float(v) for k, v in given.items()})
     return policy
 
@@ -147,12 +131,12 @@ def resolve_data_dir(run_dir: Path, config: dict) -> Path:
     """The run's dataset directory (config.json "data_dir"; a relative path is tried from the run dir too)."""
     raw = config.get("data_dir")
     if not raw:
-        raise click.ClickException(f"{run_dir / 'config.json'} has no data_dir: cannot find the dataset")
+        raise DataError(f"{run_dir / 'config.json'} has no data_dir: cannot find the dataset")
     for candidate in (Path(raw), run_dir / raw):
         if (candidate / "schema.json").is_file():
             return candidate
-    raise click.ClickException(f"dataset directory {raw!r} named by {run_dir / 'config.json'} is not there "
-                               "(no schema.json); its vocabularies and validation split are needed")
+    raise DataError(f"dataset directory {raw!r} named by {run_dir / 'config.json'} is not there "
+                    "(no schema.json); its vocabularies and validation split are needed")
 
 
 def variant_of(manifest: dict) -> str:
@@ -281,7 +265,7 @@ def validation_rows(data_dir: Path, schema: Schema, limit: int) -> dict[str, np.
     try:
         split = load_split(data_dir, "valid", schema)
     except DataError as e:
-        raise click.ClickException(f"cannot read the validation split: {e}") from e
+        raise DataError(f"cannot read the validation split: {e}") from e
     return {k: v[:limit] for k, v in split.items()}
 
 
@@ -341,7 +325,7 @@ def verify_model_dir(model_dir: str | Path, model: nn.Module, schema: Schema, da
             judge_portable(report["portable"], policy, scorer_tolerance(manifest))
             report["variant"]["max_abs_diff_prob_portable"] = report["portable"]["max_abs_diff_prob_ref"]
     except VerifyError as e:
-        report["error"] = e.message
+        report["error"] = str(e)
         e.report = json_safe(report)
         raise
     report["passed"] = True
@@ -479,7 +463,7 @@ def verify_portable(exported: ExportedModel, model: nn.Module) -> dict[str, Any]
         data = read_portable(scorer.manifest)
         check_portable(onnx.load_from_string(data), entry["inputs"], entry["outputs"])
     except (DinRuntimeError, PortableError) as e:
-        raise PortableGraphError(str(e.message if isinstance(e, PortableError) else e)) from e
+        raise PortableGraphError(str(e)) from e
     try:
         return check_against_scorer(data, entry, scorer,
                                     reference=lambda arrays: torch_outputs(model, arrays, with_attention=False))
@@ -536,42 +520,3 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{num(v['auc_model'], '.5f')} ({num(v['auc_change'], '+.2e')})")
     lines.append("PASSED" if report.get("passed") else f"FAILED: {report.get('error', '')}")
     return "\n".join(lines)
-
-
-@click.command("verify", context_settings=CONTEXT_SETTINGS)
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--tolerance", metavar="[NAME=]VALUE", multiple=True, help=TOLERANCE_HELP,
-              callback=lambda _ctx, _param, values: tolerance_option(values))
-@click.option("--valid-rows", type=click.IntRange(min=1), default=DEFAULT_VALID_ROWS, show_default=True,
-              help="Validation rows to score (the first N).")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the report as JSON here.")
-def verify_command(model_dir: Path, run_dir: Path, tolerance: dict[str, float] | None, valid_rows: int,
-                   report_path: Path | None) -> None:
-    """Check MODEL_DIR against the torch model of RUN_DIR at many shapes and on the validation split.
-
-    \b
-    Tolerance policy (each bound replaceable with --tolerance NAME=VALUE):
-      fp32  prob 1e-5, logit_rel 1e-5, auc_drop 1e-4   every history length
-      fp16  prob 1e-3, logit_rel 1e-2, auc_drop 1e-3   histories up to max_len
-      int8  prob 5e-2, logit_rel -,    auc_drop 2e-3   histories up to max_len
-    Longer histories than judged are still scored and must be finite (din-score keeps the last max_len).
-    """
-    try:
-        model, schema, config = load_run(run_dir)
-    except (OSError, KeyError, TypeError, ValueError) as e:
-        raise click.ClickException(f"cannot load the run {run_dir}: {e}") from e
-    data_dir = resolve_data_dir(run_dir, config)
-    try:
-        report = verify_model_dir(model_dir, model, schema, data_dir, tolerance=tolerance, valid_rows=valid_rows)
-    except VerifyError as e:
-        if e.report is not None:
-            click.echo(format_report(e.report))
-            if report_path is not None:
-                write_json_atomic(report_path, e.report)
-        raise
-    click.echo(format_report(report))
-    if report_path is not None:
-        write_json_atomic(report_path, report)
-    click.echo(json.dumps(report["variant"]))

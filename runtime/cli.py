@@ -25,6 +25,7 @@ import numpy as np
 from din_runtime import __version__
 from din_runtime.encode import Encoded
 from din_runtime.errors import DinRuntimeError, InputError
+from din_runtime.fs import write_json_atomic
 from din_runtime.io import (
     INPUT_FORMATS,
     OUTPUT_FORMATS,
@@ -38,7 +39,6 @@ from din_runtime.io import (
     read_jsonl,
     read_parquet,
     write_error,
-    write_json_atomic,
 )
 from din_runtime.metrics import auc, gauc, logloss
 from din_runtime.scorer import Scorer

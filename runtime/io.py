@@ -9,17 +9,15 @@ rename at the end, so a failed run leaves no half-written file.
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO, NamedTuple
 
 from din_runtime.errors import DinRuntimeError
+from din_runtime.fs import AtomicFile, CommitOnSuccess
 
 INPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
                  ".parquet": "parquet", ".pq": "parquet"}
@@ -246,8 +244,8 @@ def read_parquet(source: str | BinaryIO, batch_size: int) -> Iterator[Record]:
         raise InputFileError("the Parquet input has no rows to score")
 
 
-class AtomicText:
-    """A UTF-8 text file written to a temporary file beside `path` and renamed over it only by `commit()`.
+class AtomicText(CommitOnSuccess):
+    """A UTF-8 text file written beside `path` and renamed over it only by `commit()` (din_runtime.fs).
 
     `path` "-" writes straight to stdout instead (streamed, so nothing to undo), as UTF-8 whatever the
     locale: JSONL and CSV output must not depend on the terminal's encoding.
@@ -255,53 +253,24 @@ class AtomicText:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._tmp: str | None = None
+        self._target: AtomicFile | None = None
         if path == "-":
             self.file: IO[str] = sys.stdout
             if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.encoding.lower() not in ("utf-8", "utf8"):
                 sys.stdout.reconfigure(encoding="utf-8")
             return
-        target = Path(path)
-        if target.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", path)
-        try:
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        except OSError as e:
-            raise OSError(e.errno, e.strerror, path) from e  # name the file asked for, not the temporary one
-        # mkstemp creates the file 0600; give the result the mode an ordinary open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        self.file = open(fd, "w", encoding="utf-8", newline="")
+        self._target = AtomicFile(path, "w", encoding="utf-8", newline="")
+        self.file = self._target.file
 
     def commit(self) -> None:
-        if self._tmp is None:
+        if self._target is None:
             self.file.flush()
-            return
-        try:
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
-            os.replace(self._tmp, self.path)
-        except OSError as e:
-            self.discard()
-            raise OSError(e.errno, e.strerror, self.path) from e
-        self._tmp = None
+        else:
+            self._target.commit()
 
     def discard(self) -> None:
-        if self._tmp is not None:
-            self.file.close()
-            Path(self._tmp).unlink(missing_ok=True)
-            self._tmp = None
-
-    def __enter__(self) -> AtomicText:
-        return self
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
+        if self._target is not None:
+            self._target.discard()
 
 
 class ScoreWriter:
@@ -356,8 +325,3 @@ def write_error(out: AtomicText, record: Record, field: str | None, reason: str)
     """One rejected row of the --errors file: its line, field, reason and raw text."""
     entry = {"line": record.line, "field": field, "error": reason, "raw": record.raw_text()}
     out.file.write(json.dumps(entry, ensure_ascii=False) + "\n")
-
-
-def write_json_atomic(path: str, obj: object) -> None:
-    with AtomicText(path) as out:
-        out.file.write(json.dumps(obj, indent=2) + "\n")

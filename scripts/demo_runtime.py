@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 from din_runtime import Scorer
-from din_runtime.io import write_json_atomic
+from din_runtime.fs import write_json_atomic
 
 THREADS = 1  # one intra-op thread: a single request is far too small to split across cores
 WARMUP_CALLS = 50

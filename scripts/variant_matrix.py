@@ -62,7 +62,7 @@ def main() -> None:
                 manifest = export_run(run, out, force=True, **options)
                 report, error = manifest["parity"], None
             except VerifyError as e:
-                report, error = e.report or {}, e.message
+                report, error = e.report or {}, str(e)
             seconds = time.perf_counter() - start
             v = report.get("variant", {})
             validation = report.get("validation", {})

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from din_runtime import cli as score_cli
 
 from din_export import cli as export_cli
-from din_export import synthetic
+from din_export.cli import synthetic
 
 # Options that mean the same thing in several commands must be spelled and typed the same way.
 SHARED = ("--threads", "--device", "--seed", "--batch-size", "--id-field", "--epochs")

@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from din_export.cli.prepare import prepare_command
 from din_export.data import load_split, load_splits
-from din_export.prepare import EXPLICIT, IMPLICIT, PrepareError, prepare, prepare_command
+from din_export.prepare import EXPLICIT, IMPLICIT, PrepareError, prepare
 from din_export.schema import OOV_INDEX, PAD_INDEX, Schema
 from din_export.sources import (
     SourceError,

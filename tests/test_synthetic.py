@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from din_export.cli.synthetic import main
 from din_export.sources import SourceError
 from din_export.synthetic import (
     DENSE,
@@ -18,7 +19,6 @@ from din_export.synthetic import (
     generate,
     generate_blocks,
     load,
-    main,
     write_events,
 )
 
