@@ -275,7 +275,7 @@ class DeepCTRRun:
         self.best: tuple[float, int, dict] | None = None
 
     def epoch(self) -> None:
-        from din_export.train import split_metrics
+        from din_export.evaluate import split_metrics
 
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):  # fit prints the device and a summary line
@@ -290,7 +290,7 @@ class DeepCTRRun:
         return self.model.predict(self.x[split], batch_size=4096).reshape(-1)
 
     def result(self) -> dict[str, Any]:
-        from din_export.train import split_metrics
+        from din_export.evaluate import split_metrics
 
         assert self.best is not None, "call epoch() first"
         self.model.load_state_dict(self.best[2])

@@ -22,8 +22,8 @@ import torch
 
 from din_export.bench import DeepCTRRun, make_plan
 from din_export.data import load_schema, load_split
+from din_export.evaluate import split_metrics
 from din_export.model import ModelConfig
-from din_export.train import split_metrics
 
 
 @click.command()
