@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "verify": ("din_export.verify", "verify_command", "Check an exported model against its torch run."),
     "portable": ("din_export.portable", "portable_command", "Add portable.onnx (raw ids in) to a model directory."),
     "explain": ("din_export.explain", "explain_command", "Show the attention over one request's history."),
-    "bench": ("din_export.bench", "bench_command", "Benchmark torch, ONNX variants and DeepCTR-Torch."),
+    "bench": ("din_export.cli.bench", "bench_command", "Benchmark torch, ONNX variants and DeepCTR-Torch."),
 }
 
 
