@@ -41,7 +41,8 @@ from din_export.checkpoints import (
 )
 from din_export.checkpoints import load_run as load_run  # public here too: din_export.train.load_run
 from din_export.data import Batches, DataError, Split, load_frequencies, load_schema, load_splits
-from din_export.evaluate import evaluate_split, format_metrics
+from din_export.evaluate import evaluate_split
+from din_export.evaluate import format_metrics as _fmt  # the name train()'s log lines use
 from din_export.model import DIN, MBARegularizer, ModelConfig
 from din_export.schema import Schema, write_bytes_atomic, write_json_atomic
 
@@ -321,7 +322,7 @@ def train(data_dir: str | Path, run_dir: str | Path, model_cfg: ModelConfig, cfg
         test = evaluate_split(model, splits["test"], schema, cfg.eval_batch_size, dist.device)
         record = metrics_record(model_cfg, cfg, progress, test, dist, sizes)
         write_json_atomic(run_dir / "metrics.json", record)
-        log(f"best epoch {progress['best_epoch']} (valid GAUC {progress['best_gauc']:.4f}): test {format_metrics(test)}"
+        log(f"best epoch {progress['best_epoch']} (valid GAUC {progress['best_gauc']:.4f}): test {_fmt(test)}"
             f"  -> {run_dir}")
     if dist.world > 1:
         torch.distributed.barrier()
@@ -348,6 +349,6 @@ def end_epoch(run_dir: Path, model: DIN, opt: torch.optim.Optimizer, best: dict[
     write_json_atomic(run_dir / "metrics.json", metrics_record(model_cfg, cfg, progress, None, dist, sizes))
     write_bytes_atomic(run_dir / "curve.png", plot_curve(progress["history"]))
     h = progress["history"][-1]
-    log(f"epoch {epoch + 1}: train loss {h['train_loss']:.4f}  valid {format_metrics(valid)}  ({seconds:.1f}s)"
+    log(f"epoch {epoch + 1}: train loss {h['train_loss']:.4f}  valid {_fmt(valid)}  ({seconds:.1f}s)"
         f"{'  *best' if improved else ''}")
     return best
