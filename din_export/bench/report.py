@@ -117,10 +117,7 @@ def format_table(record: dict[str, Any], plan: Plan) -> str:
         if peak:
             lines += [f"Peak fp32 at {threads} thread(s): {peak['flops_per_s'] / 1e9:.0f} GFLOP/s = {peak['formula']}, "
                       f"clock from {peak['mhz_source']} (din_export/bench/flops.py).", ""]
-        for name, c in result.get("compile", {}).items():
-            shapes = ", ".join(f"{k} {v:.1f} s" for k, v in c["first_call_s"].items())
-            lines += [f"{name} first call per shape (compiling): {shapes or '-'}"
-                      + (f"; failed: {c['error'][:200]}" if c["error"] else ""), ""]
+        lines += compile_lines(result.get("compile", {}))
     rows = []
     for name, size in record["load_model_bytes"].items():
         m = record["models"].get(name)
@@ -157,10 +154,7 @@ def format_table(record: dict[str, Any], plan: Plan) -> str:
                 for shape, r in ranking["shapes"].items()]
         lines += md_table(["1 user x N candidates, 1 thread", *(f"{e} p50 ms" for e in engines),
                            *(f"score_candidates vs {e}" for e in engines[1:])], rows)
-        for name, c in ranking["compile"].items():
-            shapes = ", ".join(f"{k} {v:.1f} s" for k, v in c["first_call_s"].items())
-            lines += [f"{name} first call per shape (compiling): {shapes or '-'}"
-                      + (f"; failed: {c['error'][:200]}" if c["error"] else ""), ""]
+        lines += compile_lines(ranking["compile"])
     if record.get("din_score_rss"):
         lines += md_table(["din-score rows", "peak RSS MB", "rows/s"],
                           [[f"{r['rows']:,}", f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else "n/a",
@@ -181,6 +175,16 @@ def format_table(record: dict[str, Any], plan: Plan) -> str:
                       [[t["target"], t["goal"], f"{t['value']:.4g}", "met" if t["met"] else "**missed**"]
                        for t in record["targets"]])
     return "\n".join(lines)
+
+
+def compile_lines(compiled: dict[str, Any]) -> list[str]:
+    """Each torch.compile engine's first-call seconds per shape (its compile time), or its error."""
+    lines = []
+    for name, c in compiled.items():
+        shapes = ", ".join(f"{k} {v:.1f} s" for k, v in c["first_call_s"].items())
+        lines += [f"{name} first call per shape (compiling): {shapes or '-'}"
+                  + (f"; failed: {c['error'][:200]}" if c["error"] else ""), ""]
+    return lines
 
 
 def _loads(loads: list[float] | None) -> str:
