@@ -5,7 +5,7 @@
 
 One batch of `--batch` rows at each history length is scored by the model's bare session, whole and in
 runs of max(1, P // L) rows for several position budgets P; every variant alternates with the others
-(din_export.bench.alternate) and the medians are printed as rows/s.
+(din_export.bench.timing.alternate) and the medians are printed as rows/s.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from din_export.bench import alternate, pin_malloc, workload_arrays
+from din_export.bench.data import workload_arrays
+from din_export.bench.timing import alternate, pin_malloc
 from din_export.schema import Schema, write_json_atomic
 
 BUDGETS = (512, 1024, 2048, 4096, 8192)

@@ -4,11 +4,11 @@ on an existing run and its export: the engine part of `din-export bench` without
     python bench/compile_shapes.py RUN_DIR MODEL_DIR [--lengths 20,100,500] [--batch 256] [--threads 1]
         [--compile default] [--candidates 100x50,100x200,1000x50,1000x200] [--json OUT]
 
-Engines as in `din-export bench` (din_export/bench.py: alternating rounds, the order rotating, medians)
+Engines as in `din-export bench` (din_export/bench/timing.py: alternating rounds, the order rotating, medians)
 plus `scorer`: Scorer.score_arrays on the same arrays, every check and its chunked runs included. Per
 shape it prints each engine's p50 (B=1, cold: engines alternate call by call) or rows/s (B=batch), the
 ratio to the best torch engine, and the model's FLOPs per row as a % of the CPU's peak. Then the
-candidate-ranking workload (bench_compile.candidate_workload) at each N x L of --candidates.
+candidate-ranking workload (din_export.bench.torch_compile.candidate_workload) at each N x L of --candidates.
 """
 
 from __future__ import annotations
@@ -26,10 +26,14 @@ import numpy as np
 import torch
 from din_runtime import Scorer
 
-from din_export import bench_compile
-from din_export.bench import CHUNKED, Engines, alternate, best_torch, make_plan, pin_malloc, quantiles, workload_arrays
-from din_export.flops import cpu_peak, model_flops_per_row
-from din_export.train import load_run
+from din_export.bench import torch_compile as bench_compile
+from din_export.bench.data import workload_arrays
+from din_export.bench.engines import CHUNKED, Engines
+from din_export.bench.flops import cpu_peak, model_flops_per_row
+from din_export.bench.plan import make_plan
+from din_export.bench.report import best_torch
+from din_export.bench.timing import alternate, pin_malloc, quantiles
+from din_export.checkpoints import load_run
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ import onnxruntime as ort
 import torch
 from torch import Tensor
 
-from din_export.bench import alternate, pin_malloc, workload_arrays
+from din_export.bench.data import workload_arrays
+from din_export.bench.timing import alternate, pin_malloc
 from din_export.model import DIN, ModelConfig
 from din_export.optimize import FactoredActivationUnit, inference_module
 from din_export.schema import Behaviour, DenseField, Schema, SparseField, write_json_atomic

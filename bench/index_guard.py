@@ -27,7 +27,8 @@ from din_runtime.scorer import rows_per_run
 from first_layer import schema, to_onnx  # bench/first_layer.py: its schema (item vocabulary 50k) and export
 from torch import Tensor, nn
 
-from din_export.bench import alternate, pin_malloc, workload_arrays
+from din_export.bench.data import workload_arrays
+from din_export.bench.timing import alternate, pin_malloc
 from din_export.model import DIN, ModelConfig
 from din_export.optimize import inference_module
 from din_export.schema import OOV_INDEX, write_json_atomic

@@ -3,8 +3,8 @@
     python bench/int8_speed.py FP32_DIR INT8_DIR [MORE_DIRS...] [--seq 100] [--threads 1] [--rounds 40]
 
 Each directory's model.onnx in its own onnxruntime session (CPU, `--threads` intra-op threads), fed the
-same inputs (every history `--seq` long, known ids: din_export.bench.workload_arrays), timed in
-alternating rounds (din_export.bench.alternate: the engines take turns, so a busy machine slows all of
+same inputs (every history `--seq` long, known ids: din_export.bench.data.workload_arrays), timed in
+alternating rounds (din_export.bench.timing.alternate: the engines take turns, so a busy machine slows all of
 them alike). Prints p50 per directory and batch, each as a ratio to the first directory's, and the
 file sizes; the first directory is the reference (the fp32 export).
 """
@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from din_export.bench import alternate, onnx_session, workload_arrays
+from din_export.bench.data import workload_arrays
+from din_export.bench.engines import onnx_session
+from din_export.bench.timing import alternate
 from din_export.schema import Schema
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from din_export.bench import pin_malloc, workload_arrays
+from din_export.bench.data import workload_arrays
+from din_export.bench.timing import pin_malloc
 from din_export.schema import Schema, write_json_atomic
 
 

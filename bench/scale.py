@@ -69,9 +69,10 @@ def steps_only(data_dir: Path, steps: int, threads: int) -> None:
     import torch
     from torch import nn
 
+    from din_export.config import load_preset
     from din_export.data import Batches, load_schema, load_split
     from din_export.model import DIN
-    from din_export.train import load_preset, make_optimizer
+    from din_export.train import make_optimizer
 
     torch.set_num_threads(threads)
     model_cfg, cfg, _ = load_preset("edge")

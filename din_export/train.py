@@ -1,4 +1,4 @@
-"""`din-export train | evaluate | predict`: fit DIN or the base model, select it on validation GAUC.
+"""Training: fit DIN or the base model (`din-export train`), select it on validation GAUC.
 
 A run directory (docs/design.md "Run directory") holds the best-on-validation weights, the metrics and
 the resume state. Every file is written to a temporary name and renamed, so a reader or a resumed run
@@ -22,36 +22,32 @@ import json
 import os
 import sys
 import time
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, fields
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import torch
-from din_runtime.encode import encode_rows
-from din_runtime.errors import DinRuntimeError, InputError
 from din_runtime.fs import write_bytes_atomic, write_json_atomic
-from din_runtime.io import OUTPUT_FORMATS, AtomicText, Record, ScoreWriter, format_of, read_jsonl
-from din_runtime.manifest import FIRST_KNOWN_INDEX, Manifest
-from din_runtime.manifest import Behaviour as RuntimeBehaviour
-from din_runtime.manifest import Sparse as RuntimeSparse
-from din_runtime.metrics import auc, gauc, logloss
-from safetensors import safe_open
-from safetensors.torch import load_file, save
+from din_runtime.metrics import gauc
+from safetensors.torch import save
 from torch import Tensor, nn
 
-import din_export
-from din_export.cli import CONTEXT_SETTINGS
-from din_export.data import Batches, DataError, Split, load_frequencies, load_schema, load_split, load_splits
+from din_export.checkpoints import (
+    cpu_copy,
+    load_optimizer_tensors,
+    load_state,
+    remove_stale_temporaries,
+    save_state,
+)
+from din_export.checkpoints import load_run as load_run  # public here too: din_export.train.load_run
+from din_export.data import Batches, DataError, Split, load_frequencies, load_schema, load_splits
 from din_export.errors import DinExportError
-from din_export.model import ATTENTION_NORMS, DIN, MODELS, MBARegularizer, ModelConfig
+from din_export.evaluate import evaluate_split
+from din_export.evaluate import format_metrics as _fmt  # the name train()'s log lines use
+from din_export.model import DIN, MBARegularizer, ModelConfig
 from din_export.schema import Schema
 
-# Package data (pyproject.toml): the presets travel in the wheel, wherever it is installed.
-PRESETS_DIR = Path(din_export.__file__).parent / "presets"
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -102,36 +98,6 @@ class TrainConfig:
         return cls(**d)
 
 
-# --- Presets -----------------------------------------------------------------------------------------
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
-
-
-def load_preset(name_or_path: str) -> tuple[ModelConfig, TrainConfig, str]:
-    """A preset name (din_export/presets/<name>.json), or a path to such a file -> (model config, train
-    config, description)."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        if "/" in name_or_path or name_or_path.endswith(".json"):
-            raise ValueError(f"preset file {name_or_path} does not exist")
-        path = PRESETS_DIR / f"{name_or_path}.json"
-        if not path.is_file():
-            if not preset_names():
-                raise ValueError(f"unknown preset {name_or_path!r}: this din_export has no presets in "
-                                 f"{PRESETS_DIR} (an install without its package data); pass a preset's path")
-            raise ValueError(f"unknown preset {name_or_path!r}; choose from {preset_names()} or pass a path")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"preset {path}: not valid JSON: {e}") from e
-    if not isinstance(doc, dict) or set(doc) - {"description", "model", "train"}:
-        raise ValueError(f"preset {path}: expected an object with keys description, model, train")
-    return ModelConfig.from_dict(doc.get("model", {})), TrainConfig.from_dict(doc.get("train", {})), \
-        str(doc.get("description", ""))
-
-
 # --- Processes and devices ---------------------------------------------------------------------------
 
 
@@ -169,105 +135,6 @@ def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, step, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
-# --- Scoring and metrics -----------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def predict_proba(model: DIN, arrays: Split | dict[str, np.ndarray], schema: Schema, batch_size: int,
-                  device: torch.device | str = "cpu") -> np.ndarray:
-    """Click probabilities of every row of a split, in row order (model in eval mode)."""
-    was_training = model.training
-    model.eval()
-    batches = Batches(arrays, schema, batch_size, shuffle=False, device=device)
-    probs = np.concatenate([torch.sigmoid(model(b)).float().cpu().numpy() for b in batches.epoch()])
-    model.train(was_training)
-    return probs
-
-
-def split_metrics(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> dict[str, float | None]:
-    """AUC, GAUC (din_runtime.metrics), logloss; None where undefined (one class only), since JSON has no NaN."""
-    values = {"auc": auc(labels, probs), "gauc": gauc(labels, probs, groups), "logloss": logloss(labels, probs)}
-    return {**{k: None if np.isnan(v) else v for k, v in values.items()}, "rows": len(labels)}
-
-
-def evaluate_split(model: DIN, arrays: Split | dict[str, np.ndarray], schema: Schema, batch_size: int,
-                   device: torch.device | str = "cpu") -> dict[str, float]:
-    probs = predict_proba(model, arrays, schema, batch_size, device)
-    return split_metrics(arrays["label"], probs, arrays["group"])
-
-
-# --- Run directory: checkpoints ----------------------------------------------------------------------
-
-
-def _cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
-
-
-def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, Tensor]:
-    """Optimizer state as flat named tensors ("optim.<param index>.<name>"), so no pickle is needed."""
-    out = {}
-    for index, state in opt.state_dict()["state"].items():
-        for name, value in state.items():
-            out[f"optim.{index}.{name}"] = value if isinstance(value, Tensor) else torch.tensor(value)
-    return out
-
-
-def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> None:
-    state: dict[int, dict[str, Tensor]] = {}
-    for key, value in tensors.items():
-        _, index, name = key.split(".", 2)
-        state.setdefault(int(index), {})[name] = value
-    sd = opt.state_dict()
-    opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
-
-
-def save_state(run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, best: dict[str, Tensor] | None,
-               progress: dict) -> None:
-    """state/last.safetensors holds the tensors and, in its metadata, the progress record: one rename
-    commits both. state/last.json is the same record for people and tools."""
-    tensors = {f"model.{k}": v for k, v in _cpu(model.state_dict()).items()}
-    tensors.update(optimizer_tensors(opt))
-    if best is not None:
-        tensors.update({f"best.{k}": v for k, v in best.items()})
-    record = json.dumps(progress)
-    write_bytes_atomic(run_dir / "state" / "last.safetensors", save(_cpu(tensors), metadata={"progress": record}))
-    write_json_atomic(run_dir / "state" / "last.json", progress)
-
-
-def load_state(run_dir: Path) -> tuple[dict, dict[str, Tensor], dict[str, Tensor], dict[str, Tensor] | None]:
-    """-> (progress, model tensors, optimizer tensors, best tensors or None)."""
-    path = run_dir / "state" / "last.safetensors"
-    with safe_open(path, framework="pt") as f:
-        progress = json.loads(f.metadata()["progress"])
-        groups: dict[str, dict[str, Tensor]] = {"model": {}, "optim": {}, "best": {}}
-        for key in f.keys():
-            head, rest = key.split(".", 1)
-            groups[head][key if head == "optim" else rest] = f.get_tensor(key)
-    return progress, groups["model"], groups["optim"], groups["best"] or None
-
-
-def remove_stale_temporaries(run_dir: Path) -> None:
-    """Temporary files of writes that a killed process never renamed."""
-    for d in (run_dir, run_dir / "state"):
-        for p in d.glob(".*.tmp"):
-            p.unlink(missing_ok=True)
-
-
-def load_run(run_dir: str | Path) -> tuple[DIN, Schema, dict]:
-    """A trained run -> (model in eval mode on the CPU with the best-on-validation weights, schema, config)."""
-    run_dir = Path(run_dir)
-    config_path, weights = run_dir / "config.json", run_dir / "model.safetensors"
-    for p in (config_path, weights):
-        if not p.is_file():
-            raise FileNotFoundError(f"{run_dir} is not a finished training run: {p.name} is missing "
-                                    f"(train one with `din-export train DATA_DIR --out {run_dir}`)")
-    config = json.loads(config_path.read_text())
-    schema = Schema.from_dict(config["schema"])
-    model = DIN(schema, ModelConfig.from_dict(config["model"]))
-    model.load_state_dict(load_file(weights))
-    return model.eval(), schema, config
-
-
 # --- Training ----------------------------------------------------------------------------------------
 
 
@@ -286,7 +153,7 @@ class Log:
 
     def __call__(self, message: str) -> None:
         if self.on:
-            click.echo(message, err=True)
+            print(message, file=sys.stderr, flush=True)
 
     def steps(self, iterable: Any, total: int, epoch: int) -> Any:
         if not self.tty:
@@ -341,13 +208,6 @@ def check_resume(run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, schema
 
 def patience_spent(progress: dict, cfg: TrainConfig) -> bool:
     return bool(cfg.patience) and progress["epoch"] - progress["best_epoch"] >= cfg.patience
-
-
-def _fmt(metrics: dict) -> str:
-    def num(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.4f}"
-
-    return f"AUC {num(metrics['auc'])}  GAUC {num(metrics['gauc'])}  logloss {num(metrics['logloss'])}"
 
 
 def metrics_record(model_cfg: ModelConfig, cfg: TrainConfig, progress: dict, test: dict | None, dist: Dist,
@@ -484,7 +344,7 @@ def end_epoch(run_dir: Path, model: DIN, opt: torch.optim.Optimizer, best: dict[
     improved = progress["best_gauc"] is None or valid["gauc"] > progress["best_gauc"]
     if improved:
         progress["best_gauc"], progress["best_epoch"] = valid["gauc"], epoch + 1
-        best = _cpu(model.state_dict())
+        best = cpu_copy(model.state_dict())
         write_bytes_atomic(run_dir / "model.safetensors", save(best))
     progress.update(epoch=epoch + 1, step=0, loss_sum=0.0, loss_count=0)
     save_state(run_dir, model, opt, best, progress)
@@ -494,205 +354,3 @@ def end_epoch(run_dir: Path, model: DIN, opt: torch.optim.Optimizer, best: dict[
     log(f"epoch {epoch + 1}: train loss {h['train_loss']:.4f}  valid {_fmt(valid)}  ({seconds:.1f}s)"
         f"{'  *best' if improved else ''}")
     return best
-
-
-# --- Commands ----------------------------------------------------------------------------------------
-
-
-def parse_sets(sets: tuple[str, ...]) -> tuple[dict, dict]:
-    """`--set model.embed_dim=16 --set train.weight_decay=1e-6` -> (model overrides, train overrides)."""
-    out: dict[str, dict] = {"model": {}, "train": {}}
-    for item in sets:
-        key, eq, text = item.partition("=")
-        section, dot, name = key.partition(".")
-        if not eq or not dot or section not in out:
-            raise click.UsageError(f"--set {item!r}: expected model.FIELD=VALUE or train.FIELD=VALUE")
-        try:
-            out[section][name] = json.loads(text)
-        except json.JSONDecodeError:
-            out[section][name] = text
-    return out["model"], out["train"]
-
-
-def resolve_configs(preset: str | None, saved: dict | None, model_flags: dict, train_flags: dict,
-                    sets: tuple[str, ...]) -> tuple[ModelConfig, TrainConfig]:
-    """Defaults < preset (or, resuming without one, the run's saved config) < --set < named flags."""
-    if preset:
-        model_cfg, train_cfg, _ = load_preset(preset)
-        model_d, train_d = model_cfg.to_dict(), train_cfg.to_dict()
-    elif saved:
-        model_d, train_d = dict(saved["model"]), dict(saved["train"])
-    else:
-        model_d, train_d = ModelConfig().to_dict(), TrainConfig().to_dict()
-    set_model, set_train = parse_sets(sets)
-    model_d.update(set_model)
-    train_d.update(set_train)
-    model_d.update({k: v for k, v in model_flags.items() if v is not None})
-    train_d.update({k: v for k, v in train_flags.items() if v is not None})
-    return ModelConfig.from_dict(model_d), TrainConfig.from_dict(train_d)
-
-
-@click.command("train", context_settings=CONTEXT_SETTINGS)
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-o", "--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory to write (model.safetensors, metrics.json, config.json, curve.png, state/).")
-@click.option("--model", type=click.Choice(MODELS), help="din, or the paper's base model (sum pooling).")
-@click.option("--config", "preset", metavar="PRESET",
-              help="A preset name (paper, official, edge: din_export/presets/) or the path of a preset JSON.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Most epochs to run (early stopping may end sooner).")
-@click.option("--seed", type=int, help="Seed of initialisation, shuffling and dropout (a run is repeatable).")
-@click.option("--lr", type=float, help="Learning rate (the preset's, else 1e-3).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Training rows per step, over all processes.")
-@click.option("--threads", type=click.IntRange(min=0), help="torch intra-op threads (0: torch's default).")
-@click.option("--attention-norm", type=click.Choice(ATTENTION_NORMS),
-              help="none: the paper's unnormalised weights; softmax: the official code.")
-@click.option("--mba-lambda", type=float, help="Mini-batch aware L2 on the embeddings (paper: 0.01).")
-@click.option("--patience", type=click.IntRange(min=0),
-              help="Epochs without a better validation GAUC before stopping (0: never).")
-@click.option("--device", type=click.Choice(DEVICES), help="auto: cuda when torch sees a GPU, else cpu.")
-@click.option("--checkpoint-steps", type=click.IntRange(min=1), help="Also save the resume state every N steps.")
-@click.option("--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE",
-              help="Any other model or train field, e.g. --set model.embed_dim=16 --set train.weight_decay=1e-6.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (or start it).")
-@click.option("--quiet", is_flag=True, help="No progress messages.")
-def train_command(data_dir: Path, run_dir: Path, model: str | None, preset: str | None, epochs: int | None,
-                  seed: int | None, lr: float | None, batch_size: int | None, threads: int | None,
-                  attention_norm: str | None, mba_lambda: float | None, patience: int | None, device: str | None,
-                  checkpoint_steps: int | None, sets: tuple[str, ...], resume: bool, quiet: bool) -> None:
-    """Train DIN (or the base model) on DATA_DIR, selecting the epoch on validation GAUC.
-
-    \b
-    Multi-process (CPU: gloo, GPU: nccl), each global batch split across the processes:
-      torchrun --standalone --nproc_per_node 2 --no-python din-export train DATA_DIR --out RUN
-    """
-    saved = None
-    if resume and (run_dir / "config.json").is_file():
-        saved = json.loads((run_dir / "config.json").read_text())
-    try:
-        model_cfg, train_cfg = resolve_configs(
-            preset, saved, {"model": model, "attention_norm": attention_norm},
-            {"epochs": epochs, "seed": seed, "lr": lr, "batch_size": batch_size, "threads": threads,
-             "mba_lambda": mba_lambda, "patience": patience, "device": device, "checkpoint_steps": checkpoint_steps},
-            sets)
-    except (ValueError, TypeError) as e:
-        raise click.UsageError(str(e)) from e
-    try:
-        train(data_dir, run_dir, model_cfg, train_cfg, resume=resume, quiet=quiet)
-    except (DataError, RunError) as e:
-        raise click.ClickException(str(e)) from e
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
-def check_same_inputs(run_schema: Schema, data_schema: Schema, data_dir: Path) -> None:
-    """The run's embedding tables and inputs must match DATA_DIR's (history length may differ)."""
-    a, b = run_schema.to_dict(), data_schema.to_dict()
-    for key in ("sparse", "dense", "behaviour", "vocab_sizes"):
-        if a[key] != b[key]:
-            raise DataError(f"{data_dir}: schema {key} differs from the run's ({b[key]} vs {a[key]}); "
-                            f"evaluate on the dataset the run was trained on")
-
-
-@click.command("evaluate", context_settings=CONTEXT_SETTINGS)
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--split", "split_names", type=click.Choice(["valid", "test"]), multiple=True,
-              help="Splits to score (default: valid and test).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="Rows per forward pass; memory grows with it.")
-@click.option("--metrics-out", "--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-              help="Also write the metrics as JSON to this file ('-': stdout instead of the table).")
-def evaluate_command(run_dir: Path, data_dir: Path, split_names: tuple[str, ...], batch_size: int,
-                     json_out: Path | None) -> None:
-    """Score DATA_DIR's validation and test splits with RUN_DIR's best model: AUC, GAUC, logloss."""
-    try:
-        model, run_schema, _ = load_run(run_dir)
-        schema = load_schema(data_dir)
-        check_same_inputs(run_schema, schema, data_dir)
-        result: dict[str, Any] = {"run": str(run_dir), "data_dir": str(data_dir)}
-        for split in split_names or ("valid", "test"):
-            result[split] = evaluate_split(model, load_split(data_dir, split, schema), schema, batch_size)
-    except (DataError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from e
-    if json_out is not None and str(json_out) == "-":
-        click.echo(json.dumps(result, indent=2))
-        return
-    for split in split_names or ("valid", "test"):
-        click.echo(f"{split:5s}  {_fmt(result[split])}  ({result[split]['rows']} rows)")
-    if json_out is not None:
-        write_json_atomic(json_out, result)
-
-
-def dataset_manifest(data_dir: Path, schema: Schema) -> Manifest:
-    """The runtime's view of a dataset directory (schema + vocabularies), so that `predict` encodes
-    requests with din_runtime's encoder exactly as din-score does for the exported model."""
-    vocabs = {}
-    for name in dict.fromkeys([s.vocab for s in schema.sparse] + [b.vocab for b in schema.behaviour]):
-        path = data_dir / "vocab" / f"{name}.json"
-        try:
-            ids = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"{path}: cannot read the vocabulary: {e}") from e
-        if not isinstance(ids, list) or len(ids) + FIRST_KNOWN_INDEX != schema.vocab_sizes[name]:
-            raise DataError(f"{path}: expected a list of {schema.vocab_sizes[name] - FIRST_KNOWN_INDEX} ids "
-                            f"(vocab_sizes[{name!r}] minus padding and OOV)")
-        vocabs[name] = {str(v): i for i, v in enumerate(ids, start=FIRST_KNOWN_INDEX)}
-    return Manifest(
-        model_dir=data_dir, model_file="", sha256="", max_len=schema.max_len, group=schema.group,
-        sparse=tuple(RuntimeSparse(s.name, s.vocab) for s in schema.sparse),
-        behaviour=tuple(RuntimeBehaviour(b.target, b.history, b.vocab) for b in schema.behaviour),
-        dense=schema.dense_names, vocab_sizes=dict(schema.vocab_sizes), vocabs=vocabs,
-        inputs=tuple(schema.input_names()), outputs=("logit", "prob"), raw={"schema": schema.to_dict()})
-
-
-@click.command("predict", context_settings=CONTEXT_SETTINGS)
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("requests", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
-@click.option("-o", "--out", "--output", "output", required=True,
-              help="Scores file (.jsonl or .csv; - is stdout), as din-score writes.")
-@click.option("--output-format", type=click.Choice(["auto", "jsonl", "csv"]), default="auto", show_default=True,
-              help="Output format; auto goes by extension (stdout: jsonl), as in din-score.")
-@click.option("--id-field", help="Request field copied to each output row beside its score.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Requests encoded and scored per forward pass.")
-@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Dataset directory whose vocabularies encode the requests (default: the run's).")
-def predict_command(run_dir: Path, requests: str, output: str, output_format: str, id_field: str | None,
-                    batch_size: int, data_dir: Path | None) -> None:
-    """Score the raw requests of REQUESTS (JSONL, docs/design.md "Request format") with RUN_DIR's torch model.
-
-    Same encoder and output format as `din-score`, so its output can be compared line by line with it.
-    """
-    try:
-        model, schema, config = load_run(run_dir)
-        manifest = dataset_manifest(Path(data_dir or config["data_dir"]), schema)
-        out_fmt = format_of(output, output_format, OUTPUT_FORMATS, "jsonl", "--output-format")
-        with ExitStack() as stack:
-            stream = sys.stdin.buffer if requests == "-" else stack.enter_context(open(requests, "rb"))
-            writer = ScoreWriter(stack.enter_context(AtomicText(output)), out_fmt, id_field)
-            records = read_jsonl(stream)
-            while batch := list(islice(records, batch_size)):
-                writer.write(*score_records(model, manifest, batch, id_field))
-    except (DataError, FileNotFoundError, DinRuntimeError) as e:
-        raise click.ClickException(str(e)) from e
-    except OSError as e:
-        raise click.ClickException(f"{e.filename or 'I/O'}: {e.strerror or e}") from e
-
-
-@torch.no_grad()
-def score_records(model: DIN, manifest: Manifest, batch: list[Record],
-                  id_field: str | None) -> tuple[list | None, np.ndarray]:
-    """(ids or None, float32 probabilities) of one batch of request records; a bad row raises with its line."""
-    for r in batch:
-        if r.error is not None:
-            raise DinRuntimeError(f"line {r.line}: {r.error}")
-        if id_field and id_field not in r.row:
-            raise DinRuntimeError(f"line {r.line}, field {id_field!r}: missing (named by --id-field)")
-    try:
-        encoded = encode_rows(manifest, [r.row for r in batch])
-    except InputError as e:
-        field = f", field {e.field!r}" if e.field else ""
-        raise DinRuntimeError(f"line {batch[e.row].line}{field}: {e.reason}") from e
-    probs = torch.sigmoid(model({k: torch.from_numpy(v) for k, v in encoded.arrays.items()})).numpy()
-    return ([r.row[id_field] for r in batch] if id_field else None), probs

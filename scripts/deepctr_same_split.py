@@ -4,7 +4,7 @@ the same splits, selected on validation GAUC like `din-export train`, scored onc
     python scripts/deepctr_same_split.py DATA_DIR [--epochs 12] [--patience 2] [--lr 1e-3] [--batch-size 128]
                                          [--embed-dim 32] [--json OUT.json]
 
-The model is din_export.bench's DeepCTR DIN (our widths: attention 80-40 with Dice, MLP 200-80 with
+The model is din_export.bench.peers' DeepCTR DIN (our widths: attention 80-40 with Dice, MLP 200-80 with
 PReLU, since DeepCTR's Dice asserts on 2-D inputs; unnormalised attention) on our encoded arrays, with
 DeepCTR's own `fit` (Adam, its default 1e-6 L2 on embeddings). One torch thread; torch and numpy are
 seeded, so a rerun gives the same figures.
@@ -20,10 +20,11 @@ import click
 import numpy as np
 import torch
 
-from din_export.bench import DeepCTRRun, make_plan
+from din_export.bench.peers import DeepCTRRun
+from din_export.bench.plan import make_plan
 from din_export.data import load_schema, load_split
+from din_export.evaluate import split_metrics
 from din_export.model import ModelConfig
-from din_export.train import split_metrics
 
 
 @click.command()

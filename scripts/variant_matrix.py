@@ -20,9 +20,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from din_export.config import load_preset
 from din_export.export import export_run
 from din_export.prepare import load_source, prepare
-from din_export.train import load_preset, train
+from din_export.train import train
 from din_export.verify import VerifyError
 
 PRESETS = ("paper", "official", "edge")

@@ -139,8 +139,8 @@ def measured_on_validation(model_dir: Path) -> tuple[float, float]:
     reads, computed here without verify's code: the runtime on all rows at once, a rank-sum AUC."""
     from din_runtime import Scorer
 
+    from din_export.checkpoints import load_run
     from din_export.data import load_split
-    from din_export.train import load_run
 
     model, schema, config = load_run(run_dir())
     valid = {k: v[:VALID_ROWS] for k, v in load_split(Path(config["data_dir"]), "valid", schema).items()}

@@ -11,26 +11,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from din_export.bench import (
-    CHUNKED,
-    ENGINES,
-    PRECISION_ENGINES,
-    Plan,
-    alternate,
-    bench_command,
-    chart,
-    copy_weights_into_deepctr,
-    deepctr_din,
-    deepctr_inputs,
-    deepctr_matrix,
-    format_table,
-    make_plan,
-    parse_threads,
-    peak_rss,
-    precision_workload,
-    run_bench,
-    workload_arrays,
-)
+from din_export.bench.data import workload_arrays
+from din_export.bench.engines import CHUNKED, ENGINES, PRECISION_ENGINES, precision_workload
+from din_export.bench.memory import peak_rss
+from din_export.bench.peers import copy_weights_into_deepctr, deepctr_din, deepctr_inputs, deepctr_matrix
+from din_export.bench.plan import Plan, make_plan
+from din_export.bench.report import chart, format_table
+from din_export.bench.run import run_bench
+from din_export.bench.timing import alternate
+from din_export.cli.bench import bench_command, parse_threads
 from din_export.model import DIN, ModelConfig, history_mask
 from din_export.schema import Behaviour, DenseField, Schema, SparseField
 
@@ -85,7 +74,7 @@ def test_precision_workload_times_fp32_and_fp16_on_the_same_weights() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from export_helpers import exported, one_torch_thread, run_dir
 
-    from din_export.train import load_run
+    from din_export.checkpoints import load_run
 
     model, schema, _ = load_run(run_dir())
     plan = Plan(quick=True, threads=(1,), device="cpu", epochs=1, train_rows=None, precision_batches=(1, 9),

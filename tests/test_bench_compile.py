@@ -13,18 +13,13 @@ import pytest
 import torch
 from test_bench import tiny_schema, tiny_taobao
 
-from din_export import bench_compile, flops
-from din_export.bench import (
-    CHUNKED,
-    ENGINES,
-    Plan,
-    best_torch,
-    format_table,
-    make_plan,
-    parse_compile,
-    parse_lengths,
-    run_bench,
-)
+from din_export.bench import flops
+from din_export.bench import torch_compile as bench_compile
+from din_export.bench.engines import CHUNKED, ENGINES
+from din_export.bench.plan import Plan, make_plan
+from din_export.bench.report import best_torch, format_table
+from din_export.bench.run import run_bench
+from din_export.cli.bench import parse_compile, parse_lengths
 from din_export.model import DIN, ModelConfig
 
 
@@ -74,7 +69,7 @@ def test_cpu_peak_is_none_without_cpuinfo(monkeypatch) -> None:
 def test_compiled_engine_compiles_once_per_shape_and_reports_a_failure() -> None:
     model = tiny_model()
     compiled = bench_compile.compiled_engines(model, ("default",), backend="eager")["torch-compile"]
-    from din_export.bench import workload_arrays
+    from din_export.bench.data import workload_arrays
 
     for batch, seq in ((1, 3), (4, 3), (1, 3)):
         x = {k: torch.from_numpy(v) for k, v in workload_arrays(tiny_schema(), batch, seq).items()}

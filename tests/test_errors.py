@@ -12,10 +12,13 @@ from types import SimpleNamespace
 
 import click
 import pytest
+import torch
 from click.testing import CliRunner
 
 import din_export
+from din_export.bench.run import check_device
 from din_export.cli.common import library_errors
+from din_export.config import parse_sets
 from din_export.data import DataError
 from din_export.errors import DinExportError, OptionError
 from din_export.export import ExportError, GraphCheckError, check_example
@@ -23,10 +26,6 @@ from din_export.portable import PortableError
 from din_export.prepare import PrepareError, load_source
 from din_export.train import RunError
 from din_export.verify import AUCError, DynamicAxisError, ShapeError, ToleranceError, VerifyError, parse_tolerance
-
-# Library modules that still import click through the commands they hold (train's and bench's commands
-# move to din_export.cli too); export imports train's load_run. Empty this set when they have moved.
-STILL_WITH_CLICK = {"din_export.train", "din_export.bench", "din_export.export"}
 
 # Import each library module with click made unimportable; print which imports failed for want of it.
 PROBE = r"""
@@ -52,19 +51,21 @@ print(json.dumps(sorted(failed)))
 
 
 def library_modules() -> list[str]:
-    """Every module of din_export but the command package and `python -m din_export`."""
-    return sorted(f"din_export.{m.name}" for m in pkgutil.iter_modules(din_export.__path__)
-                  if m.name not in ("cli", "__main__"))
+    """Every module of din_export, subpackages included, but the command package and `python -m din_export`."""
+    return sorted(m.name for m in pkgutil.walk_packages(din_export.__path__, "din_export.")
+                  if m.name.split(".")[1] not in ("cli", "__main__"))
 
 
 def test_the_library_imports_without_click() -> None:
     modules = library_modules()
     assert {"din_export.export", "din_export.verify", "din_export.prepare", "din_export.portable",
-            "din_export.data", "din_export.model", "din_export.triton", "din_export.synthetic"} <= set(modules)
+            "din_export.data", "din_export.model", "din_export.triton", "din_export.synthetic", "din_export.train",
+            "din_export.config", "din_export.checkpoints", "din_export.evaluate", "din_export.predict",
+            "din_export.bench.run", "din_export.bench.report"} <= set(modules)
     done = subprocess.run([sys.executable, "-c", PROBE, *modules], capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).parent)
     assert done.returncode == 0, done.stderr
-    assert set(json.loads(done.stdout)) == STILL_WITH_CLICK
+    assert json.loads(done.stdout) == []
 
 
 @pytest.mark.parametrize("error", [ExportError, GraphCheckError, VerifyError, ShapeError, DynamicAxisError,
@@ -132,3 +133,15 @@ def test_help_and_prepare_do_not_import_torch(args: list[str]) -> None:
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("Usage: ")
+
+
+def test_a_bad_set_is_an_option_error() -> None:
+    with pytest.raises(OptionError, match="expected model.FIELD=VALUE"):
+        parse_sets(("model.embed_dim",))
+    assert parse_sets(("model.embed_dim=16", "train.optimizer=sgd")) == ({"embed_dim": 16}, {"optimizer": "sgd"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch sees no CUDA device")
+def test_bench_on_cuda_without_a_gpu_is_a_library_error() -> None:
+    with pytest.raises(DinExportError, match="torch sees no CUDA device"):
+        check_device("cuda")

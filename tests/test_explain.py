@@ -12,11 +12,13 @@ import torch
 from click.testing import CliRunner
 from train_fixtures import MAX_LEN, make_dataset
 
+from din_export.checkpoints import load_run
 from din_export.cli import main
 from din_export.data import DataError, load_split
 from din_export.explain import BAR_WIDTH, Explanation, explain_request, format_table
 from din_export.model import ModelConfig
-from din_export.train import TrainConfig, dataset_manifest, load_run, train
+from din_export.predict import dataset_manifest
+from din_export.train import TrainConfig, train
 
 SMALL = ModelConfig(embed_dim=4, attention_hidden=(8,), mlp_hidden=(8,))
 FAST = TrainConfig(batch_size=64, epochs=2, patience=0, threads=1, lr=0.01, device="cpu")

@@ -28,6 +28,7 @@ from export_helpers import (
 )
 from onnx import helper, numpy_helper
 
+from din_export.checkpoints import load_run
 from din_export.cli import main
 from din_export.export import (
     CANDIDATE_FILE,
@@ -43,7 +44,6 @@ from din_export.export import (
 )
 from din_export.portable import PORTABLE_FILE
 from din_export.schema import Schema
-from din_export.train import load_run
 from din_export.verify import GRID_BATCHES, ToleranceError, grid_seqs, random_inputs, torch_outputs
 
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 from export_helpers import VOCAB_SIZES, exported, one_torch_thread, random_rows, run_dir, tiny_schema
 
+from din_export.checkpoints import load_run
 from din_export.export import CANDIDATE_FILE, MODEL_FILE
 from din_export.optimize import inference_module
-from din_export.train import load_run
 
 SCHEMA = tiny_schema()
 # (input, vocabulary) of every id field: per-row fields and histories

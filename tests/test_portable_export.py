@@ -16,10 +16,10 @@ import torch
 from din_runtime import Scorer
 from export_helpers import MAX_LEN, exported, exported_int64_ids, one_torch_thread, run_dir
 
+from din_export.checkpoints import load_run
 from din_export.portable import PORTABLE_FILE, build_portable, portable_entry
 from din_export.portable_check import expected_oov, raw_feeds
 from din_export.schema import Schema
-from din_export.train import load_run
 from din_export.verify import PortableGraphError, PortableScorerError, verify_model_dir
 
 TOLERANCE = {"fp32": 1e-5, "fp16": 1e-3, "int8": 5e-2}

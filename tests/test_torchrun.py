@@ -13,8 +13,9 @@ import pytest
 from safetensors.torch import load_file
 from train_fixtures import make_dataset
 
+from din_export.checkpoints import load_run
 from din_export.data import load_split
-from din_export.train import load_run, predict_proba
+from din_export.evaluate import predict_proba
 
 
 @pytest.mark.slow

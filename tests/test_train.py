@@ -18,19 +18,13 @@ from din_runtime.metrics import gauc
 from safetensors.torch import load_file
 from train_fixtures import make_dataset
 
+from din_export.checkpoints import load_run
 from din_export.cli import main
+from din_export.config import load_preset, preset_names, resolve_configs
 from din_export.data import Batches, DataError, load_schema, load_split
+from din_export.evaluate import predict_proba
 from din_export.model import DIN, ModelConfig
-from din_export.train import (
-    RunError,
-    TrainConfig,
-    load_preset,
-    load_run,
-    predict_proba,
-    preset_names,
-    resolve_configs,
-    train,
-)
+from din_export.train import RunError, TrainConfig, train
 
 SMALL = ModelConfig(embed_dim=4, attention_hidden=(8,), mlp_hidden=(16, 8))
 FAST = TrainConfig(batch_size=64, epochs=5, patience=0, threads=1, lr=0.01)

@@ -25,9 +25,10 @@ import pytest
 from din_runtime import Scorer
 from din_runtime.scorer import rows_per_run
 
+from din_export.config import load_preset
 from din_export.data import keep_rows, load_split
 from din_export.export import export_run
-from din_export.train import load_preset, train
+from din_export.train import train
 from din_export.verify import POLICY, variant_of
 
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-100k"

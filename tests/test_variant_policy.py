@@ -15,8 +15,8 @@ from din_runtime import Scorer
 from din_runtime.scorer import rows_per_run
 from export_helpers import MAX_LEN, exported, one_torch_thread, run_dir
 
+from din_export.checkpoints import load_run
 from din_export.cli import main
-from din_export.train import load_run
 from din_export.verify import (
     POLICY,
     AUCError,

@@ -17,9 +17,9 @@ from din_runtime import Scorer
 from export_helpers import MAX_LEN, VALID_ROWS, exported, make_run, measured_on_validation, one_torch_thread, run_dir
 from onnx import helper, numpy_helper
 
+from din_export.checkpoints import load_run
 from din_export.cli import main
 from din_export.export import MODEL_FILE, GraphWrapper, graph_spec
-from din_export.train import load_run
 from din_export.verify import (
     GRID_BATCHES,
     DynamicAxisError,

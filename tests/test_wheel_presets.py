@@ -21,7 +21,7 @@ import pytest
 from wheel_helpers import REPO, build_wheel, pip
 
 WHERE = """
-import din_export, din_runtime, din_export.train as t
+import din_export, din_runtime, din_export.config as t
 print(din_export.__file__); print(din_runtime.__file__); print(t.PRESETS_DIR)
 """
 

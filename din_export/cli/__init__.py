@@ -18,14 +18,14 @@ from din_export.cli.common import CONTEXT_SETTINGS
 # command name -> (module, attribute, one-line help shown by `din-export --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "prepare": ("din_export.cli.prepare", "prepare_command", "Turn raw events into a dataset directory."),
-    "train": ("din_export.train", "train_command", "Train DIN or the base model on a dataset directory."),
-    "evaluate": ("din_export.train", "evaluate_command", "Score a dataset's validation and test splits."),
-    "predict": ("din_export.train", "predict_command", "Score raw requests with the torch model."),
+    "train": ("din_export.cli.train", "train_command", "Train DIN or the base model on a dataset directory."),
+    "evaluate": ("din_export.cli.evaluate", "evaluate_command", "Score a dataset's validation and test splits."),
+    "predict": ("din_export.cli.predict", "predict_command", "Score raw requests with the torch model."),
     "export": ("din_export.cli.export", "export_command", "Export a run to an ONNX model directory, verified."),
     "verify": ("din_export.cli.verify", "verify_command", "Check an exported model against its torch run."),
     "portable": ("din_export.cli.portable", "portable_command", "Add portable.onnx (raw ids in) to a model directory."),
     "explain": ("din_export.cli.explain", "explain_command", "Show the attention over one request's history."),
-    "bench": ("din_export.bench", "bench_command", "Benchmark torch, ONNX variants and DeepCTR-Torch."),
+    "bench": ("din_export.cli.bench", "bench_command", "Benchmark torch, ONNX variants and DeepCTR-Torch."),
 }
 
 

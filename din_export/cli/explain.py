@@ -62,7 +62,8 @@ def explain_command(run_dir: Path, request: str, out: Path | None, line: int | N
     REQUEST_JSON_OR_FILE is a JSON object or a JSONL file ("-": stdin):
       din-export explain RUN requests.jsonl --line 3 --out attention.png
     """
-    from din_export.train import dataset_manifest, load_run
+    from din_export.checkpoints import load_run
+    from din_export.predict import dataset_manifest
     from din_export.verify import resolve_data_dir
 
     row, where = read_request(request, line)
