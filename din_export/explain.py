@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from din_runtime.encode import encode_rows
 from din_runtime.errors import DinRuntimeError, InputError
+from din_runtime.features import Features
 from din_runtime.io import read_jsonl
-from din_runtime.manifest import Manifest
 
 from din_export.cli import CONTEXT_SETTINGS
 from din_export.data import DataError
@@ -51,25 +51,26 @@ def _shown(value: Any) -> str:
 
 
 @torch.no_grad()
-def explain_request(model: DIN, manifest: Manifest, row: dict[str, Any]) -> Explanation:
+def explain_request(model: DIN, features: Features, row: dict[str, Any]) -> Explanation:
     """Score one raw request and return its attention weights (InputError for a bad field)."""
     if model.attention is None:
         raise DataError("this run is the base model: sum pooling weighs every history item 1, there is no "
                         "attention to explain (train with --model din)")
-    arrays = encode_rows(manifest, [row]).arrays
+    arrays = encode_rows(features, [row]).arrays
+    behaviour = features.spec.behaviour
     n = int(arrays["hist_len"][0])
     logits, weights = model({k: torch.from_numpy(v) for k, v in arrays.items()}, return_attention=True)
-    item = manifest.behaviour[0]
+    item = behaviour[0]
     total = len(row[item.history])
     return Explanation(
         prob=float(torch.sigmoid(logits)[0]),
         attention_norm=model.cfg.attention_norm,
-        target={b.target: _shown(row[b.target]) for b in manifest.behaviour},
-        history={b.history: [_shown(v) for v in list(row[b.history])[total - n:]] for b in manifest.behaviour},
+        target={b.target: _shown(row[b.target]) for b in behaviour},
+        history={b.history: [_shown(v) for v in list(row[b.history])[total - n:]] for b in behaviour},
         weights=weights[0, :n].numpy().astype(np.float64),
         unseen=arrays[item.history][0, :n] == OOV_INDEX,
         matches={b.history: (arrays[b.history][0, :n] == arrays[b.target][0]) & (arrays[b.target][0] != OOV_INDEX)
-                 for b in manifest.behaviour},
+                 for b in behaviour},
         dropped=total - n,
     )
 
@@ -183,7 +184,7 @@ def explain_command(run_dir: Path, request: str, out: Path | None, line: int | N
     REQUEST_JSON_OR_FILE is a JSON object or a JSONL file ("-": stdin):
       din-export explain RUN requests.jsonl --line 3 --out attention.png
     """
-    from din_export.train import dataset_manifest, load_run
+    from din_export.train import load_run
     from din_export.verify import resolve_data_dir
 
     row, where = read_request(request, line)
@@ -192,8 +193,8 @@ def explain_command(run_dir: Path, request: str, out: Path | None, line: int | N
     except (OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
         raise click.ClickException(f"cannot load the run {run_dir}: {e}") from e
     try:
-        manifest = dataset_manifest(data_dir or resolve_data_dir(run_dir, config), schema)
-        explanation = explain_request(model, manifest, row)
+        features = Features.of_dataset(data_dir or resolve_data_dir(run_dir, config), schema)
+        explanation = explain_request(model, features, row)
     except InputError as e:
         field = f", field {e.field!r}" if e.field else ""
         raise click.ClickException(f"{where}{field}: {e.reason}") from None

@@ -221,9 +221,8 @@ class Embeddings(nn.Module):
 
     def __init__(self, schema: Schema, embed_dim: int) -> None:
         super().__init__()
-        used = dict.fromkeys([s.vocab for s in schema.sparse] + [b.vocab for b in schema.behaviour])
         self.tables = nn.ModuleDict(
-            {v: nn.Embedding(schema.vocab_sizes[v], embed_dim, padding_idx=PAD_INDEX) for v in used}
+            {v: nn.Embedding(schema.vocab_sizes[v], embed_dim, padding_idx=PAD_INDEX) for v in schema.vocab_names}
         )
         for table in self.tables.values():
             nn.init.normal_(table.weight, std=0.05)

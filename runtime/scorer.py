@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from din_runtime.encode import Encoded, _as_rows, column, encode_dense, encode_histories, encode_ids, encode_rows
 from din_runtime.errors import DeviceError, DinRuntimeError, InputError, IntegrityError
+from din_runtime.features import DENSE, HISTORY, LENGTH
 from din_runtime.manifest import Manifest, load_manifest
 
 log = logging.getLogger("din_runtime")
@@ -32,8 +33,6 @@ _DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)"
 # attention's per-position activations of one run (positions x 80 floats in the paper's unit) then stay
 # in cache instead of streaming through memory once per elementwise pass. docs/runtime.md has the figures.
 POSITIONS_PER_RUN = 2048
-# What `_check_arrays` checks of each input, by kind; unsigned views of each integer width for its range check
-_ID, _HISTORY, _LENGTH, _DENSE = "id", "history", "length", "dense"
 # Native-order integer dtypes -> the unsigned dtype of their width, for a range check in one argmax
 _UNSIGNED = {np.dtype(t): np.dtype(f"u{np.dtype(t).itemsize}")
              for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)}
@@ -59,8 +58,14 @@ class Scorer:
     __slots__ = ("_manifest", "_session", "_device", "_dtypes", "_outputs", "_new_session", "_candidates", "_lock",
                  "_checks", "_width_input")
 
-    def __init__(self, manifest: Manifest, session: Any, device: str,
-                 new_session: Callable[[bytes], Any] | None = None) -> None:
+    def __init__(self, *_: Any, **__: Any) -> None:
+        raise TypeError("build a Scorer with Scorer.load(model_dir, device=..., threads=...): it checks the model "
+                        "directory and creates the onnxruntime session")
+
+    @classmethod
+    def _create(cls, manifest: Manifest, session: Any, device: str, new_session: Callable[[bytes], Any]) -> Scorer:
+        """The Scorer of a loaded, checked manifest and session; `new_session` makes the candidate graph's."""
+        self = object.__new__(cls)
         self._manifest = manifest
         self._session = session
         self._device = device
@@ -70,17 +75,16 @@ class Scorer:
         # The candidate graph's session, created at the first score_candidates call (see _candidate_session)
         self._candidates: Any = None
         self._lock = threading.Lock()
-        # Per input, in the manifest's order: (kind, ndim, limit, vocabulary, dtype): a call looks nothing up
-        histories = manifest.histories
+        # Per input, in the graph's order: (kind, ndim, limit, vocabulary, dtype): a call looks nothing up
+        spec = manifest.spec
         self._checks: dict[str, tuple[str, int, int, str | None, Any]] = {}
-        for name in manifest.inputs:
-            vocab = manifest.vocab_of(name)
-            kind = _DENSE if name == "dense" else _LENGTH if name == "hist_len" else \
-                _HISTORY if name in histories else _ID
-            limit = len(manifest.dense) if kind == _DENSE else manifest.vocab_sizes[vocab] if vocab else 0
-            ndim = 2 if kind in (_HISTORY, _DENSE) else 1
+        for name, kind in spec.input_kinds.items():
+            vocab = spec.vocab_of(name)
+            limit = len(spec.dense) if kind == DENSE else spec.vocab_sizes[vocab] if vocab else 0
+            ndim = 2 if kind in (HISTORY, DENSE) else 1
             self._checks[name] = (kind, ndim, limit, vocab, self._dtypes.get(name))
-        self._width_input = histories[0]
+        self._width_input = spec.histories[0]
+        return self
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", threads: int | None = None) -> Scorer:
@@ -114,8 +118,8 @@ class Scorer:
             log.warning("the CUDAExecutionProvider failed to start; scoring on CPU")
         _check_graph(manifest, session)
         providers = [CUDA, CPU] if actual == "cuda" else [CPU]
-        return cls(manifest, session, actual,
-                   lambda data: ort.InferenceSession(data, sess_options=options, providers=providers))
+        return cls._create(manifest, session, actual,
+                           lambda data: ort.InferenceSession(data, sess_options=options, providers=providers))
 
     @property
     def manifest(self) -> Manifest:
@@ -235,7 +239,7 @@ class Scorer:
         caller that never scores candidates) pays neither its hashing nor its session; its integrity is
         checked then, as `load` checks model.onnx."""
         m = self._manifest
-        if m.candidate_path is None or self._new_session is None:
+        if m.candidate_path is None:
             return None
         if self._candidates is not None:
             return self._candidates
@@ -275,7 +279,7 @@ class Scorer:
                 a = np.asarray(a)
             if a.ndim != ndim:
                 raise InputError(f"expected {ndim} dimensions, got shape {a.shape}", field=name)
-            if kind == _DENSE:
+            if kind == DENSE:
                 if a.dtype.kind not in "iuf" or a.shape[1] != limit:
                     raise InputError(f"expected numbers of shape (batch, {limit}), got {a.dtype} {a.shape}", field=name)
                 if a.dtype != dtype:
@@ -287,7 +291,7 @@ class Scorer:
                 unsigned = _UNSIGNED.get(a.dtype)  # None: not an integer, or not in native byte order
                 if unsigned is None and a.dtype.kind not in "iu":
                     raise InputError(f"ids must be integers (floats lose ids above 2**24), got {a.dtype}", field=name)
-                if kind == _LENGTH:
+                if kind == LENGTH:
                     limit = width + 1
                 size = a.size
                 if size == 1:  # a single id (B=1): read it, no array call
@@ -298,14 +302,14 @@ class Scorer:
                 else:  # empty, or non-native byte order (rare): the exact check decides
                     bad = size > 0
                 if bad:
-                    if kind == _LENGTH:
+                    if kind == LENGTH:
                         _first_bad((a < 0) | (a > width), name, f"must lie in [0, {width}], the history width")
                     _first_bad((a < 0) | (a >= limit), name, f"index outside [0, {limit}) of vocabulary {vocab!r}")
             if batch < 0:
                 batch = len(a)
             elif len(a) != batch:
                 raise InputError(f"batch size {len(a)} differs from {self._manifest.inputs[0]!r}'s {batch}", field=name)
-            if kind == _HISTORY:
+            if kind == HISTORY:
                 if width < 0:
                     width = a.shape[1]
                 elif a.shape[1] != width:
@@ -315,12 +319,13 @@ class Scorer:
 
     def _candidate_arrays(self, user: Mapping[str, Any], history: Mapping[str, Sequence[Any]],
                           candidates: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-        m = self._manifest
+        m = self._manifest.spec
+        vocabs = self._manifest.vocabs
         for what, value in (("user", user), ("history", history)):
             if not isinstance(value, Mapping):
                 raise InputError(f"{what} must be a mapping of field -> value, got {type(value).__name__}")
         candidates = _as_rows(candidates)
-        histories = m.histories  # a property that builds a tuple: once, not per candidate
+        histories = m.histories
         for i, candidate in enumerate(candidates):
             misplaced = next((h for h in histories if h in candidate), None)
             if misplaced:
@@ -329,17 +334,17 @@ class Scorer:
         if missing:
             raise InputError("missing from `history`", field=missing)
         try:
-            arrays = dict(encode_histories(m, {h: [history[h]] for h in m.histories})[0])  # the user's, (1, L)
+            arrays = dict(encode_histories(self._manifest, {h: [history[h]] for h in m.histories})[0])  # (1, L)
         except InputError as e:
             raise InputError(f"history: {e.reason}", field=e.field) from None
         for s in m.sparse:
             arrays[s.name] = self._per_candidate(
-                s.name, user, candidates, lambda v, s=s: encode_ids(v, m.vocabs[s.vocab], s.name)[0])
+                s.name, user, candidates, lambda v, s=s: encode_ids(v, vocabs[s.vocab], s.name)[0])
         for b in m.behaviour:
-            arrays[b.target] = encode_ids(column(candidates, b.target), m.vocabs[b.vocab], b.target)[0]
+            arrays[b.target] = encode_ids(column(candidates, b.target), vocabs[b.vocab], b.target)[0]
         if m.dense:
             arrays["dense"] = np.stack([self._per_candidate(d, user, candidates, lambda v, d=d: encode_dense(v, d))
-                                        for d in m.dense], axis=1)
+                                        for d in m.dense_names], axis=1)
         return arrays
 
     @staticmethod

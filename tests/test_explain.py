@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from din_runtime.features import Features
 from train_fixtures import MAX_LEN, make_dataset
 
 from din_export.cli import main
 from din_export.data import DataError, load_split
 from din_export.explain import BAR_WIDTH, Explanation, explain_request, format_table
 from din_export.model import ModelConfig
-from din_export.train import TrainConfig, dataset_manifest, load_run, train
+from din_export.train import TrainConfig, load_run, train
 
 SMALL = ModelConfig(embed_dim=4, attention_hidden=(8,), mlp_hidden=(8,))
 FAST = TrainConfig(batch_size=64, epochs=2, patience=0, threads=1, lr=0.01, device="cpu")
@@ -41,7 +42,7 @@ def requests(data_dir: Path) -> list[dict]:
 
 def explain(run_dir: Path, data_dir: Path, row: dict) -> Explanation:
     model, schema, _ = load_run(run_dir)
-    return explain_request(model, dataset_manifest(data_dir, schema), row)
+    return explain_request(model, Features.of_dataset(data_dir, schema), row)
 
 
 def cli(*args: str, input: str | None = None):
