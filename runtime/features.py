@@ -63,7 +63,6 @@ class Dense:
 _FIELDS = {"sparse": (Sparse, {"name": str, "vocab": str}),
            "behaviour": (Behaviour, {"target": str, "history": str, "vocab": str}),
            "dense": (Dense, {"name": str, "mean": float, "std": float})}
-_KEYS = ("max_len", "behaviour", "vocab_sizes", "sparse", "dense", "group", "source", "protocol", "version", "extra")
 
 
 @dataclass(frozen=True)
@@ -165,12 +164,11 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "schema") -> FeatureSpec:
-        """Validate schema JSON; SchemaError naming `where` and the field (e.g. "schema behaviour[1].vocab")."""
+        """Validate schema JSON; SchemaError naming `where` and the field (e.g. "schema behaviour[1].vocab").
+        Other top-level keys are ignored, as they always were (older datasets carry some); a field entry
+        must hold exactly its own keys."""
         if not isinstance(d, dict):
             raise SchemaError(f"{where} must be a JSON object, got {type(d).__name__}")
-        unknown = sorted(set(d) - set(_KEYS))
-        if unknown:
-            raise SchemaError(f"{where} has unknown keys {unknown}; it may hold {list(_KEYS)}")
         version = d.get("version", SPEC_VERSION)
         if type(version) is not int or version != SPEC_VERSION:
             raise SchemaError(f"{where} version {version!r} is not supported (expected {SPEC_VERSION})")

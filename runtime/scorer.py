@@ -38,6 +38,10 @@ _UNSIGNED = {np.dtype(t): np.dtype(f"u{np.dtype(t).itemsize}")
              for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)}
 
 
+_MISSING = object()
+_FLOAT32 = np.dtype(np.float32)
+
+
 def rows_per_run(width: int) -> int:
     """Rows per onnxruntime run on CPU for histories `width` wide (at least 1)."""
     return max(1, POSITIONS_PER_RUN // max(width, 1))
@@ -56,7 +60,7 @@ class Scorer:
     """Scores DIN requests with an exported model. Build it with `Scorer.load(model_dir)`."""
 
     __slots__ = ("_manifest", "_session", "_device", "_dtypes", "_outputs", "_new_session", "_candidates", "_lock",
-                 "_checks", "_width_input")
+                 "_checks", "_names", "_width_input")
 
     def __init__(self, *_: Any, **__: Any) -> None:
         raise TypeError("build a Scorer with Scorer.load(model_dir, device=..., threads=...): it checks the model "
@@ -69,20 +73,23 @@ class Scorer:
         self._manifest = manifest
         self._session = session
         self._device = device
-        self._dtypes = {i.name: _DTYPES.get(i.type) for i in session.get_inputs()}
+        self._dtypes = {i.name: np.dtype(_DTYPES[i.type]) for i in session.get_inputs()}
         self._outputs = tuple(o.name for o in session.get_outputs())
         self._new_session = new_session
         # The candidate graph's session, created at the first score_candidates call (see _candidate_session)
         self._candidates: Any = None
         self._lock = threading.Lock()
-        # Per input, in the graph's order: (kind, ndim, limit, vocabulary, dtype): a call looks nothing up
+        # Per input, in the graph's order: (name, kind, ndim, limit, vocabulary, dtype, the dtype's unsigned
+        # twin for the range check): built once, so a call looks nothing up
         spec = manifest.spec
-        self._checks: dict[str, tuple[str, int, int, str | None, Any]] = {}
+        self._names = frozenset(spec.inputs)
+        checks = []
         for name, kind in spec.input_kinds.items():
             vocab = spec.vocab_of(name)
-            limit = len(spec.dense) if kind == DENSE else spec.vocab_sizes[vocab] if vocab else 0
+            limit = len(spec.dense) if kind is DENSE else spec.vocab_sizes[vocab] if vocab else 0
             ndim = 2 if kind in (HISTORY, DENSE) else 1
-            self._checks[name] = (kind, ndim, limit, vocab, self._dtypes.get(name))
+            checks.append((name, kind, ndim, limit, vocab, self._dtypes[name], _UNSIGNED.get(self._dtypes[name])))
+        self._checks: tuple[tuple[str, str, int, int, str | None, np.dtype, np.dtype | None], ...] = tuple(checks)
         self._width_input = spec.histories[0]
         return self
 
@@ -144,7 +151,8 @@ class Scorer:
 
     def score_arrays(self, arrays: Mapping[str, Any] | None = None, /, **named: Any) -> np.ndarray:
         """Probabilities for already-encoded inputs (a mapping, keywords, or both), validated and cast."""
-        return self._run_feeds(self._check_arrays({**(arrays or {}), **named}), "prob")
+        given = arrays if not named and type(arrays) is dict else {**(arrays or {}), **named}
+        return self._run_feeds(*self._check_arrays(given), "prob")
 
     def score_candidates(self, user: Mapping[str, Any], history: Mapping[str, Sequence[Any]],
                          candidates: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -178,23 +186,28 @@ class Scorer:
 
     def _run(self, arrays: Mapping[str, np.ndarray], output: str) -> np.ndarray:
         dtypes = self._dtypes
-        return self._run_feeds({name: np.ascontiguousarray(arrays[name], dtype=dtypes[name]) for name in self._checks},
-                               output)
+        feeds = {name: np.ascontiguousarray(arrays[name], dtype=dtypes[name]) for name in self._manifest.inputs}
+        return self._run_feeds(feeds, len(feeds["hist_len"]), feeds[self._width_input].shape[1], output)
 
-    def _run_feeds(self, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
+    def _run_feeds(self, feeds: dict[str, np.ndarray], batch: int, width: int, output: str) -> np.ndarray:
         """`output` for feeds of the graph's dtypes, C-contiguous, in the graph's input order."""
-        batch, width = len(feeds["hist_len"]), feeds[self._width_input].shape[1]
         if batch == 0:
             return np.zeros((0,) if output == "prob" else (0, 0), dtype=np.float32)
-        step = rows_per_run(width) if self._device == "cpu" else batch
-        if batch <= step:  # one run: no slices (the common case at small batches)
-            result = self._checked(self._run_once(self._session, feeds, output), batch, width, output)
+        if batch == 1 or self._device != "cpu" or batch <= rows_per_run(width):
+            # one run, no slices (the common case at small batches), with _run_once and _checked inline
+            try:
+                (result,) = self._session.run([output], feeds)
+            except Exception as e:  # onnxruntime raises its own pybind exception types
+                raise DinRuntimeError(f"onnxruntime failed to score the batch: {e}") from e
+            if result.shape != ((batch,) if output == "prob" else (batch, width)):
+                self._checked(result, batch, width, output)
         else:
+            step = rows_per_run(width)
             result = np.concatenate([
                 self._checked(self._run_once(self._session, {k: v[start:start + step] for k, v in feeds.items()},
                                              output), min(step, batch - start), width, output)
                 for start in range(0, batch, step)])
-        return result.astype(np.float32) if result.dtype == np.float16 else result
+        return result.astype(np.float32) if result.dtype is not _FLOAT32 and result.dtype == np.float16 else result
 
     @staticmethod
     def _checked(result: np.ndarray, rows: int, width: int, output: str) -> np.ndarray:
@@ -211,7 +224,7 @@ class Scorer:
         n = len(arrays[m.targets[0]])
         if n == 0:
             return np.zeros((0,), dtype=np.float32)
-        feeds = {name: np.ascontiguousarray(arrays[name], dtype=self._dtypes[name]) for name in self._checks}
+        feeds = {name: np.ascontiguousarray(arrays[name], dtype=self._dtypes[name]) for name in m.inputs}
         shared = (*m.histories, "hist_len")
         step = rows_per_run(feeds[self._width_input].shape[1]) if self._device == "cpu" else n
         results = []
@@ -258,40 +271,44 @@ class Scorer:
                 self._candidates = session
             return self._candidates
 
-    def _check_arrays(self, given: dict[str, Any]) -> dict[str, np.ndarray]:
-        """The inputs as C-contiguous arrays of the graph's dtypes (feeds for `_run_feeds`), each checked in
-        one pass over its values: ids by their largest value seen as unsigned (a negative id is >= 2**63
-        there; a single id is read directly), dense values by their largest and smallest (argmax finds a NaN
-        first). Only a failed pass looks for the first bad row, so the errors are those of an element-wise
-        check. argmax, not max(): a ufunc call costs several microseconds (its floating-point status
-        checks), a large share of a B=1 call."""
-        checks = self._checks
-        if len(given) > len(checks) or not given.keys() <= checks.keys():
-            unknown = sorted(set(given) - checks.keys())
-            raise InputError(f"not an input of this model (inputs: {', '.join(checks)})", field=unknown[0])
+    def _check_arrays(self, given: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int, int]:
+        """(feeds, batch, width): the inputs as C-contiguous arrays of the graph's dtypes, each checked in one
+        pass over its values: ids by their largest value seen as unsigned (a negative id is >= 2**63 there;
+        a single id is read directly), dense values by their largest and smallest (argmax finds a NaN first).
+        Only a failed pass looks for the first bad row, so the errors are those of an element-wise check.
+        argmax, not max(): a ufunc call costs several microseconds (its floating-point status checks), a
+        large share of a B=1 call; for the same reason an array already of the graph's dtype and layout is
+        passed as it is, without a conversion call."""
+        names = self._names
+        if len(given) > len(names) or not given.keys() <= names:
+            unknown = sorted(set(given) - names)
+            raise InputError(f"not an input of this model (inputs: {', '.join(self._manifest.inputs)})",
+                             field=unknown[0])
         checked: dict[str, np.ndarray] = {}
         batch = width = -1
-        for name, (kind, ndim, limit, vocab, dtype) in checks.items():
-            if name not in given:
+        for name, kind, ndim, limit, vocab, dtype, unsigned in self._checks:
+            a = given.get(name, _MISSING)
+            if a is _MISSING:
                 raise InputError("missing input array", field=name)
-            a = given[name]
             if type(a) is not np.ndarray:
                 a = np.asarray(a)
             if a.ndim != ndim:
                 raise InputError(f"expected {ndim} dimensions, got shape {a.shape}", field=name)
-            if kind == DENSE:
+            if kind is DENSE:
                 if a.dtype.kind not in "iuf" or a.shape[1] != limit:
                     raise InputError(f"expected numbers of shape (batch, {limit}), got {a.dtype} {a.shape}", field=name)
-                if a.dtype != dtype:
+                if a.dtype is not dtype:
                     with np.errstate(over="ignore"):
                         a = a.astype(dtype)
                 if a.size and not (math.isfinite(a.item(a.argmax())) and math.isfinite(a.item(a.argmin()))):
                     _first_bad(~np.isfinite(a), name, f"is not finite as {a.dtype}")
             else:
-                unsigned = _UNSIGNED.get(a.dtype)  # None: not an integer, or not in native byte order
-                if unsigned is None and a.dtype.kind not in "iu":
-                    raise InputError(f"ids must be integers (floats lose ids above 2**24), got {a.dtype}", field=name)
-                if kind == LENGTH:
+                if a.dtype is not dtype:
+                    unsigned = _UNSIGNED.get(a.dtype)  # None: not an integer, or not in native byte order
+                    if unsigned is None and a.dtype.kind not in "iu":
+                        raise InputError(f"ids must be integers (floats lose ids above 2**24), got {a.dtype}",
+                                         field=name)
+                if kind is LENGTH:
                     limit = width + 1
                 size = a.size
                 if size == 1:  # a single id (B=1): read it, no array call
@@ -302,20 +319,20 @@ class Scorer:
                 else:  # empty, or non-native byte order (rare): the exact check decides
                     bad = size > 0
                 if bad:
-                    if kind == LENGTH:
+                    if kind is LENGTH:
                         _first_bad((a < 0) | (a > width), name, f"must lie in [0, {width}], the history width")
                     _first_bad((a < 0) | (a >= limit), name, f"index outside [0, {limit}) of vocabulary {vocab!r}")
             if batch < 0:
                 batch = len(a)
             elif len(a) != batch:
                 raise InputError(f"batch size {len(a)} differs from {self._manifest.inputs[0]!r}'s {batch}", field=name)
-            if kind == HISTORY:
+            if kind is HISTORY:
                 if width < 0:
                     width = a.shape[1]
                 elif a.shape[1] != width:
                     raise InputError(f"width {a.shape[1]} differs from {self._manifest.histories[0]!r}'s", field=name)
-            checked[name] = np.ascontiguousarray(a, dtype=dtype)
-        return checked
+            checked[name] = a if a.dtype is dtype and a.flags.c_contiguous else np.ascontiguousarray(a, dtype=dtype)
+        return checked, batch, width
 
     def _candidate_arrays(self, user: Mapping[str, Any], history: Mapping[str, Sequence[Any]],
                           candidates: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
