@@ -279,38 +279,42 @@ class Scorer:
         argmax, not max(): a ufunc call costs several microseconds (its floating-point status checks), a
         large share of a B=1 call; for the same reason an array already of the graph's dtype and layout is
         passed as it is, without a conversion call."""
-        names = self._names
-        if len(given) > len(names) or not given.keys() <= names:
-            unknown = sorted(set(given) - names)
-            raise InputError(f"not an input of this model (inputs: {', '.join(self._manifest.inputs)})",
-                             field=unknown[0])
+        if len(given) > len(self._checks):
+            self._refuse_unknown(given)
         checked: dict[str, np.ndarray] = {}
         batch = width = -1
         for name, kind, ndim, limit, vocab, dtype, unsigned in self._checks:
             a = given.get(name, _MISSING)
-            if a is _MISSING:
-                raise InputError("missing input array", field=name)
             if type(a) is not np.ndarray:
+                if a is _MISSING:
+                    # an unknown name is reported first, as a misspelt input both adds one and lacks one;
+                    # when every input is present, no more names than inputs means no unknown one
+                    self._refuse_unknown(given)
+                    raise InputError("missing input array", field=name)
                 a = np.asarray(a)
-            if a.ndim != ndim:
-                raise InputError(f"expected {ndim} dimensions, got shape {a.shape}", field=name)
+            shape = a.shape
+            if len(shape) != ndim:
+                raise InputError(f"expected {ndim} dimensions, got shape {shape}", field=name)
+            given_dtype = a.dtype
+            size = a.size
             if kind is DENSE:
-                if a.dtype.kind not in "iuf" or a.shape[1] != limit:
-                    raise InputError(f"expected numbers of shape (batch, {limit}), got {a.dtype} {a.shape}", field=name)
-                if a.dtype is not dtype:
+                if given_dtype.kind not in "iuf" or shape[1] != limit:
+                    raise InputError(f"expected numbers of shape (batch, {limit}), got {given_dtype} {shape}",
+                                     field=name)
+                if given_dtype is not dtype:
                     with np.errstate(over="ignore"):
                         a = a.astype(dtype)
-                if a.size and not (math.isfinite(a.item(a.argmax())) and math.isfinite(a.item(a.argmin()))):
+                    given_dtype = dtype
+                if size and not (math.isfinite(a.item(a.argmax())) and math.isfinite(a.item(a.argmin()))):
                     _first_bad(~np.isfinite(a), name, f"is not finite as {a.dtype}")
             else:
-                if a.dtype is not dtype:
-                    unsigned = _UNSIGNED.get(a.dtype)  # None: not an integer, or not in native byte order
-                    if unsigned is None and a.dtype.kind not in "iu":
-                        raise InputError(f"ids must be integers (floats lose ids above 2**24), got {a.dtype}",
+                if given_dtype is not dtype:
+                    unsigned = _UNSIGNED.get(given_dtype)  # None: not an integer, or not in native byte order
+                    if unsigned is None and given_dtype.kind not in "iu":
+                        raise InputError(f"ids must be integers (floats lose ids above 2**24), got {given_dtype}",
                                          field=name)
                 if kind is LENGTH:
                     limit = width + 1
-                size = a.size
                 if size == 1:  # a single id (B=1): read it, no array call
                     bad = not 0 <= a.item() < limit
                 elif size and unsigned is not None:
@@ -323,16 +327,25 @@ class Scorer:
                         _first_bad((a < 0) | (a > width), name, f"must lie in [0, {width}], the history width")
                     _first_bad((a < 0) | (a >= limit), name, f"index outside [0, {limit}) of vocabulary {vocab!r}")
             if batch < 0:
-                batch = len(a)
-            elif len(a) != batch:
-                raise InputError(f"batch size {len(a)} differs from {self._manifest.inputs[0]!r}'s {batch}", field=name)
+                batch = shape[0]
+            elif shape[0] != batch:
+                raise InputError(f"batch size {shape[0]} differs from {self._manifest.inputs[0]!r}'s {batch}",
+                                 field=name)
             if kind is HISTORY:
                 if width < 0:
-                    width = a.shape[1]
-                elif a.shape[1] != width:
-                    raise InputError(f"width {a.shape[1]} differs from {self._manifest.histories[0]!r}'s", field=name)
-            checked[name] = a if a.dtype is dtype and a.flags.c_contiguous else np.ascontiguousarray(a, dtype=dtype)
+                    width = shape[1]
+                elif shape[1] != width:
+                    raise InputError(f"width {shape[1]} differs from {self._manifest.histories[0]!r}'s", field=name)
+            # a single element is contiguous whatever its strides: no flags object to build
+            checked[name] = a if given_dtype is dtype and (size == 1 or a.flags.c_contiguous) else \
+                np.ascontiguousarray(a, dtype=dtype)
         return checked, batch, width
+
+    def _refuse_unknown(self, given: Mapping[str, Any]) -> None:
+        unknown = sorted(set(given) - self._names)
+        if unknown:
+            raise InputError(f"not an input of this model (inputs: {', '.join(self._manifest.inputs)})",
+                             field=unknown[0])
 
     def _candidate_arrays(self, user: Mapping[str, Any], history: Mapping[str, Sequence[Any]],
                           candidates: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
