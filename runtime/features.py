@@ -11,7 +11,8 @@ vocabularies (names, sizes, files, raw id -> index), the graph's input order, an
   history of the batch (at least 1 wide);
 - a dense value enters the graph raw; the model computes (x - mean) / std (std 0 counts as 1).
 
-`FeatureSpec.from_dict` is the one validator of the schema JSON; `read_vocab` the one vocabulary loader.
+`FeatureSpec.from_dict` is the one validator of the schema JSON; `read_vocab` the one vocabulary loader;
+`read_json` reads every JSON file of a dataset or model directory.
 """
 
 from __future__ import annotations
@@ -203,11 +204,7 @@ class FeatureSpec:
             path = path / "schema.json"
         if not path.is_file():
             raise FileNotFoundError(f"no schema at {path}: is this a dataset directory made by `din-export prepare`?")
-        try:
-            d = parse_json(path.read_bytes())
-        except ValueError as e:
-            raise SchemaError(f"{path} is not valid JSON: {e}") from e
-        return cls.from_dict(d, where=str(path))
+        return cls.from_dict(read_json(path), where=str(path))
 
 
 def _entries(d: dict, kind: str, where: str) -> tuple:
@@ -250,12 +247,7 @@ def read_vocab(path: Path, name: str, size: int) -> Mapping[str, int]:
     SchemaError if it cannot be read, is not such a list, or its length disagrees with `size` (the
     schema's vocab_sizes, which counts padding and OOV). The mapping keeps the file's order.
     """
-    try:
-        ids = parse_json(path.read_bytes())
-    except OSError as e:
-        raise SchemaError(f"cannot read vocabulary file {path}: {e.strerror}") from e
-    except ValueError as e:
-        raise SchemaError(f"vocabulary file {path} is not valid JSON: {e}") from e
+    ids = read_json(path, "vocabulary file ")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise SchemaError(f"vocabulary file {path} must be a JSON list of strings")
     lookup = {raw_id: index for index, raw_id in enumerate(ids, start=FIRST_KNOWN_INDEX)}
@@ -345,7 +337,19 @@ class Padding:
         return out
 
 
-def parse_json(data: bytes) -> Any:
+def read_json(path: Path, what: str = "", unreadable: type[Exception] = SchemaError,
+              invalid: type[Exception] = SchemaError) -> Any:
+    """The JSON in file `path`; `unreadable` / `invalid` (with `what` before the path) if it cannot be read
+    or parsed, including nesting deeper than the parser's stack."""
+    try:
+        return _parse_json(path.read_bytes())
+    except OSError as e:
+        raise unreadable(f"cannot read {what}{path}: {e.strerror}") from e
+    except ValueError as e:
+        raise invalid(f"{what}{path} is not valid JSON: {e}") from e
+
+
+def _parse_json(data: bytes) -> Any:
     """JSON from bytes; every failure is a ValueError, including nesting deeper than the parser's stack."""
     try:
         return json.loads(data)

@@ -27,7 +27,7 @@ from din_runtime.features import (
     Features,
     FeatureSpec,
     Sparse,
-    parse_json,
+    read_json,
 )
 
 MANIFEST_FILE = "manifest.json"
@@ -284,12 +284,7 @@ def _read_manifest(root: Path) -> dict:
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         raise ModelDirError(f"{root} is not a din model directory (no {MANIFEST_FILE}; it holds {shown}): {hint}")
     path = _inside(root, MANIFEST_FILE, "file")
-    try:
-        raw = parse_json(path.read_bytes())
-    except OSError as e:
-        raise ModelDirError(f"cannot read {path}: {e.strerror}") from e
-    except ValueError as e:
-        raise ManifestError(f"{path} is not valid JSON: {e}") from e
+    raw = read_json(path, unreadable=ModelDirError, invalid=ManifestError)
     if not isinstance(raw, dict):
         raise ManifestError(f"{path} must hold a JSON object, got {type(raw).__name__}")
     if raw.get("format") != FORMAT:
