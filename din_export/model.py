@@ -339,7 +339,7 @@ class DIN(nn.Module):
         self.attention = AttentionPooling(dim, cfg) if cfg.model == "din" else None
         n_dense = len(schema.dense)
         self.register_buffer("dense_mean", torch.tensor([d.mean for d in schema.dense], dtype=torch.float32))
-        self.register_buffer("dense_std", torch.tensor([d.std or 1.0 for d in schema.dense], dtype=torch.float32))
+        self.register_buffer("dense_std", torch.tensor([d.scale for d in schema.dense], dtype=torch.float32))
         pooled = 2 if (cfg.model == "din" and cfg.use_hist_sum) else 1
         in_dim = len(schema.sparse) * cfg.embed_dim + dim * (1 + pooled) + n_dense
         self.input_bn = InputNorm(in_dim, momentum=cfg.bn_momentum) if cfg.mlp_input_bn else nn.Identity()

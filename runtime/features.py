@@ -9,7 +9,7 @@ vocabularies (names, sizes, files, raw id -> index), the graph's input order, an
 - index 0 pads histories, 1 stands for an id the vocabulary lacks (OOV), known ids start at 2;
 - a history keeps its most recent `max_len` items and is right-padded with 0 to the longest kept
   history of the batch (at least 1 wide);
-- a dense value enters the graph raw; the model computes (x - mean) / std (std 0 counts as 1).
+- a dense value enters the graph raw; the model computes (x - mean) / scale (`Dense.scale`: std, 1 if 0).
 
 `FeatureSpec.from_dict` is the one validator of the schema JSON; `read_vocab` the one vocabulary loader;
 `read_json` reads every JSON file of a dataset or model directory.
@@ -59,6 +59,11 @@ class Dense:
     name: str
     mean: float = 0.0
     std: float = 1.0
+
+    @property
+    def scale(self) -> float:
+        """The divisor of the model's standardisation (x - mean) / scale: std, or 1 for a constant column."""
+        return self.std or 1.0
 
 
 _FIELDS = {"sparse": (Sparse, {"name": str, "vocab": str}),

@@ -43,6 +43,7 @@ def test_round_trip_schema_json_spec_dict() -> None:
         assert json.dumps(again) == json.dumps({**again, **d})
     spec = FeatureSpec.from_dict(SCHEMA)
     assert spec.dense == (Dense("age", 30.0, 10.0), Dense("price", 5.0, 2.0))
+    assert [d.scale for d in (Dense("a", 3.0, 2.5), Dense("b", 3.0, 0.0))] == [2.5, 1.0]  # a constant column
 
 
 def test_other_top_level_keys_are_ignored() -> None:
