@@ -239,7 +239,7 @@ def _entries(d: dict, kind: str, where: str) -> tuple:
             if want is float and (type(v) not in (int, float) or not math.isfinite(v) or (key == "std" and v < 0)):
                 raise SchemaError(f"{at}.{key} must be a finite{' non-negative' if key == 'std' else ''} number, "
                                   f"got {v!r:.80}")
-        out.append(record(**{k: float(v) if types[k] is float else v for k, v in entry.items()}))
+        out.append(record(**entry))  # numbers as written: to_dict gives back the same JSON
     return tuple(out)
 
 

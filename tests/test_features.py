@@ -44,6 +44,9 @@ def test_round_trip_schema_json_spec_dict() -> None:
     spec = FeatureSpec.from_dict(SCHEMA)
     assert spec.dense == (Dense("age", 30.0, 10.0), Dense("price", 5.0, 2.0))
     assert [d.scale for d in (Dense("a", 3.0, 2.5), Dense("b", 3.0, 0.0))] == [2.5, 1.0]  # a constant column
+    integral = edited(lambda d: d["dense"][0].update(mean=30, std=10))
+    out = FeatureSpec.from_dict(integral).to_dict()
+    assert json.dumps(out) == json.dumps({**out, **integral})  # 30 stays 30, not 30.0
 
 
 def test_other_top_level_keys_are_ignored() -> None:
