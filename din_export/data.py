@@ -47,22 +47,13 @@ def expected_keys(schema: Schema) -> dict[str, str]:
     return keys
 
 
-def _vocab_of(schema: Schema) -> dict[str, str]:
-    vocab = {s.name: s.vocab for s in schema.sparse}
-    for b in schema.behaviour:
-        vocab[b.target] = b.vocab
-        vocab[b.history] = b.vocab
-    return vocab
-
-
 def _first_bad_row(bad: np.ndarray) -> int:
     """Row index of the first True in a (N,) or (N, ...) boolean array."""
     rows = bad.reshape(bad.shape[0], -1).any(axis=1) if bad.ndim > 1 else bad
     return int(np.flatnonzero(rows)[0])
 
 
-def _check_column(where: str, key: str, kind: str, a: np.ndarray, row0: int, schema: Schema,
-                  vocab_of: dict[str, str]) -> None:
+def _check_column(where: str, key: str, kind: str, a: np.ndarray, row0: int, schema: Schema) -> None:
     """Raise a DataError naming the first bad row of `a` (rows numbered from `row0`)."""
     if kind in ("label", "dense"):
         if a.dtype.kind not in "fiub":
@@ -78,7 +69,7 @@ def _check_column(where: str, key: str, kind: str, a: np.ndarray, row0: int, sch
     if a.dtype.kind not in "iu":
         raise DataError(f"{where}: column {key!r} has dtype {a.dtype}, expected int64")
     if kind in ("id", "history"):
-        vocab = vocab_of[key]
+        vocab = schema.vocab_by_field[key]
         size = schema.vocab_sizes[vocab]
         bad = (a < 0) | (a >= size)
         if bad.any():
@@ -206,14 +197,13 @@ def load_split(data_dir: str | Path, split: str, schema: Schema | None = None, *
     if n == 0:
         raise DataError(f"{where}: the {split} split is empty (0 rows)")
 
-    vocab_of = _vocab_of(schema)
     out: dict[str, np.ndarray] = {}
     for key, kind in keys.items():
         a = raw[key]
         want_shape = {"history": (n, schema.max_len), "dense": (n, len(schema.dense))}.get(kind, (n,))
         if a.shape != want_shape:
             raise DataError(f"{where}: column {key!r} has shape {a.shape}, expected {want_shape}")
-        _check_column(where, key, kind, a, 0, schema, vocab_of)
+        _check_column(where, key, kind, a, 0, schema)
         out[key] = _as_batch_dtype(key, a)
     return Split(schema, out, None, where)
 
@@ -240,14 +230,13 @@ def load_events(data_dir: str | Path, schema: Schema) -> dict[str, np.ndarray]:
     """DATA_DIR/events/<history>.npy: every user's behaviour sequence once, memory-mapped, checked."""
     folder = Path(data_dir) / "events"
     events = {h: _open_npy(folder / f"{h}.npy") for h in schema.histories}
-    vocab_of = _vocab_of(schema)
     lengths = {h: a.shape for h, a in events.items()}
     if len(set(lengths.values())) != 1 or any(len(s) != 1 for s in lengths.values()):
         raise DataError(f"{folder}: the history sequences must be 1-d and of one length, got {lengths}")
     for h, a in events.items():
         for a0 in range(0, len(a), CHECK_ROWS):
             _check_column(str(folder / f"{h}.npy"), h, "history", np.asarray(a[a0:a0 + CHECK_ROWS]), a0,
-                          schema, vocab_of)
+                          schema)
     return events
 
 
@@ -265,7 +254,6 @@ def _load_compact(data_dir: Path, split: str, schema: Schema,
         raise DataError(f"{folder}: the {split} split is empty (0 rows)")
     events = events if events is not None else load_events(data_dir, schema)
     n_events = len(next(iter(events.values())))
-    vocab_of = _vocab_of(schema)
     for key, kind in keys.items():
         a, where = cols[key], str(folder / f"{key}.npy")
         want_shape = (n, len(schema.dense)) if kind == "dense" else (n,)
@@ -275,7 +263,7 @@ def _load_compact(data_dir: Path, split: str, schema: Schema,
         for a0 in range(0, n, CHECK_ROWS):
             part = np.asarray(a[a0:a0 + CHECK_ROWS])
             if kind != "hist_end":
-                _check_column(where, key, kind, part, a0, schema, vocab_of)
+                _check_column(where, key, kind, part, a0, schema)
                 continue
             if part.dtype.kind not in "iu":
                 raise DataError(f"{where}: column 'hist_end' has dtype {part.dtype}, expected an integer")
@@ -340,7 +328,7 @@ def keep_rows(data_dir: str | Path, split: str, rows: np.ndarray) -> None:
 def load_frequencies(data_dir: str | Path, schema: Schema) -> dict[str, Tensor]:
     """DATA_DIR/freq/<vocab>.npy: training-split occurrence counts per index (for the MBA regulariser)."""
     freqs = {}
-    for vocab in dict.fromkeys([s.vocab for s in schema.sparse] + [b.vocab for b in schema.behaviour]):
+    for vocab in schema.vocab_names:
         path = Path(data_dir) / "freq" / f"{vocab}.npy"
         if not path.is_file():
             raise DataError(f"{path}: missing (the mini-batch aware regulariser needs training frequencies)")

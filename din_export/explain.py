@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from din_runtime.encode import encode_rows
-from din_runtime.manifest import Manifest
+from din_runtime.features import Features
 
 from din_export.data import DataError
 from din_export.model import DIN
@@ -44,25 +44,26 @@ def _shown(value: Any) -> str:
 
 
 @torch.no_grad()
-def explain_request(model: DIN, manifest: Manifest, row: dict[str, Any]) -> Explanation:
+def explain_request(model: DIN, features: Features, row: dict[str, Any]) -> Explanation:
     """Score one raw request and return its attention weights (InputError for a bad field)."""
     if model.attention is None:
         raise DataError("this run is the base model: sum pooling weighs every history item 1, there is no "
                         "attention to explain (train with --model din)")
-    arrays = encode_rows(manifest, [row]).arrays
+    arrays = encode_rows(features, [row]).arrays
+    behaviour = features.spec.behaviour
     n = int(arrays["hist_len"][0])
     logits, weights = model({k: torch.from_numpy(v) for k, v in arrays.items()}, return_attention=True)
-    item = manifest.behaviour[0]
+    item = behaviour[0]
     total = len(row[item.history])
     return Explanation(
         prob=float(torch.sigmoid(logits)[0]),
         attention_norm=model.cfg.attention_norm,
-        target={b.target: _shown(row[b.target]) for b in manifest.behaviour},
-        history={b.history: [_shown(v) for v in list(row[b.history])[total - n:]] for b in manifest.behaviour},
+        target={b.target: _shown(row[b.target]) for b in behaviour},
+        history={b.history: [_shown(v) for v in list(row[b.history])[total - n:]] for b in behaviour},
         weights=weights[0, :n].numpy().astype(np.float64),
         unseen=arrays[item.history][0, :n] == OOV_INDEX,
         matches={b.history: (arrays[b.history][0, :n] == arrays[b.target][0]) & (arrays[b.target][0] != OOV_INDEX)
-                 for b in manifest.behaviour},
+                 for b in behaviour},
         dropped=total - n,
     )
 

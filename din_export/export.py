@@ -25,18 +25,20 @@ import numpy as np
 import onnx
 import onnxruntime
 import torch
+from din_runtime.errors import SchemaError
+from din_runtime.features import Features
 from din_runtime.fs import publish_dir, temp_dir_beside
 from onnx import numpy_helper
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 from torch import Tensor, nn
 
 from din_export import __version__
+from din_export.checkpoints import load_run
 from din_export.errors import DinExportError, OptionError
 from din_export.optimize import candidate_module, inference_module
-from din_export.portable import PORTABLE_FILE, build_portable, portable_entry, read_vocabs, supports_opset
+from din_export.portable import PORTABLE_FILE, build_portable, portable_entry, supports_opset
 from din_export.quantize import Feeds, batch_feeds, calibration_rows, candidate_feeds, quantize_int8
 from din_export.schema import OOV_INDEX, PAD_INDEX, Schema, write_bytes_atomic, write_json_atomic
-from din_export.train import load_run
 from din_export.triton import NAME_PATTERN, TritonError, write_triton_model
 from din_export.verify import (
     DEFAULT_VALID_ROWS,
@@ -448,10 +450,6 @@ def has_external_data(model_dir: Path) -> list[str]:
 # --- The model directory -----------------------------------------------------------------------------
 
 
-def vocab_names(schema: Schema) -> list[str]:
-    return list(dict.fromkeys([s.vocab for s in schema.sparse] + [b.vocab for b in schema.behaviour]))
-
-
 def versions() -> dict[str, str]:
     return {"din_toolkit": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__}
@@ -465,7 +463,7 @@ def build_manifest(model_bytes: bytes, schema: Schema, spec: GraphSpec, config: 
         "format": "din-model", "format_version": MANIFEST_VERSION,
         "model_file": MODEL_FILE, "sha256": hashlib.sha256(model_bytes).hexdigest(),
         "schema": schema.to_dict(),
-        "vocab_files": {v: f"vocab/{v}.json" for v in vocab_names(schema)},
+        "vocab_files": {v: f"vocab/{v}.json" for v in schema.vocab_names},
         "padding_index": PAD_INDEX, "oov_index": OOV_INDEX,
         "inputs": [t.to_manifest() for t in spec.inputs],
         "outputs": [t.to_manifest() for t in spec.outputs],
@@ -479,7 +477,7 @@ def build_manifest(model_bytes: bytes, schema: Schema, spec: GraphSpec, config: 
 
 def write_model_dir(model_dir: Path, model_bytes: bytes, manifest: dict, data_dir: Path, schema: Schema) -> None:
     write_bytes_atomic(model_dir / MODEL_FILE, model_bytes)
-    for vocab in vocab_names(schema):
+    for vocab in schema.vocab_names:
         source = data_dir / "vocab" / f"{vocab}.json"
         if not source.is_file():
             raise ExportError(f"vocabulary {vocab!r} is missing from the dataset directory: {source}")
@@ -568,7 +566,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
                                   "outputs": [t.to_manifest() for t in cspec.outputs],
                                   "example_sizes": {"candidates": traced[0], "seq": traced[1]}}
     if portable:
-        vocabs = read_vocabs({v: data_dir / "vocab" / f"{v}.json" for v in vocab_names(schema)})
+        try:
+            vocabs = Features.of_dataset(data_dir, schema).vocabs
+        except SchemaError as e:
+            raise ExportError(f"cannot build {PORTABLE_FILE}: {e}") from e
         extra_files[PORTABLE_FILE], entry = build_portable(model_bytes, schema, vocabs)
         manifest["portable"] = portable_entry(extra_files[PORTABLE_FILE], entry)
 

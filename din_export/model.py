@@ -221,9 +221,8 @@ class Embeddings(nn.Module):
 
     def __init__(self, schema: Schema, embed_dim: int) -> None:
         super().__init__()
-        used = dict.fromkeys([s.vocab for s in schema.sparse] + [b.vocab for b in schema.behaviour])
         self.tables = nn.ModuleDict(
-            {v: nn.Embedding(schema.vocab_sizes[v], embed_dim, padding_idx=PAD_INDEX) for v in used}
+            {v: nn.Embedding(schema.vocab_sizes[v], embed_dim, padding_idx=PAD_INDEX) for v in schema.vocab_names}
         )
         for table in self.tables.values():
             nn.init.normal_(table.weight, std=0.05)
@@ -340,7 +339,7 @@ class DIN(nn.Module):
         self.attention = AttentionPooling(dim, cfg) if cfg.model == "din" else None
         n_dense = len(schema.dense)
         self.register_buffer("dense_mean", torch.tensor([d.mean for d in schema.dense], dtype=torch.float32))
-        self.register_buffer("dense_std", torch.tensor([d.std or 1.0 for d in schema.dense], dtype=torch.float32))
+        self.register_buffer("dense_std", torch.tensor([d.scale for d in schema.dense], dtype=torch.float32))
         pooled = 2 if (cfg.model == "din" and cfg.use_hist_sum) else 1
         in_dim = len(schema.sparse) * cfg.embed_dim + dim * (1 + pooled) + n_dense
         self.input_bn = InputNorm(in_dim, momentum=cfg.bn_momentum) if cfg.mlp_input_bn else nn.Identity()

@@ -16,8 +16,7 @@ onnxruntime 1.17 and onnxruntime-web/-node 1.30 refuse the IR version `onnx.help
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,12 @@ import numpy as np
 import onnx
 from din_runtime import Scorer
 from din_runtime.errors import DinRuntimeError
-from din_runtime.manifest import FIRST_KNOWN_INDEX, OOV_INDEX, PAD_INDEX
+from din_runtime.features import FIRST_KNOWN_INDEX, OOV_INDEX, PAD_INDEX, FeatureSpec
 from onnx import TensorProto, helper, numpy_helper
 
 from din_export.errors import DinExportError
 from din_export.portable_check import PortableRunError, check_against_scorer
-from din_export.schema import Schema, write_bytes_atomic, write_json_atomic
+from din_export.schema import write_bytes_atomic, write_json_atomic
 
 PORTABLE_FILE = "portable.onnx"
 ML_DOMAIN = "ai.onnx.ml"
@@ -42,6 +41,8 @@ MAX_IR_VERSION = 9  # onnxruntime 1.17 reads up to IR 9
 # scale, so there the slices change scores within the quantisation error: the int8 probability bound.
 SCORER_TOLERANCE = 1e-6
 INT8_SCORER_TOLERANCE = 5e-2
+# Each vocabulary's ids in index order from FIRST_KNOWN_INDEX: a list, or a din_runtime lookup (raw id -> index)
+Vocabs = Mapping[str, Collection[str]]
 
 
 def scorer_tolerance(manifest: Mapping[str, Any]) -> float:
@@ -59,7 +60,7 @@ class PortableError(DinExportError):
 # --- The interface ----------------------------------------------------------------------------------
 
 
-def is_int64_vocab(ids: Sequence[str]) -> bool:
+def is_int64_vocab(ids: Collection[str]) -> bool:
     """True when every id is a canonical decimal integer in int64 range (str(int(k)) == k): then the
     field takes int64 ids, and a caller can parse ids instead of passing strings."""
     for key in ids:
@@ -72,7 +73,7 @@ def is_int64_vocab(ids: Sequence[str]) -> bool:
     return bool(ids)
 
 
-def oov_sentinel(ids: Sequence[str]) -> int:
+def oov_sentinel(ids: Collection[str]) -> int:
     """An int64 that is no key of an int64 vocabulary: what a caller passes for an id that cannot be one
     (a string like "007" or "x", which the runtime looks up as a string and never finds)."""
     keys = {int(k) for k in ids}
@@ -82,7 +83,7 @@ def oov_sentinel(ids: Sequence[str]) -> int:
     return value
 
 
-def portable_interface(schema: Schema, vocabs: Mapping[str, Sequence[str]]) -> tuple[list[dict], list[dict]]:
+def portable_interface(schema: FeatureSpec, vocabs: Vocabs) -> tuple[list[dict], list[dict]]:
     """(inputs, outputs) as the manifest's "portable" entry declares them (docs/design.md)."""
     def id_entry(name: str, vocab: str, dims: list[str], kind: str) -> dict[str, Any]:
         ids = vocabs[vocab]
@@ -94,8 +95,7 @@ def portable_interface(schema: Schema, vocabs: Mapping[str, Sequence[str]]) -> t
             entry["pad"] = 0 if entry["dtype"] == "int64" else ""
         return entry
 
-    inputs = [id_entry(s.name, s.vocab, ["batch"], "id") for s in schema.sparse]
-    inputs += [id_entry(b.target, b.vocab, ["batch"], "id") for b in schema.behaviour]
+    inputs = [id_entry(name, vocab, ["batch"], "id") for name, vocab in schema.id_fields]
     inputs += [id_entry(b.history, b.vocab, ["batch", "width"], "history") for b in schema.behaviour]
     inputs.append({"name": "hist_len", "dtype": "int64", "dims": ["batch"], "kind": "length",
                    "field": schema.histories[0]})
@@ -142,7 +142,7 @@ class _Builder:
         return out
 
 
-def _lookup(b: _Builder, x: str, ids: Sequence[str], int64: bool, vocab: str) -> str:
+def _lookup(b: _Builder, x: str, ids: Collection[str], int64: bool, vocab: str) -> str:
     """Indices of the raw ids in `x` (any shape): known ids from 2 in file order, anything else OOV 1."""
     if not ids:
         # LabelEncoder needs a key; "" stands for none (it is no id of this empty vocabulary, so OOV too).
@@ -155,7 +155,7 @@ def _lookup(b: _Builder, x: str, ids: Sequence[str], int64: bool, vocab: str) ->
                 values_int64s=values, default_int64=OOV_INDEX, **keys)
 
 
-def _prefix_nodes(schema: Schema, vocabs: Mapping[str, Sequence[str]], inputs: list[dict]) -> tuple[_Builder, str]:
+def _prefix_nodes(schema: FeatureSpec, vocabs: Vocabs, inputs: list[dict]) -> tuple[_Builder, str]:
     """The encoder: raw inputs -> the model's input names (prefixed) and the per-row OOV count."""
     b = _Builder()
     dtype = {e["name"]: e["dtype"] for e in inputs}
@@ -184,10 +184,8 @@ def _prefix_nodes(schema: Schema, vocabs: Mapping[str, Sequence[str]], inputs: l
 
     counts: list[str] = []
     by_vocab: dict[str, list[tuple[str, str]]] = {}
-    for s in schema.sparse:
-        by_vocab.setdefault(s.vocab, []).append(("id", s.name))
-    for beh in schema.behaviour:
-        by_vocab.setdefault(beh.vocab, []).append(("id", beh.target))
+    for name, vocab in schema.id_fields:
+        by_vocab.setdefault(vocab, []).append(("id", name))
     for beh in schema.behaviour:
         by_vocab.setdefault(beh.vocab, []).append(("history", beh.history))
     for vocab, fields in by_vocab.items():
@@ -231,7 +229,7 @@ def _live_nodes(nodes: Sequence[onnx.NodeProto], outputs: set[str]) -> list[onnx
     return live[::-1]
 
 
-def build_portable(model_bytes: bytes, schema: Schema, vocabs: Mapping[str, Sequence[str]]) -> tuple[bytes, dict]:
+def build_portable(model_bytes: bytes, schema: FeatureSpec, vocabs: Vocabs) -> tuple[bytes, dict]:
     """portable.onnx around the exported `model_bytes`; returns (bytes, manifest entry without sha256)."""
     model = onnx.load_from_string(model_bytes)
     opsets = {o.domain or "": o.version for o in model.opset_import}
@@ -304,17 +302,6 @@ def check_portable(model: onnx.ModelProto, inputs: list[dict], outputs: list[dic
 # --- A model directory --------------------------------------------------------------------------------
 
 
-def read_vocabs(files: Mapping[str, Path]) -> dict[str, list[str]]:
-    """Each vocabulary's ids in file order (index 2 onwards), from {name: path}."""
-    vocabs = {}
-    for name, path in files.items():
-        try:
-            vocabs[name] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise PortableError(f"cannot read vocabulary {name!r} from {path}: {e}") from e
-    return vocabs
-
-
 def portable_entry(data: bytes, entry: dict) -> dict:
     """The manifest's "portable" entry: file, sha256, versions, interface."""
     return {"file": entry["file"], "sha256": hashlib.sha256(data).hexdigest(),
@@ -345,10 +332,9 @@ def add_portable(model_dir: str | Path, force: bool = False) -> dict:
     manifest = dict(scorer.manifest.raw)
     if "portable" in manifest and not force:
         raise PortableError(f"{model_dir} already has {manifest['portable'].get('file')}; pass --force to rebuild it")
-    schema = Schema.from_dict(manifest["schema"])
-    # the vocabularies Scorer.load has read and checked; a lookup keeps the file's order (index 2 onwards)
-    vocabs = {name: list(lookup) for name, lookup in scorer.manifest.vocabs.items()}
-    data, entry = build_portable(scorer.manifest.model_path.read_bytes(), schema, vocabs)
+    # the spec and vocabularies Scorer.load has read and checked
+    data, entry = build_portable(scorer.manifest.model_path.read_bytes(), scorer.manifest.spec,
+                                 scorer.manifest.vocabs)
     entry = portable_entry(data, entry)
     try:
         entry["check"] = judge_scorer_check(check_against_scorer(data, entry, scorer), scorer_tolerance(manifest))

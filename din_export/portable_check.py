@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from din_runtime import Scorer
-from din_runtime.manifest import OOV_INDEX
+from din_runtime.features import OOV_INDEX, id_key
 
 UNKNOWN_RATE = 0.1
 CHECK_BATCHES = (1, 3, 257)
@@ -27,19 +27,8 @@ class PortableRunError(RuntimeError):
     """onnxruntime failed to run portable.onnx on one of the checked batches."""
 
 
-def _key(value: Any) -> str:
-    """The id's vocabulary key, as din_runtime compares ids (str for strings, str(int) for ints)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    raise TypeError(f"{value!r} is not an id")
-
-
 def _id_array(values: Sequence[Any], entry: Mapping[str, Any]) -> np.ndarray:
-    keys = [_key(v) for v in values]
+    keys = [id_key(v) for v in values]  # the key din_runtime looks each id up by
     if entry["dtype"] == "string":
         return np.array(keys, dtype=object)
     sentinel = entry["oov_int64_sentinel"]

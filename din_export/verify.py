@@ -163,7 +163,7 @@ def random_inputs(inputs: list[dict], schema: Schema, batch: int, seq: int,
             arrays["hist_len"] = lengths
         else:
             mean = np.array([d.mean for d in schema.dense], dtype=np.float32)
-            std = np.array([d.std or 1.0 for d in schema.dense], dtype=np.float32)
+            std = np.array([d.scale for d in schema.dense], dtype=np.float32)
             arrays[entry["name"]] = (mean + std * rng.standard_normal(shape)).astype(np.float32)
     return arrays
 

@@ -8,7 +8,16 @@ See docs/runtime.md for the API, the `din-score` CLI, the input formats and the 
 """
 
 from din_runtime.encode import Encoded
-from din_runtime.errors import DeviceError, DinRuntimeError, InputError, IntegrityError, ManifestError, ModelDirError
+from din_runtime.errors import (
+    DeviceError,
+    DinRuntimeError,
+    InputError,
+    IntegrityError,
+    ManifestError,
+    ModelDirError,
+    SchemaError,
+)
+from din_runtime.features import Features, FeatureSpec
 from din_runtime.manifest import Manifest, load_manifest
 from din_runtime.metrics import auc, gauc, logloss
 from din_runtime.scorer import Scorer
@@ -16,6 +25,6 @@ from din_runtime.scorer import Scorer
 __version__ = "0.1.0"
 
 __all__ = [
-    "DeviceError", "DinRuntimeError", "Encoded", "InputError", "IntegrityError", "Manifest", "ManifestError",
-    "ModelDirError", "Scorer", "auc", "gauc", "load_manifest", "logloss",
+    "DeviceError", "DinRuntimeError", "Encoded", "FeatureSpec", "Features", "InputError", "IntegrityError", "Manifest",
+    "ManifestError", "ModelDirError", "SchemaError", "Scorer", "auc", "gauc", "load_manifest", "logloss",
 ]

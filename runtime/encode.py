@@ -14,12 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain
 from typing import Any
 
 import numpy as np
 from din_runtime.errors import InputError
-from din_runtime.manifest import OOV_INDEX, PAD_INDEX, Manifest
+from din_runtime.features import Features, Padding, id_key, lookup
+from din_runtime.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -33,26 +34,32 @@ class Encoded:
         return len(self.arrays["hist_len"])
 
 
-def encode_rows(manifest: Manifest, rows: Sequence[Mapping[str, Any]]) -> Encoded:
-    """Encode request rows for the model of `manifest` (InputError on the earliest bad row)."""
+def _features(source: Features | Manifest) -> Features:
+    return source.features if isinstance(source, Manifest) else source
+
+
+def encode_rows(features: Features | Manifest, rows: Sequence[Mapping[str, Any]]) -> Encoded:
+    """Encode request rows with a feature spec and its vocabularies (a model's: its Manifest), InputError on
+    the earliest bad row."""
+    features = _features(features)
+    spec, vocabs = features.spec, features.vocabs
     rows = _as_rows(rows)
     arrays: dict[str, np.ndarray] = {}
     oov: dict[str, int] = {}
     problems: list[InputError] = []
-    for name, vocab in [(s.name, s.vocab) for s in manifest.sparse] + [(b.target, b.vocab) for b in manifest.behaviour]:
+    for name, vocab in spec.id_fields:
         try:
-            arrays[name], oov[name] = encode_ids(_column(rows, name, "", problems), manifest.vocabs[vocab], name)
+            arrays[name], oov[name] = encode_ids(_column(rows, name, "", problems), vocabs[vocab], name)
         except InputError as e:
             problems.append(e)
     try:
-        hist_arrays, hist_oov = encode_histories(
-            manifest, {h: _column(rows, h, [], problems) for h in manifest.histories})
+        hist_arrays, hist_oov = encode_histories(features, {h: _column(rows, h, [], problems) for h in spec.histories})
         arrays.update(hist_arrays)
         oov.update(hist_oov)
     except InputError as e:
         problems.append(e)
     dense = []
-    for name in manifest.dense:
+    for name in spec.dense_names:
         try:
             dense.append(encode_dense(_column(rows, name, 0.0, problems), name))
         except InputError as e:
@@ -61,9 +68,9 @@ def encode_rows(manifest: Manifest, rows: Sequence[Mapping[str, Any]]) -> Encode
         # Fields are checked one after the other; report the earliest row (ties: the first check), as a reader
         # of the file would.
         raise min(problems, key=lambda e: e.row)
-    if manifest.dense:
+    if spec.dense:
         arrays["dense"] = np.stack(dense, axis=1)
-    return Encoded({name: arrays[name] for name in manifest.inputs}, oov)
+    return Encoded({name: arrays[name] for name in spec.inputs}, oov)
 
 
 def _column(rows: Sequence[Mapping[str, Any]], field: str, fill: Any, problems: list[InputError]) -> list[Any]:
@@ -94,23 +101,6 @@ def column(rows: Sequence[Mapping[str, Any]], field: str) -> list[Any]:
         raise InputError("missing", row=missing, field=field) from None
 
 
-def _id_key(value: Any) -> str:
-    """The vocabulary key of one raw id; ValueError with the reason if it is not an id."""
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{value!r} is a boolean, not an id")
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        if math.isfinite(value) and float(value).is_integer():
-            return str(int(value))
-        raise ValueError(f"{float(value)!r} is not an integral number, so not an id")
-    if value is None:
-        raise ValueError("is null")
-    raise ValueError(f"expected a string or integer id, got {type(value).__name__}")
-
-
 def _keys(values: list[Any]) -> tuple[list[str], int | None, str]:
     """Vocabulary keys of `values`, or the position of the first bad value and why."""
     types = set(map(type, values))
@@ -121,15 +111,10 @@ def _keys(values: list[Any]) -> tuple[list[str], int | None, str]:
     keys = []
     for i, value in enumerate(values):
         try:
-            keys.append(_id_key(value))
+            keys.append(id_key(value))
         except ValueError as e:
             return [], i, str(e)
     return keys, None, ""
-
-
-def _lookup(keys: list[str], vocab: Mapping[str, int]) -> tuple[np.ndarray, int]:
-    index = np.fromiter(map(vocab.get, keys, repeat(OOV_INDEX)), dtype=np.int64, count=len(keys))
-    return index, int(np.count_nonzero(index == OOV_INDEX))
 
 
 def encode_ids(values: list[Any], vocab: Mapping[str, int], field: str) -> tuple[np.ndarray, int]:
@@ -137,7 +122,7 @@ def encode_ids(values: list[Any], vocab: Mapping[str, int], field: str) -> tuple
     keys, bad, reason = _keys(values)
     if bad is not None:
         raise InputError(reason, row=bad, field=field)
-    return _lookup(keys, vocab)
+    return lookup(keys, vocab)
 
 
 def _as_sequence(value: Any, row: int, field: str) -> Sequence[Any]:
@@ -150,24 +135,26 @@ def _as_sequence(value: Any, row: int, field: str) -> Sequence[Any]:
 
 
 def encode_histories(
-    manifest: Manifest, columns: Mapping[str, list[Any]]
+    features: Features | Manifest, columns: Mapping[str, list[Any]]
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """History arrays (N, L) plus hist_len (N,), L = the longest kept history (at least 1)."""
+    features = _features(features)
+    spec = features.spec
     problems: list[InputError] = []
     lists = {name: _sequences(values, name, problems) for name, values in columns.items()}
     lengths = {name: _lengths(seqs) for name, seqs in lists.items()}
-    first = manifest.histories[0]
+    first = spec.histories[0]
     raw_len = lengths[first]
-    for name in manifest.histories[1:]:
+    for name in spec.histories[1:]:
         other = lengths[name]
         bad = np.flatnonzero(other != raw_len)
         if len(bad):
             i = int(bad[0])
             problems.append(InputError(f"has {other[i]} items but {first!r} has {raw_len[i]}; histories of a row "
                                        f"must have one length", row=i, field=name))
-    max_len = manifest.max_len
+    max_len = spec.max_len
     keys: dict[str, list[str]] = {}
-    for b in manifest.behaviour:
+    for b in spec.behaviour:
         seqs = lists[b.history]
         own_len = lengths[b.history]
         if (own_len > max_len).any():
@@ -183,20 +170,13 @@ def encode_histories(
         # Checks run field by field; report the earliest row (ties: the first check), as a reader of the file would.
         raise min(problems, key=lambda e: e.row)
 
-    kept = np.minimum(raw_len, max_len)
-    n = len(raw_len)
-    width = max(1, int(kept.max())) if n else 1
-    starts = np.cumsum(kept) - kept
-    rows = np.repeat(np.arange(n), kept)
-    cols = np.arange(int(kept.sum())) - np.repeat(starts, kept)
+    padding = Padding.of(raw_len, max_len)
     arrays: dict[str, np.ndarray] = {}
     oov: dict[str, int] = {}
-    for b in manifest.behaviour:
-        index, oov[b.history] = _lookup(keys[b.history], manifest.vocabs[b.vocab])
-        out = np.full((n, width), PAD_INDEX, dtype=np.int64)
-        out[rows, cols] = index
-        arrays[b.history] = out
-    arrays["hist_len"] = kept
+    for b in spec.behaviour:
+        index, oov[b.history] = lookup(keys[b.history], features.vocabs[b.vocab])
+        arrays[b.history] = padding.pad(index)
+    arrays["hist_len"] = padding.kept
     return arrays, oov
 
 

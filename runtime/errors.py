@@ -15,6 +15,10 @@ class ManifestError(DinRuntimeError):
     """manifest.json or a vocabulary file is malformed, inconsistent or points outside the directory."""
 
 
+class SchemaError(ManifestError, ValueError):
+    """A feature spec (schema JSON) or a vocabulary file is malformed or inconsistent; the message names the field."""
+
+
 class IntegrityError(DinRuntimeError):
     """model.onnx is not the file the manifest describes (hash, external data, inputs, unloadable)."""
 

@@ -7,9 +7,7 @@ may come from someone else, and a manifest must not make the runtime read arbitr
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,14 +16,23 @@ from types import MappingProxyType
 from typing import Any
 
 from din_runtime.errors import IntegrityError, ManifestError, ModelDirError
+from din_runtime.features import (
+    DENSE,
+    HISTORY,
+    ID,
+    LENGTH,
+    OOV_INDEX,
+    PAD_INDEX,
+    Behaviour,
+    Features,
+    FeatureSpec,
+    Sparse,
+    read_json,
+)
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "din-model"
 FORMAT_VERSION = 1
-PAD_INDEX = 0
-OOV_INDEX = 1
-FIRST_KNOWN_INDEX = 2
-_INT64_MAX = 2**63 - 1
 
 # Files that identify the other kinds of directory this project writes, for a helpful error.
 _OTHER_DIRS = {
@@ -35,33 +42,15 @@ _OTHER_DIRS = {
 
 
 @dataclass(frozen=True)
-class Sparse:
-    name: str
-    vocab: str
-
-
-@dataclass(frozen=True)
-class Behaviour:
-    target: str
-    history: str
-    vocab: str
-
-
-@dataclass(frozen=True)
 class Manifest:
-    """A validated model directory. `raw` is the whole manifest.json, for fields the runtime does not use."""
+    """A validated model directory: its feature spec and vocabularies (`features`), and what the model file
+    adds: the graph files and their SHA-256, the graph's outputs. `raw` is the whole manifest.json, for
+    fields the runtime does not use (parity, versions, ...)."""
 
     model_dir: Path
     model_file: str
     sha256: str
-    max_len: int
-    group: str
-    sparse: tuple[Sparse, ...]
-    behaviour: tuple[Behaviour, ...]
-    dense: tuple[str, ...]
-    vocab_sizes: Mapping[str, int]
-    vocabs: Mapping[str, Mapping[str, int]]
-    inputs: tuple[str, ...]
+    features: Features
     outputs: tuple[str, ...]
     raw: Mapping[str, Any]
     # The optional candidate graph (one user's history x many candidates): its file and SHA-256, or None.
@@ -83,27 +72,55 @@ class Manifest:
     def portable_path(self) -> Path | None:
         return None if self.portable_file is None else self.model_dir / self.portable_file
 
-    # Derived once per manifest (scoring reads them on every call); cached_property writes the instance's
-    # __dict__ directly, which a frozen dataclass allows.
+    # The feature spec's parts, read through the manifest (docs/runtime.md).
+    @property
+    def spec(self) -> FeatureSpec:
+        return self.features.spec
+
+    @property
+    def vocabs(self) -> Mapping[str, Mapping[str, int]]:
+        return self.features.vocabs
+
+    @property
+    def max_len(self) -> int:
+        return self.features.spec.max_len
+
+    @property
+    def group(self) -> str:
+        return self.features.spec.group
+
+    @property
+    def sparse(self) -> tuple[Sparse, ...]:
+        return self.features.spec.sparse
+
+    @property
+    def behaviour(self) -> tuple[Behaviour, ...]:
+        return self.features.spec.behaviour
+
+    @property
+    def dense(self) -> tuple[str, ...]:
+        """The dense fields' names, in the order of the "dense" input's columns."""
+        return self.features.spec.dense_names
+
     @cached_property
+    def vocab_sizes(self) -> Mapping[str, int]:
+        return MappingProxyType(self.features.spec.vocab_sizes)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.features.spec.inputs
+
+    @property
     def histories(self) -> tuple[str, ...]:
-        return tuple(b.history for b in self.behaviour)
+        return self.features.spec.histories
 
-    @cached_property
+    @property
     def targets(self) -> tuple[str, ...]:
-        return tuple(b.target for b in self.behaviour)
-
-    @cached_property
-    def _vocab_by_field(self) -> dict[str, str]:
-        # field names are unique (load_manifest refuses collisions), so one map serves every kind
-        by_field = {s.name: s.vocab for s in self.sparse}
-        for b in self.behaviour:
-            by_field[b.target] = by_field[b.history] = b.vocab
-        return by_field
+        return self.features.spec.targets
 
     def vocab_of(self, field: str) -> str | None:
         """The vocabulary of an id field (sparse, target or history); None for hist_len and dense."""
-        return self._vocab_by_field.get(field)
+        return self.features.spec.vocab_of(field)
 
 
 def load_manifest(model_dir: str | Path) -> Manifest:
@@ -125,59 +142,36 @@ def load_manifest(model_dir: str | Path) -> Manifest:
     if not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise ManifestError(f"manifest sha256 must be 64 hex digits, got {raw['sha256']!r}")
 
-    schema = raw.get("schema")
-    if not isinstance(schema, dict):
+    if not isinstance(raw.get("schema"), dict):
         raise ManifestError("manifest has no 'schema' object")
-    max_len = schema.get("max_len")
-    if type(max_len) is not int or not 1 <= max_len <= _INT64_MAX:
-        raise ManifestError(f"schema max_len must be an integer in [1, 2**63), got {max_len!r:.40}")
-    sparse = tuple(Sparse(_str(s, "name", "schema sparse"), _str(s, "vocab", "schema sparse"))
-                   for s in _list_of_objects(schema, "sparse", required=False))
-    behaviour = tuple(Behaviour(_str(b, "target", "schema behaviour"), _str(b, "history", "schema behaviour"),
-                                _str(b, "vocab", "schema behaviour"))
-                      for b in _list_of_objects(schema, "behaviour", required=True))
-    if not behaviour:
-        raise ManifestError("schema behaviour is empty: a DIN needs at least the item and its history")
-    dense = tuple(_str(d, "name", "schema dense") for d in _list_of_objects(schema, "dense", required=False))
-    group = schema.get("group", "user_id")
-    if not isinstance(group, str):
-        raise ManifestError(f"schema group must be a field name, got {group!r}")
-
-    expected_inputs = [s.name for s in sparse] + [b.target for b in behaviour] + [b.history for b in behaviour]
-    expected_inputs += ["hist_len"] + (["dense"] if dense else [])
-    duplicates = sorted(n for n, count in Counter(expected_inputs + list(dense)).items() if count > 1)
-    if duplicates:
-        raise ManifestError(f"schema field names collide: {duplicates}")
+    spec = FeatureSpec.from_dict(raw["schema"], where="manifest schema")
     inputs = tuple(_str(i, "name", "manifest inputs") for i in _list_of_objects(raw, "inputs", required=True))
-    if list(inputs) != expected_inputs:
-        raise ManifestError(f"manifest inputs {list(inputs)} do not match the schema's input order {expected_inputs}")
+    if inputs != spec.inputs:
+        raise ManifestError(f"manifest inputs {list(inputs)} do not match the schema's input order "
+                            f"{list(spec.inputs)}")
     outputs = tuple(_str(o, "name", "manifest outputs") for o in _list_of_objects(raw, "outputs", required=True))
     if "prob" not in outputs:
         raise ManifestError(f"manifest outputs {list(outputs)} have no 'prob'")
 
-    sizes = schema.get("vocab_sizes")
-    if not isinstance(sizes, dict) or not all(type(v) is int for v in sizes.values()):
-        raise ManifestError("schema vocab_sizes must map vocabulary names to integers")
     vocab_files = raw.get("vocab_files")
     if not isinstance(vocab_files, dict):
         raise ManifestError("manifest has no 'vocab_files' object")
-    vocabs = {}
-    for name in dict.fromkeys([s.vocab for s in sparse] + [b.vocab for b in behaviour]):
-        if name not in sizes:
-            raise ManifestError(f"vocabulary {name!r} has no size in schema vocab_sizes")
+    paths = {}
+    for name in spec.vocab_names:
         if name not in vocab_files:
             raise ManifestError(f"vocabulary {name!r} has no file in manifest vocab_files")
-        vocabs[name] = _load_vocab(root, name, vocab_files[name], sizes[name])
-    _check_input_entries(raw["inputs"], sparse, behaviour, dense)
+        rel = vocab_files[name]
+        if not isinstance(rel, str):
+            raise ManifestError(f"manifest vocab_files[{name!r}] must be a path string, got {rel!r}")
+        paths[name] = _inside(root, rel, f"vocab_files[{name!r}]")
+    features = Features.read(spec, paths)
+    _check_input_entries(raw["inputs"], spec)
     candidate_file, candidate_sha = _candidate_graph(root, raw, inputs)
-    portable_file, portable_sha = _portable_graph(root, raw, sparse, behaviour, dense)
+    portable_file, portable_sha = _portable_graph(root, raw, spec)
 
     return Manifest(
-        model_dir=root, model_file=model_file, sha256=sha, max_len=max_len, group=group, sparse=sparse,
-        behaviour=behaviour, dense=dense, vocab_sizes=MappingProxyType(dict(sizes)),
-        vocabs=MappingProxyType({k: MappingProxyType(v) for k, v in vocabs.items()}),
-        inputs=inputs, outputs=outputs, raw=MappingProxyType(raw),
-        candidate_file=candidate_file, candidate_sha256=candidate_sha,
+        model_dir=root, model_file=model_file, sha256=sha, features=features, outputs=outputs,
+        raw=MappingProxyType(raw), candidate_file=candidate_file, candidate_sha256=candidate_sha,
         portable_file=portable_file, portable_sha256=portable_sha,
     )
 
@@ -219,12 +213,10 @@ def _candidate_graph(root: Path, raw: dict, inputs: tuple[str, ...]) -> tuple[st
     return model_file, sha
 
 
-_PORTABLE_DTYPES = {"id": ("string", "int64"), "history": ("string", "int64"), "length": ("int64",),
-                    "dense": ("float32",)}
+_PORTABLE_DTYPES = {ID: ("string", "int64"), HISTORY: ("string", "int64"), LENGTH: ("int64",), DENSE: ("float32",)}
 
 
-def _portable_graph(root: Path, raw: dict, sparse: tuple[Sparse, ...], behaviour: tuple[Behaviour, ...],
-                    dense: tuple[str, ...]) -> tuple[str | None, str | None]:
+def _portable_graph(root: Path, raw: dict, spec: FeatureSpec) -> tuple[str | None, str | None]:
     """The optional "portable" entry (portable.onnx, raw ids in; docs/design.md): (file, sha256), or (None, None).
 
     Its inputs must be the request fields the schema names, each with a kind and a dtype the graph can
@@ -235,11 +227,7 @@ def _portable_graph(root: Path, raw: dict, sparse: tuple[Sparse, ...], behaviour
     if found is None:
         return None, None
     entry, file, sha = found
-    kinds = {s.name: "id" for s in sparse}
-    kinds.update({b.target: "id" for b in behaviour})
-    kinds.update({b.history: "history" for b in behaviour})
-    kinds["hist_len"] = "length"
-    kinds.update({d: "dense" for d in dense})
+    kinds = spec.request_kinds
     entries = _list_of_objects(entry, "inputs", required=True)
     names = [_str(i, "name", "manifest portable inputs") for i in entries]
     if sorted(names) != sorted(kinds):
@@ -249,7 +237,7 @@ def _portable_graph(root: Path, raw: dict, sparse: tuple[Sparse, ...], behaviour
         if i.get("kind") != kind or i.get("dtype") not in _PORTABLE_DTYPES[kind]:
             raise ManifestError(f"manifest portable input {name!r} must be kind {kind!r} with a dtype in "
                                 f"{list(_PORTABLE_DTYPES[kind])}, got {i.get('kind')!r} {i.get('dtype')!r}")
-        if kind in ("id", "history") and i["dtype"] == "int64" and type(i.get("oov_int64_sentinel")) is not int:
+        if kind in (ID, HISTORY) and i["dtype"] == "int64" and type(i.get("oov_int64_sentinel")) is not int:
             raise ManifestError(f"manifest portable input {name!r} takes int64 ids but names no integer "
                                 f"'oov_int64_sentinel'")
     outputs = [_str(o, "name", "manifest portable outputs") for o in _list_of_objects(entry, "outputs", required=True)]
@@ -296,31 +284,13 @@ def _read_manifest(root: Path) -> dict:
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         raise ModelDirError(f"{root} is not a din model directory (no {MANIFEST_FILE}; it holds {shown}): {hint}")
     path = _inside(root, MANIFEST_FILE, "file")
-    try:
-        raw = _parse_json(path.read_bytes())
-    except OSError as e:
-        raise ModelDirError(f"cannot read {path}: {e.strerror}") from e
-    except ValueError as e:
-        raise ManifestError(f"{path} is not valid JSON: {e}") from e
+    raw = read_json(path, unreadable=ModelDirError, invalid=ManifestError)
     if not isinstance(raw, dict):
         raise ManifestError(f"{path} must hold a JSON object, got {type(raw).__name__}")
     if raw.get("format") != FORMAT:
         raise ModelDirError(f"{root} is not a din model directory: {MANIFEST_FILE} has format "
                             f"{raw.get('format')!r}, expected {FORMAT!r}")
     return raw
-
-
-def _parse_json(data: bytes) -> Any:
-    """JSON from bytes; every failure is a ValueError, including nesting deeper than the parser's stack."""
-    try:
-        return json.loads(data)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"not UTF-8 text ({e.reason} at byte {e.start})") from e
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{e.msg} at line {e.lineno} column {e.colno}") from e
-    except RecursionError as e:
-        raise ValueError("nested too deeply") from e
-    # any other ValueError (an integer literal over Python's 4300-digit limit) passes as it is
 
 
 def _str(obj: Any, key: str, where: str) -> str:
@@ -356,38 +326,13 @@ def _inside(root: Path, rel: str, what: str) -> Path:
     return resolved
 
 
-def _load_vocab(root: Path, name: str, rel: Any, size: int) -> dict[str, int]:
-    if not isinstance(rel, str):
-        raise ManifestError(f"manifest vocab_files[{name!r}] must be a path string, got {rel!r}")
-    path = _inside(root, rel, f"vocab_files[{name!r}]")
-    try:
-        ids = _parse_json(path.read_bytes())
-    except OSError as e:
-        raise ManifestError(f"cannot read vocabulary file {path}: {e.strerror}") from e
-    except ValueError as e:
-        raise ManifestError(f"vocabulary file {path} is not valid JSON: {e}") from e
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise ManifestError(f"vocabulary file {path} must be a JSON list of strings")
-    lookup = {raw_id: index for index, raw_id in enumerate(ids, start=FIRST_KNOWN_INDEX)}
-    if len(lookup) != len(ids):
-        dup = next(raw_id for raw_id, count in Counter(ids).items() if count > 1)
-        raise ManifestError(f"vocabulary file {path} lists {dup!r} twice")
-    if len(ids) + FIRST_KNOWN_INDEX != size:
-        raise ManifestError(f"vocabulary {name!r} has {len(ids)} ids, so its size is {len(ids) + FIRST_KNOWN_INDEX} "
-                            f"with padding and OOV, but schema vocab_sizes says {size}")
-    return lookup
-
-
-def _check_input_entries(entries: list[dict], sparse: tuple[Sparse, ...], behaviour: tuple[Behaviour, ...],
-                         dense: tuple[str, ...]) -> None:
+def _check_input_entries(entries: list[dict], spec: FeatureSpec) -> None:
     """Optional 'vocab' / 'columns' details of manifest inputs must agree with the schema."""
-    vocab_by_field = {s.name: s.vocab for s in sparse}
-    for b in behaviour:
-        vocab_by_field[b.target] = vocab_by_field[b.history] = b.vocab
     for entry in entries:
         name = entry["name"]
-        if "vocab" in entry and entry["vocab"] != vocab_by_field.get(name):
+        if "vocab" in entry and entry["vocab"] != spec.vocab_of(name):
             raise ManifestError(f"manifest input {name!r} uses vocabulary {entry['vocab']!r}, "
-                                f"the schema says {vocab_by_field.get(name)!r}")
-        if name == "dense" and "columns" in entry and entry["columns"] != list(dense):
-            raise ManifestError(f"manifest dense columns {entry['columns']} differ from schema dense {list(dense)}")
+                                f"the schema says {spec.vocab_of(name)!r}")
+        if name == "dense" and "columns" in entry and entry["columns"] != list(spec.dense_names):
+            raise ManifestError(f"manifest dense columns {entry['columns']} differ from schema dense "
+                                f"{list(spec.dense_names)}")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from din_runtime.encode import Encoded, _as_rows, column, encode_dense, encode_histories, encode_ids, encode_rows
 from din_runtime.errors import DeviceError, DinRuntimeError, InputError, IntegrityError
+from din_runtime.features import DENSE, HISTORY, LENGTH
 from din_runtime.manifest import Manifest, load_manifest
 
 log = logging.getLogger("din_runtime")
@@ -32,11 +33,13 @@ _DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)"
 # attention's per-position activations of one run (positions x 80 floats in the paper's unit) then stay
 # in cache instead of streaming through memory once per elementwise pass. docs/runtime.md has the figures.
 POSITIONS_PER_RUN = 2048
-# What `_check_arrays` checks of each input, by kind; unsigned views of each integer width for its range check
-_ID, _HISTORY, _LENGTH, _DENSE = "id", "history", "length", "dense"
 # Native-order integer dtypes -> the unsigned dtype of their width, for a range check in one argmax
 _UNSIGNED = {np.dtype(t): np.dtype(f"u{np.dtype(t).itemsize}")
              for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)}
+
+
+_MISSING = object()
+_FLOAT32 = np.dtype(np.float32)
 
 
 def rows_per_run(width: int) -> int:
@@ -57,30 +60,38 @@ class Scorer:
     """Scores DIN requests with an exported model. Build it with `Scorer.load(model_dir)`."""
 
     __slots__ = ("_manifest", "_session", "_device", "_dtypes", "_outputs", "_new_session", "_candidates", "_lock",
-                 "_checks", "_width_input")
+                 "_checks", "_names", "_width_input")
 
-    def __init__(self, manifest: Manifest, session: Any, device: str,
-                 new_session: Callable[[bytes], Any] | None = None) -> None:
+    def __init__(self, *_: Any, **__: Any) -> None:
+        raise TypeError("build a Scorer with Scorer.load(model_dir, device=..., threads=...): it checks the model "
+                        "directory and creates the onnxruntime session")
+
+    @classmethod
+    def _create(cls, manifest: Manifest, session: Any, device: str, new_session: Callable[[bytes], Any]) -> Scorer:
+        """The Scorer of a loaded, checked manifest and session; `new_session` makes the candidate graph's."""
+        self = object.__new__(cls)
         self._manifest = manifest
         self._session = session
         self._device = device
-        self._dtypes = {i.name: _DTYPES.get(i.type) for i in session.get_inputs()}
+        self._dtypes = {i.name: np.dtype(_DTYPES[i.type]) for i in session.get_inputs()}
         self._outputs = tuple(o.name for o in session.get_outputs())
         self._new_session = new_session
         # The candidate graph's session, created at the first score_candidates call (see _candidate_session)
         self._candidates: Any = None
         self._lock = threading.Lock()
-        # Per input, in the manifest's order: (kind, ndim, limit, vocabulary, dtype): a call looks nothing up
-        histories = manifest.histories
-        self._checks: dict[str, tuple[str, int, int, str | None, Any]] = {}
-        for name in manifest.inputs:
-            vocab = manifest.vocab_of(name)
-            kind = _DENSE if name == "dense" else _LENGTH if name == "hist_len" else \
-                _HISTORY if name in histories else _ID
-            limit = len(manifest.dense) if kind == _DENSE else manifest.vocab_sizes[vocab] if vocab else 0
-            ndim = 2 if kind in (_HISTORY, _DENSE) else 1
-            self._checks[name] = (kind, ndim, limit, vocab, self._dtypes.get(name))
-        self._width_input = histories[0]
+        # Per input, in the graph's order: (name, kind, ndim, limit, vocabulary, dtype, the dtype's unsigned
+        # twin for the range check): built once, so a call looks nothing up
+        spec = manifest.spec
+        self._names = frozenset(spec.inputs)
+        checks = []
+        for name, kind in spec.input_kinds.items():
+            vocab = spec.vocab_of(name)
+            limit = len(spec.dense) if kind is DENSE else spec.vocab_sizes[vocab] if vocab else 0
+            ndim = 2 if kind in (HISTORY, DENSE) else 1
+            checks.append((name, kind, ndim, limit, vocab, self._dtypes[name], _UNSIGNED.get(self._dtypes[name])))
+        self._checks: tuple[tuple[str, str, int, int, str | None, np.dtype, np.dtype | None], ...] = tuple(checks)
+        self._width_input = spec.histories[0]
+        return self
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", threads: int | None = None) -> Scorer:
@@ -114,8 +125,8 @@ class Scorer:
             log.warning("the CUDAExecutionProvider failed to start; scoring on CPU")
         _check_graph(manifest, session)
         providers = [CUDA, CPU] if actual == "cuda" else [CPU]
-        return cls(manifest, session, actual,
-                   lambda data: ort.InferenceSession(data, sess_options=options, providers=providers))
+        return cls._create(manifest, session, actual,
+                           lambda data: ort.InferenceSession(data, sess_options=options, providers=providers))
 
     @property
     def manifest(self) -> Manifest:
@@ -140,7 +151,8 @@ class Scorer:
 
     def score_arrays(self, arrays: Mapping[str, Any] | None = None, /, **named: Any) -> np.ndarray:
         """Probabilities for already-encoded inputs (a mapping, keywords, or both), validated and cast."""
-        return self._run_feeds(self._check_arrays({**(arrays or {}), **named}), "prob")
+        given = arrays if not named and type(arrays) is dict else {**(arrays or {}), **named}
+        return self._run_feeds(*self._check_arrays(given), "prob")
 
     def score_candidates(self, user: Mapping[str, Any], history: Mapping[str, Sequence[Any]],
                          candidates: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -174,23 +186,28 @@ class Scorer:
 
     def _run(self, arrays: Mapping[str, np.ndarray], output: str) -> np.ndarray:
         dtypes = self._dtypes
-        return self._run_feeds({name: np.ascontiguousarray(arrays[name], dtype=dtypes[name]) for name in self._checks},
-                               output)
+        feeds = {name: _as_feed(arrays[name], dtypes[name]) for name in self._manifest.inputs}
+        return self._run_feeds(feeds, len(feeds["hist_len"]), feeds[self._width_input].shape[1], output)
 
-    def _run_feeds(self, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
+    def _run_feeds(self, feeds: dict[str, np.ndarray], batch: int, width: int, output: str) -> np.ndarray:
         """`output` for feeds of the graph's dtypes, C-contiguous, in the graph's input order."""
-        batch, width = len(feeds["hist_len"]), feeds[self._width_input].shape[1]
         if batch == 0:
             return np.zeros((0,) if output == "prob" else (0, 0), dtype=np.float32)
-        step = rows_per_run(width) if self._device == "cpu" else batch
-        if batch <= step:  # one run: no slices (the common case at small batches)
-            result = self._checked(self._run_once(self._session, feeds, output), batch, width, output)
+        if batch == 1 or self._device != "cpu" or batch <= rows_per_run(width):
+            # one run, no slices (the common case at small batches), with _run_once and _checked inline
+            try:
+                (result,) = self._session.run([output], feeds)
+            except Exception as e:  # onnxruntime raises its own pybind exception types
+                raise DinRuntimeError(f"onnxruntime failed to score the batch: {e}") from e
+            if result.shape != ((batch,) if output == "prob" else (batch, width)):
+                self._checked(result, batch, width, output)
         else:
+            step = rows_per_run(width)
             result = np.concatenate([
                 self._checked(self._run_once(self._session, {k: v[start:start + step] for k, v in feeds.items()},
                                              output), min(step, batch - start), width, output)
                 for start in range(0, batch, step)])
-        return result.astype(np.float32) if result.dtype == np.float16 else result
+        return result.astype(np.float32) if result.dtype is not _FLOAT32 and result.dtype == np.float16 else result
 
     @staticmethod
     def _checked(result: np.ndarray, rows: int, width: int, output: str) -> np.ndarray:
@@ -207,7 +224,7 @@ class Scorer:
         n = len(arrays[m.targets[0]])
         if n == 0:
             return np.zeros((0,), dtype=np.float32)
-        feeds = {name: np.ascontiguousarray(arrays[name], dtype=self._dtypes[name]) for name in self._checks}
+        feeds = {name: _as_feed(arrays[name], self._dtypes[name]) for name in m.inputs}
         shared = (*m.histories, "hist_len")
         step = rows_per_run(feeds[self._width_input].shape[1]) if self._device == "cpu" else n
         results = []
@@ -235,7 +252,7 @@ class Scorer:
         caller that never scores candidates) pays neither its hashing nor its session; its integrity is
         checked then, as `load` checks model.onnx."""
         m = self._manifest
-        if m.candidate_path is None or self._new_session is None:
+        if m.candidate_path is None:
             return None
         if self._candidates is not None:
             return self._candidates
@@ -254,42 +271,50 @@ class Scorer:
                 self._candidates = session
             return self._candidates
 
-    def _check_arrays(self, given: dict[str, Any]) -> dict[str, np.ndarray]:
-        """The inputs as C-contiguous arrays of the graph's dtypes (feeds for `_run_feeds`), each checked in
-        one pass over its values: ids by their largest value seen as unsigned (a negative id is >= 2**63
-        there; a single id is read directly), dense values by their largest and smallest (argmax finds a NaN
-        first). Only a failed pass looks for the first bad row, so the errors are those of an element-wise
-        check. argmax, not max(): a ufunc call costs several microseconds (its floating-point status
-        checks), a large share of a B=1 call."""
-        checks = self._checks
-        if len(given) > len(checks) or not given.keys() <= checks.keys():
-            unknown = sorted(set(given) - checks.keys())
-            raise InputError(f"not an input of this model (inputs: {', '.join(checks)})", field=unknown[0])
+    def _check_arrays(self, given: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int, int]:
+        """(feeds, batch, width): the inputs as C-contiguous arrays of the graph's dtypes, each checked in one
+        pass over its values: ids by their largest value seen as unsigned (a negative id is >= 2**63 there;
+        a single id is read directly), dense values by their largest and smallest (argmax finds a NaN first).
+        Only a failed pass looks for the first bad row, so the errors are those of an element-wise check.
+        argmax, not max(): a ufunc call costs several microseconds (its floating-point status checks), a
+        large share of a B=1 call; for the same reason an array already of the graph's dtype and layout is
+        passed as it is, without a conversion call."""
+        if len(given) > len(self._checks):
+            self._refuse_unknown(given)
         checked: dict[str, np.ndarray] = {}
         batch = width = -1
-        for name, (kind, ndim, limit, vocab, dtype) in checks.items():
-            if name not in given:
-                raise InputError("missing input array", field=name)
-            a = given[name]
+        for name, kind, ndim, limit, vocab, dtype, unsigned in self._checks:
+            a = given.get(name, _MISSING)
             if type(a) is not np.ndarray:
+                if a is _MISSING:
+                    # an unknown name is reported first, as a misspelt input both adds one and lacks one;
+                    # when every input is present, no more names than inputs means no unknown one
+                    self._refuse_unknown(given)
+                    raise InputError("missing input array", field=name)
                 a = np.asarray(a)
-            if a.ndim != ndim:
-                raise InputError(f"expected {ndim} dimensions, got shape {a.shape}", field=name)
-            if kind == _DENSE:
-                if a.dtype.kind not in "iuf" or a.shape[1] != limit:
-                    raise InputError(f"expected numbers of shape (batch, {limit}), got {a.dtype} {a.shape}", field=name)
-                if a.dtype != dtype:
+            shape = a.shape
+            if len(shape) != ndim:
+                raise InputError(f"expected {ndim} dimensions, got shape {shape}", field=name)
+            given_dtype = a.dtype
+            size = a.size
+            if kind is DENSE:
+                if given_dtype.kind not in "iuf" or shape[1] != limit:
+                    raise InputError(f"expected numbers of shape (batch, {limit}), got {given_dtype} {shape}",
+                                     field=name)
+                if given_dtype is not dtype:
                     with np.errstate(over="ignore"):
                         a = a.astype(dtype)
-                if a.size and not (math.isfinite(a.item(a.argmax())) and math.isfinite(a.item(a.argmin()))):
+                    given_dtype = dtype
+                if size and not (math.isfinite(a.item(a.argmax())) and math.isfinite(a.item(a.argmin()))):
                     _first_bad(~np.isfinite(a), name, f"is not finite as {a.dtype}")
             else:
-                unsigned = _UNSIGNED.get(a.dtype)  # None: not an integer, or not in native byte order
-                if unsigned is None and a.dtype.kind not in "iu":
-                    raise InputError(f"ids must be integers (floats lose ids above 2**24), got {a.dtype}", field=name)
-                if kind == _LENGTH:
+                if given_dtype is not dtype:
+                    unsigned = _UNSIGNED.get(given_dtype)  # None: not an integer, or not in native byte order
+                    if unsigned is None and given_dtype.kind not in "iu":
+                        raise InputError(f"ids must be integers (floats lose ids above 2**24), got {given_dtype}",
+                                         field=name)
+                if kind is LENGTH:
                     limit = width + 1
-                size = a.size
                 if size == 1:  # a single id (B=1): read it, no array call
                     bad = not 0 <= a.item() < limit
                 elif size and unsigned is not None:
@@ -298,29 +323,39 @@ class Scorer:
                 else:  # empty, or non-native byte order (rare): the exact check decides
                     bad = size > 0
                 if bad:
-                    if kind == _LENGTH:
+                    if kind is LENGTH:
                         _first_bad((a < 0) | (a > width), name, f"must lie in [0, {width}], the history width")
                     _first_bad((a < 0) | (a >= limit), name, f"index outside [0, {limit}) of vocabulary {vocab!r}")
             if batch < 0:
-                batch = len(a)
-            elif len(a) != batch:
-                raise InputError(f"batch size {len(a)} differs from {self._manifest.inputs[0]!r}'s {batch}", field=name)
-            if kind == _HISTORY:
+                batch = shape[0]
+            elif shape[0] != batch:
+                raise InputError(f"batch size {shape[0]} differs from {self._manifest.inputs[0]!r}'s {batch}",
+                                 field=name)
+            if kind is HISTORY:
                 if width < 0:
-                    width = a.shape[1]
-                elif a.shape[1] != width:
-                    raise InputError(f"width {a.shape[1]} differs from {self._manifest.histories[0]!r}'s", field=name)
-            checked[name] = np.ascontiguousarray(a, dtype=dtype)
-        return checked
+                    width = shape[1]
+                elif shape[1] != width:
+                    raise InputError(f"width {shape[1]} differs from {self._manifest.histories[0]!r}'s", field=name)
+            # a single element is contiguous whatever its strides: no flags object to build
+            checked[name] = a if given_dtype is dtype and (size == 1 or a.flags.c_contiguous) else \
+                np.ascontiguousarray(a, dtype=dtype)
+        return checked, batch, width
+
+    def _refuse_unknown(self, given: Mapping[str, Any]) -> None:
+        unknown = sorted(set(given) - self._names)
+        if unknown:
+            raise InputError(f"not an input of this model (inputs: {', '.join(self._manifest.inputs)})",
+                             field=unknown[0])
 
     def _candidate_arrays(self, user: Mapping[str, Any], history: Mapping[str, Sequence[Any]],
                           candidates: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-        m = self._manifest
+        m = self._manifest.spec
+        vocabs = self._manifest.vocabs
         for what, value in (("user", user), ("history", history)):
             if not isinstance(value, Mapping):
                 raise InputError(f"{what} must be a mapping of field -> value, got {type(value).__name__}")
         candidates = _as_rows(candidates)
-        histories = m.histories  # a property that builds a tuple: once, not per candidate
+        histories = m.histories
         for i, candidate in enumerate(candidates):
             misplaced = next((h for h in histories if h in candidate), None)
             if misplaced:
@@ -329,17 +364,17 @@ class Scorer:
         if missing:
             raise InputError("missing from `history`", field=missing)
         try:
-            arrays = dict(encode_histories(m, {h: [history[h]] for h in m.histories})[0])  # the user's, (1, L)
+            arrays = dict(encode_histories(self._manifest, {h: [history[h]] for h in m.histories})[0])  # (1, L)
         except InputError as e:
             raise InputError(f"history: {e.reason}", field=e.field) from None
         for s in m.sparse:
             arrays[s.name] = self._per_candidate(
-                s.name, user, candidates, lambda v, s=s: encode_ids(v, m.vocabs[s.vocab], s.name)[0])
+                s.name, user, candidates, lambda v, s=s: encode_ids(v, vocabs[s.vocab], s.name)[0])
         for b in m.behaviour:
-            arrays[b.target] = encode_ids(column(candidates, b.target), m.vocabs[b.vocab], b.target)[0]
+            arrays[b.target] = encode_ids(column(candidates, b.target), vocabs[b.vocab], b.target)[0]
         if m.dense:
             arrays["dense"] = np.stack([self._per_candidate(d, user, candidates, lambda v, d=d: encode_dense(v, d))
-                                        for d in m.dense], axis=1)
+                                        for d in m.dense_names], axis=1)
         return arrays
 
     @staticmethod
@@ -360,6 +395,11 @@ class Scorer:
         except InputError as e:
             raise InputError(f"user: {e.reason}", field=name) from None
         return np.repeat(one, len(candidates), axis=0)
+
+
+def _as_feed(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """`a` as a C-contiguous array of `dtype`; itself when it is one (no conversion call: microseconds at B=1)."""
+    return a if a.dtype is dtype and a.flags.c_contiguous else np.ascontiguousarray(a, dtype=dtype)
 
 
 def _first_bad(bad: np.ndarray, field: str, reason: str) -> None:

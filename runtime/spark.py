@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 import numpy as np
 from din_runtime.errors import DinRuntimeError, InputError, ModelDirError
-from din_runtime.manifest import MANIFEST_FILE, OOV_INDEX, PAD_INDEX, Manifest, load_manifest
+from din_runtime.features import LENGTH, OOV_INDEX, Padding
+from din_runtime.manifest import MANIFEST_FILE, Manifest, load_manifest
 from din_runtime.scorer import Scorer
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ def score(df: DataFrame, model_dir: str | Path, *, on_error: Literal["stop", "sk
 
 def _request_fields(manifest: Manifest) -> tuple[str, ...]:
     """The columns a request DataFrame needs for this model: sparse fields, targets, histories, dense."""
-    return (*(s.name for s in manifest.sparse), *manifest.targets, *manifest.histories, *manifest.dense)
+    return tuple(name for name, kind in manifest.spec.request_kinds.items() if kind != LENGTH)
 
 
 def _check_schema(schema: StructType, manifest: Manifest) -> None:
@@ -336,7 +337,7 @@ def _arrow_inputs(model: _Model, batch: pa.RecordBatch) -> dict[str, np.ndarray]
         position = found.fill_null(-1).to_numpy(zero_copy_only=False)
         return np.where(position < 0, OOV_INDEX, index[position])
 
-    for name, vocab in [(s.name, s.vocab) for s in m.sparse] + [(b.target, b.vocab) for b in m.behaviour]:
+    for name, vocab in m.spec.id_fields:
         found = ids(batch.column(name), vocab)
         if found is None:
             return None
@@ -347,22 +348,15 @@ def _arrow_inputs(model: _Model, batch: pa.RecordBatch) -> dict[str, np.ndarray]
     lengths = pc.list_value_length(lists[0]).to_numpy(zero_copy_only=False).astype(np.int64)
     if any(not np.array_equal(pc.list_value_length(h).to_numpy(zero_copy_only=False), lengths) for h in lists[1:]):
         return None
-    kept = np.minimum(lengths, m.max_len)
-    n = len(lengths)
-    width = max(1, int(kept.max())) if n else 1
+    padding = Padding.of(lengths, m.max_len)
+    kept = padding.kept
     # The most recent `max_len` items of each row (older ones are dropped unread, as encode drops them).
-    ends = np.cumsum(lengths)
-    starts_kept = np.cumsum(kept) - kept
-    cols = np.arange(int(kept.sum())) - np.repeat(starts_kept, kept)
-    take = np.repeat(ends - kept, kept) + cols
-    rows = np.repeat(np.arange(n), kept)
+    take = np.repeat(np.cumsum(lengths) - kept, kept) + padding.cols
     for b, column in zip(m.behaviour, lists, strict=True):
         found = ids(pc.list_flatten(column).take(pa.array(take)), b.vocab)
         if found is None:
             return None
-        out = np.full((n, width), PAD_INDEX, dtype=np.int64)
-        out[rows, cols] = found
-        arrays[b.history] = out
+        arrays[b.history] = padding.pad(found)
     arrays["hist_len"] = kept
     if m.dense:
         dense = []

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from din_runtime.features import Features
 from train_fixtures import MAX_LEN, make_dataset
 
 from din_export.checkpoints import load_run
@@ -17,7 +18,6 @@ from din_export.cli import main
 from din_export.data import DataError, load_split
 from din_export.explain import BAR_WIDTH, Explanation, explain_request, format_table
 from din_export.model import ModelConfig
-from din_export.predict import dataset_manifest
 from din_export.train import TrainConfig, train
 
 SMALL = ModelConfig(embed_dim=4, attention_hidden=(8,), mlp_hidden=(8,))
@@ -43,7 +43,7 @@ def requests(data_dir: Path) -> list[dict]:
 
 def explain(run_dir: Path, data_dir: Path, row: dict) -> Explanation:
     model, schema, _ = load_run(run_dir)
-    return explain_request(model, dataset_manifest(data_dir, schema), row)
+    return explain_request(model, Features.of_dataset(data_dir, schema), row)
 
 
 def cli(*args: str, input: str | None = None):

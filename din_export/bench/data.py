@@ -38,7 +38,7 @@ def workload_arrays(schema: Schema, batch: int, seq: int, seed: int = 0) -> dict
     arrays["hist_len"] = np.full(batch, seq, dtype=np.int64)
     if schema.dense:
         mean = np.array([d.mean for d in schema.dense])
-        std = np.array([d.std or 1.0 for d in schema.dense])
+        std = np.array([d.scale for d in schema.dense])
         arrays["dense"] = (mean + std * rng.standard_normal((batch, len(schema.dense)))).astype(np.float32)
     return arrays
 

@@ -55,7 +55,7 @@ def deepctr_inputs(arrays: dict[str, np.ndarray], schema: Schema) -> dict[str, n
     x.update({f"hist_{b.target}": arrays[b.history] for b in schema.behaviour})
     x["seq_length"] = arrays["hist_len"]
     for i, d in enumerate(schema.dense):
-        x[d.name] = ((arrays["dense"][:, i] - d.mean) / (d.std or 1.0)).astype(np.float32)
+        x[d.name] = ((arrays["dense"][:, i] - d.mean) / d.scale).astype(np.float32)
     return x
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from din_runtime.errors import DinRuntimeError, InputError
+from din_runtime.features import Features
 from din_runtime.fs import write_bytes_atomic
 from din_runtime.io import read_jsonl
 
@@ -63,7 +64,6 @@ def explain_command(run_dir: Path, request: str, out: Path | None, line: int | N
       din-export explain RUN requests.jsonl --line 3 --out attention.png
     """
     from din_export.checkpoints import load_run
-    from din_export.predict import dataset_manifest
     from din_export.verify import resolve_data_dir
 
     row, where = read_request(request, line)
@@ -73,8 +73,8 @@ def explain_command(run_dir: Path, request: str, out: Path | None, line: int | N
         raise click.ClickException(f"cannot load the run {run_dir}: {e}") from e
     try:
         with library_errors():
-            manifest = dataset_manifest(data_dir or resolve_data_dir(run_dir, config), schema)
-            explanation = explain_request(model, manifest, row)
+            features = Features.of_dataset(data_dir or resolve_data_dir(run_dir, config), schema)
+            explanation = explain_request(model, features, row)
     except InputError as e:
         field = f", field {e.field!r}" if e.field else ""
         raise click.ClickException(f"{where}{field}: {e.reason}") from None

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import click
 from din_runtime.errors import DinRuntimeError
+from din_runtime.features import Features
 from din_runtime.io import OUTPUT_FORMATS, AtomicText, ScoreWriter, format_of, read_jsonl
 
 from din_export.checkpoints import load_run
 from din_export.cli.common import CONTEXT_SETTINGS
 from din_export.data import DataError
-from din_export.predict import dataset_manifest, score_records
+from din_export.predict import score_records
 
 
 @click.command("predict", context_settings=CONTEXT_SETTINGS)
@@ -37,14 +38,14 @@ def predict_command(run_dir: Path, requests: str, output: str, output_format: st
     """
     try:
         model, schema, config = load_run(run_dir)
-        manifest = dataset_manifest(Path(data_dir or config["data_dir"]), schema)
+        features = Features.of_dataset(Path(data_dir or config["data_dir"]), schema)
         out_fmt = format_of(output, output_format, OUTPUT_FORMATS, "jsonl", "--output-format")
         with ExitStack() as stack:
             stream = sys.stdin.buffer if requests == "-" else stack.enter_context(open(requests, "rb"))
             writer = ScoreWriter(stack.enter_context(AtomicText(output)), out_fmt, id_field)
             records = read_jsonl(stream)
             while batch := list(islice(records, batch_size)):
-                writer.write(*score_records(model, manifest, batch, id_field))
+                writer.write(*score_records(model, features, batch, id_field))
     except (DataError, FileNotFoundError, DinRuntimeError) as e:
         raise click.ClickException(str(e)) from e
     except OSError as e:
