@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -66,19 +67,29 @@ def padded_arrays(split: Split, rows: int, max_len: int, chunk: int = 1 << 18) -
 
 def gather_seconds(batches: object, n: int, start: int) -> tuple[float, float]:
     """(wall, process CPU) seconds of N batches."""
+    it = epoch_from(batches, start)
     began, cpu = time.perf_counter(), time.process_time()
-    for i, _ in enumerate(batches.epoch(0, start=start)):
+    for i, _ in enumerate(it):
         if i + 1 == n:
             break
     return time.perf_counter() - began, time.process_time() - cpu
+
+
+def epoch_from(batches: object, start: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Epoch 0's batches after number `start`, which is gathered (untimed) to draw the shuffle first:
+    training draws it once per epoch, a round here would draw it once per few hundred batches."""
+    it = batches.epoch(0, start=start)
+    next(it)
+    return it
 
 
 def train_seconds(batches: object, model: DIN, opt: torch.optim.Optimizer, n: int,
                   start: int) -> tuple[float, float, list]:
     """(wall, process CPU) seconds of N training steps, and their losses."""
     losses = []
+    it = epoch_from(batches, start)
     began, cpu = time.perf_counter(), time.process_time()
-    for batch in batches.epoch(0, start=start):
+    for batch in it:
         labels = batch.pop("label")
         loss = nn.functional.binary_cross_entropy_with_logits(model(batch), labels)
         opt.zero_grad(set_to_none=True)
@@ -132,7 +143,7 @@ def main() -> None:
     model = DIN(schema, model_cfg)
     models = {name: copy.deepcopy(model) for name in layouts}
     opts = {name: make_optimizer(m, cfg) for name, m in models.items()}
-    need = args.rounds * max(args.steps, args.gathers)
+    need = args.rounds * max(args.steps, args.gathers) + 1
     if need > len(layouts["new"]):
         raise SystemExit(f"{args.rounds} rounds of {max(args.steps, args.gathers)} batches need {need} batches; "
                          f"the split has {len(layouts['new'])}")
