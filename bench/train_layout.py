@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from din_export.config import load_preset
 from din_export.data import Batches, Split, load_schema, load_splits
 from din_export.model import DIN
-from din_export.train import load_preset, make_optimizer
+from din_export.train import make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 
