@@ -16,6 +16,7 @@ from din_export.sources.validate import _concat_ids
 
 def _same_categorical(a: pd.Categorical, b: pd.Categorical) -> None:
     assert list(a.categories) == list(b.categories)
+    assert a.categories.dtype == b.categories.dtype
     np.testing.assert_array_equal(a.codes, b.codes)
     assert list(np.asarray(a)) == list(np.asarray(b))
 
@@ -50,18 +51,27 @@ def test_int_ids_coded_in_place_equal_the_chunk_list(n_rows: int | None) -> None
     _same_categorical(col.result(), _concat_ids([c.copy() for c in chunks]))
 
 
-def test_ids_fall_back_to_the_list_for_wide_or_text_chunks() -> None:
+@pytest.mark.parametrize("n_rows", [None, 9, 6])
+def test_text_ids_coded_in_place_equal_the_chunk_list(n_rows: int | None) -> None:
+    """Categories in order of first appearance, each chunk's codes moved onto them (union_categoricals)."""
+    chunks = [pd.Categorical(["b", "a", "b"]), pd.Categorical(["a", "b"]), pd.Categorical(["d", "a", "c", "a"])]
+    col = Ids(n_rows)
+    for c in chunks:
+        col.add(c)
+    _same_categorical(col.result(), _concat_ids(list(chunks)))
+
+
+def test_ids_fall_back_to_the_list_for_mixed_chunks() -> None:
     wide = np.array([2**40, 3], dtype=np.int64)
     chunks = [np.array([5, 3], dtype=np.int32), wide]
     col = Ids(4)
     for c in chunks:
         col.add(c)
     _same_categorical(col.result(), _concat_ids([c.copy() for c in chunks]))
-    text = [pd.Categorical(["b", "a"]), pd.Categorical(["c", "a"])]
-    col = Ids(4)
-    for c in text:
+    col = Ids(6)
+    for c in [*chunks, np.array([1, 2], dtype=np.int32)]:  # int32 after int64: the list goes on
         col.add(c)
-    _same_categorical(col.result(), _concat_ids(list(text)))
+    _same_categorical(col.result(), _concat_ids([*[c.copy() for c in chunks], np.array([1, 2], dtype=np.int32)]))
 
 
 def test_parquet_in_chunks_equals_the_table_read_whole(tmp_path) -> None:

@@ -73,34 +73,70 @@ class Ids:
     """An id column: `add` each chunk's ids as `_ids` returns them (int32 or int64 arrays of integer
     ids, Categoricals of text ids), then `result`, the Categorical of strings `_concat_ids` makes.
 
-    Chunks of int32 ids go into one int32 array that is then coded in place (the codes overwrite the
-    ids), so the column is held once; any other chunk turns the column back into `_concat_ids`'s list."""
+    Where the row count is known and the chunks are all int32 ids or all Categoricals, they go into
+    one int32 array (the ids, or each chunk's own codes) that is coded in place at the end: the column
+    is held once, and nothing is kept per chunk but its distinct ids (Arrow's allocator kept a page
+    for every chunk's Categorical). Any other mix goes back to `_concat_ids`'s list."""
 
     def __init__(self, n_rows: int | None) -> None:
-        self.ints = Numbers(np.int32, n_rows) if n_rows is not None else None
-        self.distinct: list[np.ndarray] = []
+        self.values = Numbers(np.int32, n_rows) if n_rows is not None else None
+        self.kind = ""  # "int" or "text", set by the first chunk
+        self.dtype: object = None  # text: the dtype of the first chunk's categories, that of the result's
+        self.distinct: list[np.ndarray | pd.Index] = []  # per chunk: distinct ids, or its categories
+        self.starts: list[int] = []  # text: the row each chunk starts at
         self.parts: list[pd.Categorical | np.ndarray] = []
 
     def add(self, part: pd.Categorical | np.ndarray) -> None:
-        if self.ints is not None and isinstance(part, np.ndarray) and part.dtype == np.int32:
-            self.ints.add(part)
-            self.distinct.append(np.unique(part))
+        kind = ("int" if isinstance(part, np.ndarray) and part.dtype == np.int32
+                else "text" if isinstance(part, pd.Categorical) else "")
+        if self.values is not None and kind and self.kind in ("", kind):
+            self.kind = kind
+            if kind == "int":
+                self.distinct.append(np.unique(part))
+                self.values.add(part)
+            else:
+                self.starts.append(self.values.filled)
+                self.dtype = self.dtype or part.categories.dtype
+                # Python strings: an Arrow-backed Index would pin Arrow memory until the end
+                self.distinct.append(pd.Index(part.categories.to_numpy(object), dtype=object))
+                self.values.add(part.codes)
             return
-        if self.ints is not None:
-            if self.ints.filled:
-                self.parts.append(self.ints.result()[:self.ints.filled])
-            self.ints, self.distinct = None, []
+        if self.values is not None:
+            self.parts = self._chunks()
+            self.values, self.distinct, self.starts = None, [], []
         self.parts.append(part)
 
+    def _chunks(self) -> list[pd.Categorical | np.ndarray]:
+        """What has been added so far, as the chunk list `_concat_ids` takes."""
+        if not self.values.filled:
+            return []
+        values = self.values.result()[:self.values.filled]
+        if self.kind == "int":
+            return [values]
+        bounds = [*self.starts, len(values)]
+        return [pd.Categorical.from_codes(values[a:b].copy(), categories=pd.Index(cats, dtype=self.dtype))
+                for a, b, cats in zip(bounds[:-1], bounds[1:], self.distinct, strict=True)]
+
     def result(self) -> pd.Categorical:
-        if self.ints is None:
+        if self.values is None:
             return _concat_ids(self.parts)
-        ids = self.ints.result()
-        self.ints = None
-        if not len(ids):
+        values = self.values.result()
+        self.values = None
+        if not len(values):
             return _concat_ids([])
-        uniq = np.unique(np.concatenate(self.distinct))
+        if self.kind == "int":
+            uniq = np.unique(np.concatenate(self.distinct))
+            for a in range(0, len(values), CODE_ROWS):
+                values[a:a + CODE_ROWS] = np.searchsorted(uniq, values[a:a + CODE_ROWS])
+            categories = pd.Index(uniq.astype(str), dtype=object)
+        else:
+            # union_categoricals' rule: categories in order of first appearance, chunk by chunk
+            first, *rest = self.distinct
+            categories = first.append(rest).unique() if rest else first
+            bounds = [*self.starts, len(values)]
+            for a, b, cats in zip(bounds[:-1], bounds[1:], self.distinct, strict=True):
+                if not cats.equals(categories):
+                    values[a:b] = categories.get_indexer(cats)[values[a:b]]
+            categories = pd.Index(categories, dtype=self.dtype)
         self.distinct = []
-        for a in range(0, len(ids), CODE_ROWS):
-            ids[a:a + CODE_ROWS] = np.searchsorted(uniq, ids[a:a + CODE_ROWS])
-        return pd.Categorical.from_codes(ids, categories=pd.Index(uniq.astype(str), dtype=object))
+        return pd.Categorical.from_codes(values, categories=categories)
