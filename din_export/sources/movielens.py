@@ -108,6 +108,14 @@ def _users(path: Path, sep: str, order: tuple[int, int, int, int]) -> dict[str, 
     return users
 
 
+# name, ratings file and its separator, movie reader and file, user file, its separator and the
+# positions of its id, age, gender and occupation fields; looked for in this order
+VARIANTS = (
+    ("ml-100k", "u.data", "\t", _ml100k_items, "u.item", "u.user", "|", (0, 1, 2, 3)),
+    ("ml-1m", "ratings.dat", "::", _ml1m_items, "movies.dat", "users.dat", "::", (0, 2, 1, 3)),
+)
+
+
 def read_movielens(path: str | Path) -> Events:
     """ml-100k (u.data, u.item, u.user) or ml-1m (ratings.dat, movies.dat, users.dat) directory.
 
@@ -118,20 +126,14 @@ def read_movielens(path: str | Path) -> Events:
     root = Path(path)
     if not root.is_dir():
         raise SourceError(f"MovieLens directory not found: {root}")
-    if (root / "u.data").is_file():
-        variant = "ml-100k"
-        ratings_path = root / "u.data"
-        ratings = _ratings(ratings_path, "\t")
-        genres = _ml100k_items(root / "u.item")
-        users = _users(root / "u.user", "|", (0, 1, 2, 3))
-    elif (root / "ratings.dat").is_file():
-        variant = "ml-1m"
-        ratings_path = root / "ratings.dat"
-        ratings = _ratings(ratings_path, "::")
-        genres = _ml1m_items(root / "movies.dat")
-        users = _users(root / "users.dat", "::", (0, 2, 1, 3))
-    else:
+    found = [v for v in VARIANTS if (root / v[1]).is_file()]
+    if not found:
         raise SourceError(f"{root}: neither u.data (ml-100k) nor ratings.dat (ml-1m) is there")
+    variant, ratings_file, ratings_sep, read_movies, movies_file, users_file, users_sep, user_fields = found[0]
+    ratings_path = root / ratings_file
+    ratings = _ratings(ratings_path, ratings_sep)
+    genres = read_movies(root / movies_file)
+    users = _users(root / users_file, users_sep, user_fields)
 
     category = ratings["item"].map(genres)
     if category.isna().any():
