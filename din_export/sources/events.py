@@ -91,8 +91,9 @@ def _event_chunks(path: Path, header: list[str], columns: list[str], id_columns:
         import pyarrow as pa
 
         row = 0
-        # The system allocator, not Arrow's default (mimalloc): mimalloc kept the memory of decoded
-        # pages it had freed, 0.2 GB more resident at 10M rows and growing with the file.
+        # The system allocator for the conversions, not Arrow's default (mimalloc), whose freed pages
+        # stay resident until they are reused (a small cut since each reader covers a run of row groups:
+        # 0.47 against 0.49 GB after reading 10M rows).
         pool = pa.default_memory_pool()
         pa.set_memory_pool(pa.system_memory_pool())
         try:
