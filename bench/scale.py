@@ -1,6 +1,7 @@
 """Scale: prepare and train on synthetic shoppers of N million events (results/scale.md).
 
     python bench/scale.py WORK_DIR --events 10 [--old REF] [--train epoch|STEPS] [--threads 1]
+    python bench/scale.py WORK_DIR --events 10 --phases DATA_DIR   # resident memory per prepare phase
 
 Generates WORK_DIR/events-<N>m.parquet with `python -m din_export.synthetic` (25,000 shoppers per
 million events, 100k items, 200 categories, 20-60 events each; kept for the next run), then for this
@@ -8,9 +9,9 @@ checkout ("new") and, with --old REF, the toolkit at git ref REF exported to WOR
 `din-export prepare --source synthetic`, and `din-export train --config edge` for one epoch
 (--train epoch) or, where an epoch is too long, STEPS steps of the same training step through
 `python bench/scale.py --steps-only` (batches, model and optimizer as `train` builds them).
-Every command runs under `/usr/bin/time -v`; wall time, peak RSS, dataset directory size and
-samples/s are printed as a markdown table and saved to WORK_DIR/scale-<N>m.json. Layouts run one
-after the other, not alternated: the figures are single runs, on a machine that may be shared.
+Every command runs under `/usr/bin/time -v`; wall time, CPU time (user + sys), peak RSS, dataset
+directory size and samples/s are printed and saved to WORK_DIR/scale-<N>m.json. Layouts run one after
+the other, not alternated: the figures are single runs, on a machine that may be shared.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def timed(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> dict[
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", text).group(1)
     seconds = sum(float(p) * 60**i for i, p in enumerate(reversed(wall.split(":"))))
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
-    return {"wall_s": round(seconds, 1), "peak_rss_gb": round(rss_kb / 2**20, 2), "command": " ".join(cmd)}
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): (\S+)", text).group(1)) for kind in ("User", "System"))
+    return {"wall_s": round(seconds, 1), "cpu_s": round(cpu, 1), "peak_rss_gb": round(rss_kb / 2**20, 2),
+            "command": " ".join(cmd)}
 
 
 def dir_bytes(path: Path) -> int:
@@ -100,6 +103,45 @@ def steps_only(data_dir: Path, steps: int, threads: int) -> None:
                       "train_rows": len(splits["train"]["label"])}))
 
 
+def _vm(field: str) -> float:
+    """A field of /proc/self/status in GB (VmRSS: resident now, VmHWM: peak since the last reset)."""
+    line = next(s for s in Path("/proc/self/status").read_text().splitlines() if s.startswith(field))
+    return int(line.split()[1]) / 1e6
+
+
+def phases(events: Path, out: Path) -> None:
+    """`din-export prepare --source synthetic EVENTS --out OUT` in this process, printing the resident
+    memory before, at the peak of and after each phase: reading, and prepare's own steps. The kernel's
+    peak mark is reset (/proc/self/clear_refs) as each phase ends, so a phase's peak is the highest
+    since the previous phase ended (the first _build_vocab's covers the sample loop before it)."""
+    import functools
+
+    from din_export import prepare as prep
+    from din_export import synthetic
+
+    def traced(module: object, name: str) -> None:
+        fn = getattr(module, name)
+
+        @functools.wraps(fn)
+        def run(*args: object, **kwargs: object) -> object:
+            before, start = _vm("VmRSS"), time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                print(f"{name}: before {before:.2f} GB, peak {_vm('VmHWM'):.2f} GB, after {_vm('VmRSS'):.2f} GB, "
+                      f"{time.perf_counter() - start:.1f} s", flush=True)
+                Path("/proc/self/clear_refs").write_text("5")
+
+        setattr(module, name, run)
+
+    traced(synthetic, "load")
+    for name in ("_sorted_table", "_assign_user_splits", "_write_events", "_stats"):
+        traced(prep, name)
+    traced(prep, "_build_vocab")
+    events_table = synthetic.load(events)
+    prep.prepare(events_table, out, force=True, release_events=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("work", type=Path)
@@ -109,7 +151,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-prepare", action="store_true", help="reuse the dataset directories of a former run")
     ap.add_argument("--steps-only", type=Path, metavar="DATA_DIR", help=argparse.SUPPRESS)
+    ap.add_argument("--phases", type=Path, metavar="DATA_DIR",
+                    help="prepare WORK_DIR/events-<N>m.parquet into DATA_DIR in this process and print the "
+                         "resident memory of each phase (Linux)")
     args = ap.parse_args()
+    if args.phases:
+        phases(args.work / f"events-{args.events}m.parquet", args.phases)
+        return
     if args.steps_only:
         steps_only(args.steps_only, int(args.train), args.threads)
         return

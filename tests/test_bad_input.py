@@ -988,7 +988,7 @@ model.eval()
 
 
 def test_no_pickle_on_the_load_path():
-    sources = sorted((ROOT / "runtime").glob("*.py")) + sorted((ROOT / "din_export").glob("*.py"))
+    sources = sorted((ROOT / "runtime").glob("*.py")) + sorted((ROOT / "din_export").rglob("*.py"))
     assert len(sources) > 10
     found = [f"{p.relative_to(ROOT)} {hit}" for p in sources for hit in unsafe_loads(p.read_text())]
     assert found == []

@@ -61,7 +61,7 @@ def test_the_library_imports_without_click() -> None:
     assert {"din_export.export", "din_export.verify", "din_export.prepare", "din_export.portable",
             "din_export.data", "din_export.model", "din_export.triton", "din_export.synthetic", "din_export.train",
             "din_export.config", "din_export.checkpoints", "din_export.evaluate", "din_export.predict",
-            "din_export.bench.run", "din_export.bench.report"} <= set(modules)
+            "din_export.bench.run", "din_export.bench.report", "din_export.sources.taobao"} <= set(modules)
     done = subprocess.run([sys.executable, "-c", PROBE, *modules], capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).parent)
     assert done.returncode == 0, done.stderr
