@@ -24,11 +24,10 @@ import collections
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+from profile_graph import node_times  # bench/, on the path when this script runs
 
 from din_export.bench import alternate, onnx_session, workload_arrays
 from din_export.schema import Schema
@@ -41,28 +40,6 @@ KINDS = {
     "gather": {"Gather", "GatherND"},
 }
 INTEGER = KINDS["int8 matrix product"]
-
-
-def node_times(model: Path, arrays: dict[str, np.ndarray], threads: int, runs: int) -> dict[str, tuple[str, float]]:
-    """Node name -> (op type, mean kernel seconds per run), over `runs` runs after 3 warm-up runs."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.enable_profiling = True
-    with tempfile.TemporaryDirectory() as tmp:
-        options.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        for _ in range(runs + 3):
-            session.run(["prob"], arrays)
-        events = json.loads(Path(session.end_profiling()).read_text())
-    # the warm-up runs allocate the arena and fill the caches: count what follows the 3rd
-    start = sorted(e["ts"] + e["dur"] for e in events if e.get("name") == "model_run")[2]
-    totals: dict[str, list] = {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] > start:
-            entry = totals.setdefault(e["name"][:-len("_kernel_time")], [e["args"]["op_name"], 0.0])
-            entry[1] += e["dur"] * 1e-6 / runs
-    return {name: (op, t) for name, (op, t) in totals.items()}
 
 
 def kind(op: str) -> str:
@@ -94,7 +71,9 @@ def main() -> None:
         print(f"B={batch} L={args.seq}, {rounds} rounds: " + ", ".join(cells), flush=True)
     if args.profile_runs:
         arrays = workload_arrays(schema, 256, args.seq, seed=256)
-        profiles = {d.name: node_times(d / "model.onnx", arrays, args.threads, args.profile_runs) for d in args.dirs}
+        profiles = {d.name: {n: (v["op"], v["us"] * 1e-6) for n, v in
+                             node_times(d / "model.onnx", arrays, args.threads, args.profile_runs, warmup=3).items()}
+                    for d in args.dirs}
         for name, nodes in profiles.items():
             total = sum(t for _, t in nodes.values())
             by_kind = collections.Counter()
