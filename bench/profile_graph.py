@@ -23,30 +23,36 @@ from din_export.bench.timing import pin_malloc
 from din_export.schema import Schema, write_json_atomic
 
 
-def profile(model_dir: Path, batch: int, seq: int, threads: int, runs: int) -> dict:
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    schema = Schema.from_dict(manifest["schema"])
+def node_times(model: Path, feeds: dict, threads: int, runs: int, warmup: int = 2) -> dict[str, dict]:
+    """Node name -> {"op", "shape" (its first output's), "us" (mean kernel microseconds per run)} of
+    `model` (a model.onnx) on `feeds`, over `runs` runs after `warmup` runs (those allocate the arena
+    and fill the caches)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
         options.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession((model_dir / "model.onnx").read_bytes(), options,
-                                       providers=["CPUExecutionProvider"])
-        feeds = workload_arrays(schema, batch, seq)
-        for _ in range(runs + 2):
+        session = ort.InferenceSession(model.read_bytes(), options, providers=["CPUExecutionProvider"])
+        for _ in range(runs + warmup):
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
-    runs_seen = collections.Counter(e["name"] for e in events if e.get("name") == "model_run")["model_run"]
+    start = sorted(e["ts"] + e["dur"] for e in events if e.get("name") == "model_run")[warmup - 1] if warmup else 0
     nodes: dict[str, dict] = {}
     for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] > start:
             shape = (e["args"].get("output_type_shape") or [{}])[0]
             dims = next(iter(shape.values()), [])
             n = nodes.setdefault(e["name"][:-len("_kernel_time")], {"op": e["args"]["op_name"], "shape": dims,
                                                                       "us": 0.0})
-            n["us"] += e["dur"] / runs_seen
+            n["us"] += e["dur"] / runs
+    return nodes
+
+
+def profile(model_dir: Path, batch: int, seq: int, threads: int, runs: int) -> dict:
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    schema = Schema.from_dict(manifest["schema"])
+    nodes = node_times(model_dir / "model.onnx", workload_arrays(schema, batch, seq), threads, runs)
     positions = batch * seq
 
     def scope(dims: list[int]) -> str:

@@ -320,47 +320,9 @@ def topological_sort(graph: onnx.GraphProto) -> None:
     graph.node.extend(ordered)
 
 
-def gemm_to_matmul(model: onnx.ModelProto) -> int:
-    """Rewrite Gemm(A, W, b) with a constant W as MatMul(A, W') + b in place; returns how many.
-
-    int8 quantises MatMuls only (`din_export.quantize`), so without this the MLP's Gemms would stay
-    fp32. Exact: Gemm computes alpha * A' W' + beta * b with the transposes as flagged.
-    """
-    inits = {i.name: i for i in model.graph.initializer}
-    nodes: list[onnx.NodeProto] = []
-    rewritten = 0
-    for node in model.graph.node:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
-                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
-            nodes.append(node)
-            continue
-        weight = inits[node.input[1]]
-        if attrs.get("transB", 0):
-            transposed = numpy_helper.from_array(numpy_helper.to_array(weight).T.copy(), f"{weight.name}_t")
-            model.graph.initializer.append(transposed)
-            weight = transposed
-        product = f"{node.output[0]}_matmul"
-        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], weight.name],
-                                           [product if len(node.input) > 2 else node.output[0]]))
-        nodes[-1].metadata_props.extend(node.metadata_props)  # the module scope: int8 selects by it
-        if len(node.input) > 2:
-            nodes.append(onnx.helper.make_node("Add", [product, node.input[2]], [node.output[0]]))
-        rewritten += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    used = {name for n in model.graph.node for name in n.input}
-    kept = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    return rewritten
-
-
 def to_int8(model: onnx.ModelProto, calibration: list[Feeds]) -> onnx.ModelProto:
-    """Static int8 (QDQ) of every constant-weight MatMul and Gemm, activation scales calibrated on
-    `calibration` and fixed in the file (`din_export.quantize`)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    gemm_to_matmul(model)
+    """Static int8 (QDQ) of the attention unit's per-position Linears and product, activation scales
+    calibrated on `calibration` and fixed in the file (`din_export.quantize`)."""
     try:
         return quantize_int8(model, calibration)
     except Exception as e:  # the quantiser raises plain Exceptions and onnxruntime errors alike
@@ -543,11 +505,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
         check_example(schema, example)
     variant = {"opset": opset, "precision": precision, "quantize": quantize,
                "example": example or example_sizes(schema)}
-    int8 = quantize == "int8"
-    calibrated_on, rows = calibration_rows(data_dir, schema) if int8 else (None, None)
-    # int8 keeps each Dice whole: folding its 1/sqrt(var) into the Linear before it spreads that Linear's
-    # rows 3-5x, which one int8 scale per tensor cannot hold (docs/export.md, "int8")
-    module = inference_module(model, keep_input_affine=int8, fold_dice_scale=not int8) if optimize else model
+    calibrated_on, rows = calibration_rows(data_dir, schema) if quantize == "int8" else (None, None)
+    # int8 takes the fp32 graph as it is: the Dice fold spreads a Linear's rows 3-5x, which int8's
+    # per-channel weight scales hold, and the MLP it would keep the input affine map for stays fp32
+    # (din_export.quantize; docs/export.md, "int8")
+    module = inference_module(model) if optimize else model
     model_bytes, traced = build_graph(module, schema, spec, **variant,
                                       calibration=batch_feeds(rows, schema) if rows is not None else None)
     manifest = build_manifest(model_bytes, schema, spec, config, metrics, opset=opset, precision=precision,
@@ -558,7 +520,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
     if optimize and candidates:
         cspec = candidate_spec(schema)
         extra_files[CANDIDATE_FILE], traced = build_graph(
-            candidate_module(model, keep_input_affine=int8, fold_dice_scale=not int8), schema, cspec, **variant,
+            candidate_module(model), schema, cspec, **variant,
             calibration=candidate_feeds(rows, schema) if rows is not None else None)
         manifest["candidates"] = {"model_file": CANDIDATE_FILE,
                                   "sha256": hashlib.sha256(extra_files[CANDIDATE_FILE]).hexdigest(),

@@ -1,15 +1,27 @@
 """Static int8 quantisation of an exported graph, calibrated on rows of the run's dataset.
 
-Every MatMul of the attention's activation unit with a constant weight (see IN_SCOPE) gets int8
-weights and an int8 input whose scale and zero point were measured once, on calibration rows, and are
-stored in the file (QDQ format: QuantizeLinear / DequantizeLinear pairs that onnxruntime fuses into
-integer kernels). Nothing about the scale depends on the batch being scored, so a row's score is
+What is quantised: the Linears of the attention's activation unit after its first layer (see
+PER_POSITION), which run once per history position (B x L rows) and have constant weights, and the
+unit's first-layer product with a computed weight (PRODUCT): `k A(q)^T` per row in the optimised graph,
+`[k, q * k] W^T` in the plain one. Each gets an int8 input whose
+scale and zero point were measured once, on calibration rows, and stored in the file (QDQ format:
+QuantizeLinear / DequantizeLinear pairs), per-output-channel int8 weights, and a float output: no
+QuantizeLinear after the node, so onnxruntime fuses each Gemm into one QGemm (u8 x s8, bias added
+in int32, float out) and the product into MatMulIntegerToFloat, with no requantisation pass and no
+error from an int8 output. Nothing about a scale depends on the batch being scored, so a row's score is
 bitwise the same alone or in any batch; dynamic quantisation, which takes each run's own min and max,
 scored one request 0.02 differently alone than inside a batch (docs/export.md, "int8").
 
-Products of two activations (the attention's per-row `k A(q)^T` and the pooling) stay fp32: their
-ranges depend on the query, and a per-tensor scale calibrated on one data set moved probabilities of
-random inputs by up to 0.9 when they were quantised too.
+Why Gemms and not MatMul + Add: onnxruntime's MatMulAddFusion (a level-1 rewrite) turns DQ -> MatMul ->
+Add into a float Gemm on the dequantised weight before its QDQ fusions run, so the int8 kernel is never
+used; a quantised Gemm is fused into QGemm as it is. Why a float output: the previous recipe (QDQ on the
+output as well -> QLinearMatMul + DequantizeLinear + Add) cost two extra passes over the B x L rows and
+was slower than fp32 (0.83x at B=256).
+
+The rest stays fp32: the MLP runs once per row (1-2% of the time at B=256, L=100) and, quantised too,
+took the synthetic paper run's worst validation difference from 0.022 to 0.031 for no speed; the
+query's projection runs once per row too, and quantising its input would also quantise the query that
+builds A(q); elementwise work (Dice, sigmoid, the adds) has no int8 kernel.
 
 The calibration rows are a seeded sample of the TRAINING split, not the validation rows that
 verification judges the AUC on: calibrating on the rows that judge the result would flatter it (a
@@ -35,19 +47,19 @@ from din_export.schema import Schema
 CALIBRATION_ROWS = 2048
 CALIBRATION_BATCH = 256
 CANDIDATE_USERS = 8  # users whose history scores CALIBRATION_BATCH candidates each, for candidates.onnx
-# Only the activation unit's MatMuls (its module scope, recorded by the exporter in each node's
-# metadata, in the plain, optimised and candidate graphs): it runs once per history position, the MLP
-# once per row, so the MLP's MatMuls are a small part of the time but were most of the error: on the
-# synthetic shoppers' paper-preset run, quantising the MLP too took the worst validation probability
-# difference from 0.013 to 0.036 and the AUC loss from 3e-5 to 1.7e-4 (its first layer alone 0.033),
-# for no measurable speed (docs/export.md, "int8"). One weight scale per tensor: per output channel was
-# no better there (0.017, 3e-5).
-PER_CHANNEL = False
-IN_SCOPE = re.compile(r"\bunit[.']")
+# The activation unit's Linears after its first layer, by module scope (recorded by the exporter in each
+# node's metadata): `unit.tail` in the optimised and candidate graphs, `unit.mlp` in the plain one.
+PER_POSITION = re.compile(r"\bunit\.(tail|mlp)\.")
 # Not the plain graph's first layer of the unit (`--no-optimize`): its input concatenates q, k, q - k and
 # q * k, whose ranges differ by orders of magnitude; one int8 scale for all four moved a MovieLens
 # validation probability of the official preset by 0.057 (logit 1.7).
 OUT_OF_SCOPE = re.compile(r"unit\.mlp\.linears\.0'")
+# The unit's first-layer product: the MatMul whose innermost scope is the unit itself and whose second
+# input is computed (FactoredActivationUnit.forward, model.ActivationUnit.forward). The optimised graph's
+# query projection, in the same scope, has a constant weight. The candidate graph computes its product
+# outside the unit's scope: it stays fp32.
+PRODUCT = re.compile(r"\bunit', '[^']*'\]$")
+PER_CHANNEL = True
 SCOPES = "pkg.torch.onnx.name_scopes"
 
 Feeds = dict[str, np.ndarray]
@@ -102,29 +114,32 @@ class _Reader(CalibrationDataReader):
         return next(self._feeds, None)
 
 
-def weight_matmuls(model: onnx.ModelProto) -> list[str]:
-    """Names of the MatMul nodes of the activation unit (IN_SCOPE, not OUT_OF_SCOPE) whose second input
-    is a constant (initializer or Constant node)."""
+def quantized_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes int8 quantises: the activation unit's constant-weight Gemms and MatMuls after its
+    first layer (PER_POSITION, not OUT_OF_SCOPE) and the first layer's product (PRODUCT)."""
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     chosen = []
     for n in model.graph.node:
         scopes = next((p.value for p in n.metadata_props if p.key == SCOPES), "")
-        if (n.op_type == "MatMul" and n.input[1] in constants and IN_SCOPE.search(scopes)
-                and not OUT_OF_SCOPE.search(scopes)):
+        if n.op_type not in ("Gemm", "MatMul"):
+            continue
+        if n.input[1] in constants:
+            if PER_POSITION.search(scopes) and not OUT_OF_SCOPE.search(scopes):
+                chosen.append(n.name)
+        elif n.op_type == "MatMul" and PRODUCT.search(scopes):
             chosen.append(n.name)
     return chosen
 
 
 def quantize_int8(model: onnx.ModelProto, calibration: Sequence[Feeds],
                   per_channel: bool = PER_CHANNEL) -> onnx.ModelProto:
-    """`model` with the activation unit's constant-weight MatMuls (`weight_matmuls`) in static QDQ int8
-    (weights and their inputs, MinMax ranges over `calibration`, the graph's inputs by name). Gemms must
-    already be MatMul + Add."""
+    """`model` with the nodes of `quantized_nodes` in static QDQ int8: u8 inputs with MinMax ranges over
+    `calibration` (the graph's inputs by name), s8 weights, float outputs."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     for i, node in enumerate(model.graph.node):
         node.name = node.name or f"node_{i}"  # the quantiser selects nodes by name
-    nodes = weight_matmuls(model)
+    nodes = quantized_nodes(model)
     if not nodes:  # the quantiser would take an empty selection as "everything"
         raise ValueError("int8 quantises the attention's activation unit, and this graph has none "
                          "(a base model?): export it in fp32")
@@ -139,10 +154,42 @@ def quantize_int8(model: onnx.ModelProto, calibration: Sequence[Feeds],
         root.setLevel(logging.ERROR)
         try:
             quantize_static(source, out, _Reader(calibration), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, per_channel=per_channel,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax,
-                            calibration_providers=["CPUExecutionProvider"])
+                            op_types_to_quantize=["Gemm", "MatMul"], nodes_to_quantize=nodes,
+                            per_channel=per_channel, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                            calibration_providers=["CPUExecutionProvider"],
+                            extra_options={
+                                # float outputs: QGemm / MatMulIntegerToFloat (module docstring)
+                                "OpTypesToExcludeOutputQuantization": ["Gemm", "MatMul"],
+                                # the product's second input is computed, not a weight
+                                "MatMulConstBOnly": False,
+                            })
         finally:
             root.setLevel(level)
-        return onnx.load(out)
+        quantized = onnx.load(out)
+    float_readers(quantized, set(nodes))
+    return quantized
+
+
+def float_readers(model: onnx.ModelProto, quantized: set[str]) -> int:
+    """Give every node outside `quantized` the float tensor a QuantizeLinear -> DequantizeLinear pair was
+    made from, in place, and drop the pairs' DequantizeLinears nothing reads any more; returns how many
+    inputs were rewired. The quantiser puts one pair on a tensor for all its readers: the keys that the
+    product reads quantised would reach the attention pooling, and so the MLP, rounded as well, through
+    one more pass over the B x L x D keys."""
+    quantize_input = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    source = {n.output[0]: quantize_input[n.input[0]] for n in model.graph.node
+              if n.op_type == "DequantizeLinear" and n.input[0] in quantize_input}
+    rewired = 0
+    for n in model.graph.node:
+        if n.name in quantized or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(n.input):
+            if name in source:
+                n.input[i] = source[name]
+                rewired += 1
+    read = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
+    kept = [n for n in model.graph.node if not (n.op_type == "DequantizeLinear" and n.output[0] not in read)]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return rewired
