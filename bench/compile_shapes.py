@@ -25,6 +25,7 @@ from tempfile import TemporaryDirectory
 import numpy as np
 import torch
 from din_runtime import Scorer
+from machine import cpu_model
 
 from din_export import bench_compile
 from din_export.bench import CHUNKED, Engines, alternate, best_torch, make_plan, pin_malloc, quantiles, workload_arrays
@@ -94,13 +95,6 @@ def main() -> None:
                                                                      record["load_average_end"]]}))
     if args.json:
         args.json.write_text(json.dumps(record, indent=1) + "\n")
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

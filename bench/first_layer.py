@@ -1,6 +1,7 @@
-"""Which form of the attention's first layer is fastest in ONNX Runtime on CPU (docs/bench.md).
+"""Which form of the attention's first layer is fastest, in ONNX Runtime on CPU and in training (docs/bench.md).
 
     python bench/first_layer.py [--threads 1] [--out bench/results/first_layer.json]
+    python bench/first_layer.py --train [--lengths 20,50,200] [--out bench/results/first_layer_train.json]
 
 The same trained-like DIN (paper dimensions: D = 64, H = 80) is exported four ways, differing only in
 how the activation unit's first layer W [q, k, q - k, q * k] + b is computed at each history position:
@@ -10,23 +11,34 @@ how the activation unit's first layer W [q, k, q - k, q * k] + b is computed at 
   plain     c(q) + k (Wk - Wd)^T + (q * k) Wp^T, two GEMMs of width D;
   stacked   c(q) + [k, q * k] [Wk - Wd; Wp]^T, one GEMM of width 2D.
 Everything else is the optimised module. Timed in alternating rounds at B = 256 and several L.
+
+--train times training steps instead (forward, backward, Adam; B = 256, 1 thread, torch), the same
+initial weights in three copies of the model, differing only in the activation unit's first layer:
+  concat    the paper's form, first([q, k, q - k, q * k]) (model.reference_first_layer);
+  stacked   c(q) + [k, q * k] [Wk - Wd; Wp]^T per position, model.py's training form before
+            model.factored_first_layer;
+  per-row   model.factored_first_layer, c(q) + k A(q)^T (model.py's form now, the graphs' too).
+Each round runs every form over the same batches, the order rotating; samples/s are medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
+from machine import cpu_model
 from torch import Tensor
 
 from din_export.bench import alternate, pin_malloc, workload_arrays
-from din_export.model import DIN, ModelConfig
+from din_export.model import DIN, ActivationUnit, ModelConfig
 from din_export.optimize import FactoredActivationUnit, inference_module
 from din_export.schema import Behaviour, DenseField, Schema, SparseField, write_json_atomic
 
@@ -44,6 +56,63 @@ class StackedUnit(FactoredActivationUnit):
         weight = torch.cat([self.key_weight_t, self.product_weight_t], dim=0)
         hidden = torch.cat([keys, query.unsqueeze(1) * keys], dim=-1) @ weight + c.unsqueeze(1)
         return self.tail(hidden.flatten(0, 1)).reshape(keys.shape[:2])
+
+
+class ConcatTrainUnit(ActivationUnit):
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        return self.forward_reference(query, keys, mask)
+
+
+class StackedTrainUnit(ActivationUnit):
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        first = self.mlp.first
+        w_q, w_k, w_d, w_p = first.weight.split(self.dim, dim=1)
+        per_row = torch.nn.functional.linear(query, w_q + w_d, first.bias)
+        per_position = torch.cat([keys, query.unsqueeze(1) * keys], dim=-1) @ torch.cat([w_k - w_d, w_p], dim=1).T
+        return self.mlp.after_first(per_position + per_row.unsqueeze(1), mask).squeeze(-1)
+
+
+TRAIN_FORMS = {"concat": ConcatTrainUnit, "stacked": StackedTrainUnit, "per-row": ActivationUnit}
+
+
+def train_speed(s: Schema, lengths: tuple[int, ...], rounds: int, steps: int) -> dict:
+    """Training samples/s of each first-layer form (module docstring), per history length."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    initial = DIN(s, ModelConfig())
+    results = {}
+    for seq in lengths:
+        batches = []
+        for i in range(steps):
+            arrays = workload_arrays(s, 256, seq, seed=seq * 1000 + i)
+            arrays["hist_len"] = np.random.default_rng(i).integers(1, seq + 1, 256)  # ragged, as in training
+            batches.append({k: torch.from_numpy(v) for k, v in arrays.items()})
+        labels = [torch.from_numpy(np.random.default_rng(i).integers(0, 2, 256)).float() for i in range(steps)]
+        runs = {}
+        for name, cls in TRAIN_FORMS.items():
+            model = DIN(s, ModelConfig())
+            model.load_state_dict(initial.state_dict())
+            model.attention.unit.__class__ = cls  # same parameters and MLP; only the first layer's form differs
+            runs[name] = train_steps(model.train(), torch.optim.Adam(model.parameters(), lr=1e-3), batches, labels)
+        times = alternate(runs, rounds, warmup=1)
+        rates = {k: 256 * steps / statistics.median(v) for k, v in times.items()}
+        results[seq] = {k: {"samples_per_s": r, "x_stacked": r / rates["stacked"], "x_concat": r / rates["concat"]}
+                        for k, r in rates.items()}
+        print(f"train B=256 L={seq:<4}" + "".join(f"  {k} {r:8.0f} samples/s (x{r / rates['stacked']:.2f} stacked, "
+                                                    f"x{r / rates['concat']:.2f} concat)" for k, r in rates.items()),
+              flush=True)
+    return results
+
+
+def train_steps(model: DIN, opt: torch.optim.Optimizer, batches: list[dict[str, Tensor]],
+                labels: list[Tensor]) -> Callable[[], None]:
+    def run() -> None:
+        for x, y in zip(batches, labels, strict=True):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return run
 
 
 def schema() -> Schema:
@@ -91,10 +160,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/first_layer.json"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default bench/results/first_layer.json, with --train first_layer_train.json")
+    parser.add_argument("--train", action="store_true", help="time training steps of the torch forms instead")
+    parser.add_argument("--lengths", default="20,50,200", help="history lengths for --train")
+    parser.add_argument("--steps", type=int, default=4, help="training steps per form and round, for --train")
     args = parser.parse_args()
     malloc = pin_malloc()
     s = schema()
+    if args.train:
+        out = args.out or Path("bench/results/first_layer_train.json")
+        lengths = tuple(int(v) for v in args.lengths.split(","))
+        results = train_speed(s, lengths, args.rounds, args.steps)
+        write_json_atomic(out, {"command": f"python bench/first_layer.py --train --lengths {args.lengths} --rounds "
+                                           f"{args.rounds} --steps {args.steps}", "threads": 1, "malloc": malloc,
+                                "batch": 256, "cpu": cpu_model(),
+                                "load_average": os.getloadavg(), "results": results})
+        print(f"wrote {out}")
+        return
+    out = args.out or Path("bench/results/first_layer.json")
     model = model_with_statistics(s)
     graphs = {"model": to_onnx(model, s)}
     for name, cls in (("per-row", FactoredActivationUnit), ("plain", PlainUnit), ("stacked", StackedUnit)):
@@ -116,10 +200,10 @@ def main() -> None:
                         for k, m in medians.items()}
         print(f"B=256 L={seq:<4}" + "".join(f"  {k} {m:7.2f} ms (x{medians['model'] / m:.2f})"
                                            for k, m in medians.items()))
-    write_json_atomic(args.out, {"command": f"python bench/first_layer.py --threads {args.threads} --rounds "
+    write_json_atomic(out, {"command": f"python bench/first_layer.py --threads {args.threads} --rounds "
                                             f"{args.rounds}", "threads": args.threads, "malloc": malloc,
                                  "batch": 256, "results": results})
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
