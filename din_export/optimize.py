@@ -77,6 +77,9 @@ class UnfoldedDice(nn.Module):
         return s * (self.alpha + self.one_minus_alpha * torch.sigmoid(s * self.scale + self.shift))
 
 
+# The widest history (positions per row) at which the short-history graph (`stacked_first_layer`) is
+# the faster one; measured in onnxruntime, 1 thread (docs/bench.md, "A short-history graph").
+SHORT_HISTORY_WIDTH = 30
 # Below this |1 - alpha| a channel's gamma = alpha / (1 - alpha) would overflow or nearly: keep ScaledDice.
 MIN_ONE_MINUS_ALPHA = 1e-3
 # Below this |a| folding would divide the next Linear's columns by (nearly) zero: keep Dice unfolded.
@@ -235,6 +238,25 @@ class FactoredActivationUnit(nn.Module):
         return self.weights.per_row_key_weight(query)
 
 
+def stacked_first_layer(query: Tensor, keys: Tensor, w: FirstLayerWeights) -> Tensor:
+    """c(q) + [k, q * k] [(Wk - Wd)^T; Wp^T]: `model.factored_first_layer`'s function and weights, its
+    per-position part as one 2D-wide GEMM over all B x L positions instead of B per-row (L, D) x (D, H)
+    products. No A(q) to build (2 passes over B x D x H), so it is faster when a row has few positions:
+    in onnxruntime, 1 thread, the Scorer's runs, 1.2-1.4x at L = 20, even at L = 30, slower from L ~ 40
+    (docs/bench.md, "A short-history graph"). query (B, D), keys (B, L, D) -> (B, L, H)."""
+    per_row = query @ w.query + w.bias  # c(q): (B, H)
+    stacked = torch.cat([keys, query.unsqueeze(1) * keys], dim=-1)  # (B, L, 2D)
+    return stacked @ torch.cat([w.key, w.product]) + per_row.unsqueeze(1)
+
+
+class ShortHistoryUnit(FactoredActivationUnit):
+    """FactoredActivationUnit with `stacked_first_layer`: the form for short histories."""
+
+    def forward(self, query: Tensor, keys: Tensor) -> Tensor:
+        hidden = stacked_first_layer(query, keys, self.weights)
+        return self.tail(hidden.flatten(0, 1)).reshape(hidden.shape[:2])
+
+
 class SeparateEmbeddings(nn.Module):
     """model.Embeddings' lookups as a snapshot: one table per vocabulary, one Gather per field.
 
@@ -276,7 +298,8 @@ class SeparateEmbeddings(nn.Module):
 class InferenceDIN(nn.Module):
     """Eval-only DIN computing the same function as `model.eval()` (see `inference_module`)."""
 
-    def __init__(self, model: DIN, keep_input_affine: bool = False, fold_dice_scale: bool = True) -> None:
+    def __init__(self, model: DIN, keep_input_affine: bool = False, fold_dice_scale: bool = True,
+                 short_history: bool = False) -> None:
         super().__init__()
         self.embeddings = SeparateEmbeddings(model)
         self.attention_norm = model.cfg.attention_norm
@@ -287,7 +310,8 @@ class InferenceDIN(nn.Module):
             linears, activations = fold_mlp(model.attention.unit.mlp, fold_dice_scale)
             if self.attention_norm == "softmax":
                 scale_output(linears[-1], 1.0 / math.sqrt(dim))
-            self.unit = FactoredActivationUnit(linears[0], chain(activations, linears[1:]), dim)
+            unit = ShortHistoryUnit if short_history else FactoredActivationUnit
+            self.unit = unit(linears[0], chain(activations, linears[1:]), dim)
         linears, activations = fold_mlp(model.mlp, fold_dice_scale)
         scale, shift = mlp_input_affine(model)
         if keep_input_affine:
@@ -380,13 +404,16 @@ def candidate_module(model: DIN, keep_input_affine: bool = False, fold_dice_scal
         return CandidateDIN(InferenceDIN(model, keep_input_affine, fold_dice_scale))
 
 
-def inference_module(model: DIN, keep_input_affine: bool = False, fold_dice_scale: bool = True) -> InferenceDIN:
+def inference_module(model: DIN, keep_input_affine: bool = False, fold_dice_scale: bool = True,
+                     short_history: bool = False) -> InferenceDIN:
     """An eval-only snapshot of `model` that computes the same function as `model.eval()`, faster.
 
     Same forward signature (x -> logits, or (logits, attention) with return_attention=True), exports
     to ONNX with dynamic batch and sequence like the model. Later changes to `model` do not reach it.
     keep_input_affine: keep the MLP input's normalisation as its own map, for int8 (`mlp_input_affine`).
     fold_dice_scale: fold each Dice's 1/sqrt(var) into the Linears around it (`fold_mlp`); not for int8.
+    short_history: the attention's first layer as `stacked_first_layer`, faster for histories up to
+    SHORT_HISTORY_WIDTH positions wide, slower beyond (a graph to pick by the batch's width).
     """
     with torch.no_grad():
-        return InferenceDIN(model, keep_input_affine, fold_dice_scale)
+        return InferenceDIN(model, keep_input_affine, fold_dice_scale, short_history)

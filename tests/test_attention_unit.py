@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from torch import Tensor, nn
 
+from din_export.export import graph_spec, to_onnx
 from din_export.model import (
     DIN,
     ModelConfig,
@@ -17,7 +20,13 @@ from din_export.model import (
     history_mask,
     reference_first_layer,
 )
-from din_export.optimize import candidate_module, inference_module
+from din_export.optimize import (
+    SHORT_HISTORY_WIDTH,
+    ShortHistoryUnit,
+    candidate_module,
+    inference_module,
+    stacked_first_layer,
+)
 from din_export.schema import Behaviour, DenseField, Schema, SparseField
 
 TOL = 1e-5
@@ -144,3 +153,39 @@ def test_inference_and_candidate_graphs_score_like_the_reference() -> None:
                                  for q in query])
     torch.testing.assert_close(scores, per_query, rtol=TOL, atol=TOL)
     torch.testing.assert_close(scores[1], one_user, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("b,seq", [(1, 0), (2, 1), (5, 7)])
+def test_stacked_first_layer_is_the_concatenated_form(b: int, seq: int) -> None:
+    dim, hidden = 6, 10
+    first = first_layer(dim, hidden, seed=4)
+    query, keys = torch.randn(b, dim), torch.randn(b, seq, dim)
+    with torch.no_grad():
+        got = stacked_first_layer(query, keys, factor_first_layer(first, dim))
+        expected = reference_first_layer(query, keys, first)
+    assert got.shape == (b, seq, hidden)
+    torch.testing.assert_close(got, expected, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("cfg", [ModelConfig(embed_dim=4), ModelConfig(embed_dim=4, attention_norm="softmax"),
+                                 ModelConfig(embed_dim=4, dice_mode="official", attention_activation="prelu")],
+                         ids=["din", "softmax", "official-prelu"])
+def test_short_history_graph_is_the_model_in_torch_and_onnxruntime(cfg: ModelConfig) -> None:
+    model = trained_model(cfg)
+    short = inference_module(model, short_history=True)
+    assert isinstance(short.unit, ShortHistoryUnit)
+    session = ort.InferenceSession(to_onnx(short, SCHEMA, graph_spec(SCHEMA), 18, (4, 5)).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(5)
+    for b, seq in [(1, 0), (1, 1), (3, 0), (6, SHORT_HISTORY_WIDTH), (4, 2 * SHORT_HISTORY_WIDTH)]:
+        x = {"user_id": torch.randint(0, 12, (b,), generator=g), "item_id": torch.randint(0, 40, (b,), generator=g),
+             "cate_id": torch.randint(0, 7, (b,), generator=g),
+             "hist_item_id": torch.randint(0, 40, (b, seq), generator=g),
+             "hist_cate_id": torch.randint(0, 7, (b, seq), generator=g),
+             "hist_len": torch.randint(0, seq + 1, (b,), generator=g), "dense": torch.randn(b, 1, generator=g) * 10}
+        with torch.no_grad():
+            expected = torch.sigmoid(model(x)).numpy()
+            got = torch.sigmoid(short(x)).numpy()
+        onnx_prob = session.run(["prob"], {k: v.numpy() for k, v in x.items()})[0]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
+        np.testing.assert_allclose(onnx_prob, expected, rtol=0, atol=TOL)
