@@ -4,11 +4,13 @@ in training and eval mode, with masks and empty histories, and the inference gra
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from test_optimize import make_batch, make_schema, trained
 from torch import Tensor, nn
 
 from din_export.export import graph_spec, to_onnx
@@ -44,13 +46,14 @@ def first_layer(dim: int, hidden: int, seed: int = 0) -> nn.Linear:
     return nn.Linear(4 * dim, hidden)
 
 
+@pytest.mark.parametrize("form", [factored_first_layer, stacked_first_layer], ids=["per-row", "stacked"])
 @pytest.mark.parametrize("b,seq", [(1, 0), (1, 1), (5, 7), (3, 30)])
-def test_factored_first_layer_is_the_concatenated_form(b: int, seq: int) -> None:
+def test_first_layer_forms_are_the_concatenated_form(form: Callable, b: int, seq: int) -> None:
     dim, hidden = 6, 10
     first = first_layer(dim, hidden)
     query, keys = torch.randn(b, dim), torch.randn(b, seq, dim)
     with torch.no_grad():
-        got = factored_first_layer(query, keys, factor_first_layer(first, dim))
+        got = form(query, keys, factor_first_layer(first, dim))
         expected = reference_first_layer(query, keys, first)
     assert got.shape == (b, seq, hidden)
     torch.testing.assert_close(got, expected, rtol=TOL, atol=TOL)
@@ -126,23 +129,10 @@ def test_unit_is_the_reference_in_training_and_eval(cfg: ModelConfig, b: int, se
                 torch.testing.assert_close(buf, ref_buf, rtol=TOL, atol=TOL)
 
 
-def trained_model(cfg: ModelConfig) -> DIN:
-    torch.manual_seed(0)
-    model = DIN(SCHEMA, cfg)
-    with torch.no_grad():
-        for m in model.modules():
-            if hasattr(m, "running_var"):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-            if hasattr(m, "alpha"):
-                m.alpha.uniform_(-0.5, 0.5)
-    return model.eval()
-
-
 def test_inference_and_candidate_graphs_score_like_the_reference() -> None:
     """The optimised unit (folded Dice, constant weights) and the candidate graph's one-GEMM layout against
     the paper's form, on the raw scores (before the softmax temperature, which the optimised unit folds in)."""
-    model = trained_model(ModelConfig(embed_dim=4, attention_norm="none"))
+    model = trained(make_schema(), ModelConfig(embed_dim=4))
     query, keys, mask = inputs(5, 7, [0, 7, 3, 1, 7], seed=3)
     with torch.no_grad():
         expected = model.attention.unit.forward_reference(query, keys, mask)
@@ -155,34 +145,18 @@ def test_inference_and_candidate_graphs_score_like_the_reference() -> None:
     torch.testing.assert_close(scores[1], one_user, rtol=TOL, atol=TOL)
 
 
-@pytest.mark.parametrize("b,seq", [(1, 0), (2, 1), (5, 7)])
-def test_stacked_first_layer_is_the_concatenated_form(b: int, seq: int) -> None:
-    dim, hidden = 6, 10
-    first = first_layer(dim, hidden, seed=4)
-    query, keys = torch.randn(b, dim), torch.randn(b, seq, dim)
-    with torch.no_grad():
-        got = stacked_first_layer(query, keys, factor_first_layer(first, dim))
-        expected = reference_first_layer(query, keys, first)
-    assert got.shape == (b, seq, hidden)
-    torch.testing.assert_close(got, expected, rtol=TOL, atol=TOL)
-
-
 @pytest.mark.parametrize("cfg", [ModelConfig(embed_dim=4), ModelConfig(embed_dim=4, attention_norm="softmax"),
                                  ModelConfig(embed_dim=4, dice_mode="official", attention_activation="prelu")],
                          ids=["din", "softmax", "official-prelu"])
 def test_short_history_graph_is_the_model_in_torch_and_onnxruntime(cfg: ModelConfig) -> None:
-    model = trained_model(cfg)
+    schema = make_schema()
+    model = trained(schema, cfg)
     short = inference_module(model, short_history=True)
     assert isinstance(short.unit, ShortHistoryUnit)
-    session = ort.InferenceSession(to_onnx(short, SCHEMA, graph_spec(SCHEMA), 18, (4, 5)).SerializeToString(),
+    session = ort.InferenceSession(to_onnx(short, schema, graph_spec(schema), 18, (4, 5)).SerializeToString(),
                                    providers=["CPUExecutionProvider"])
-    g = torch.Generator().manual_seed(5)
     for b, seq in [(1, 0), (1, 1), (3, 0), (6, SHORT_HISTORY_WIDTH), (4, 2 * SHORT_HISTORY_WIDTH)]:
-        x = {"user_id": torch.randint(0, 12, (b,), generator=g), "item_id": torch.randint(0, 40, (b,), generator=g),
-             "cate_id": torch.randint(0, 7, (b,), generator=g),
-             "hist_item_id": torch.randint(0, 40, (b, seq), generator=g),
-             "hist_cate_id": torch.randint(0, 7, (b, seq), generator=g),
-             "hist_len": torch.randint(0, seq + 1, (b,), generator=g), "dense": torch.randn(b, 1, generator=g) * 10}
+        x = make_batch(schema, b, seq, seed=b + seq)
         with torch.no_grad():
             expected = torch.sigmoid(model(x)).numpy()
             got = torch.sigmoid(short(x)).numpy()
