@@ -182,8 +182,9 @@ class ActivationUnit(nn.Module):
     The paper's Fig. 2 unit, with the official code's cheap stand-ins (q - k, q * k) for the outer
     product. Hidden layers use the configured activation (Dice in the paper); the mask reaches Dice so
     its training statistics see real positions only. `forward` computes the first layer factored
-    (`factored_first_layer`: half the FLOPs of the model's largest layer, forward and backward, and the
-    same form as the exported graphs); `forward_reference` builds the 4D-wide input the paper describes.
+    (`factored_first_layer`: a quarter of the per-position work of the model's largest layer, forward
+    and backward, and the function the exported graphs call); `forward_reference` builds the 4D-wide
+    input the paper describes.
     """
 
     def __init__(self, dim: int, cfg: ModelConfig) -> None:
@@ -272,7 +273,8 @@ class Dice(nn.Module):
 
 
 class PReLU(nn.Module):
-    """PReLU over the last dim (torch's nn.PReLU takes dim 1 as channels, which is L for (B, L, H))."""
+    """PReLU over the last dim (torch's nn.PReLU takes dim 1 as channels, which is L for (B, L, H)).
+    x (..., H) -> (..., H)."""
 
     def __init__(self, num_features: int) -> None:
         super().__init__()
@@ -283,7 +285,7 @@ class PReLU(nn.Module):
 
 
 class Pointwise(nn.Module):
-    """A stateless activation with the (x, mask) signature of Dice."""
+    """A stateless activation with the (x, mask) signature of Dice. x (..., H) -> (..., H)."""
 
     def __init__(self, fn: nn.Module) -> None:
         super().__init__()
@@ -309,7 +311,8 @@ def make_activation(name: str, num_features: int, cfg: ModelConfig) -> nn.Module
 
 
 class AttentionPooling(nn.Module):
-    """v_U = sum_j w_j e_j with w from the activation unit. -> pooled (B, D), weights (B, L)."""
+    """v_U = sum_j w_j e_j with w from the activation unit. q (B, D), k (B, L, D), mask (B, L) ->
+    pooled (B, D), weights (B, L)."""
 
     def __init__(self, dim: int, cfg: ModelConfig) -> None:
         super().__init__()
