@@ -19,9 +19,8 @@ Everything else is the optimised module. Timed in alternating rounds at B = 256 
 --train times training steps instead (forward, backward, Adam; B = 256, 1 thread, torch), the same
 initial weights in three copies of the model, differing only in the activation unit's first layer:
   concat    the paper's form, first([q, k, q - k, q * k]) (model.reference_first_layer);
-  stacked   c(q) + [k, q * k] [Wk - Wd; Wp]^T per position, model.py's training form before
-            model.factored_first_layer;
-  per-row   model.factored_first_layer, c(q) + k A(q)^T (model.py's form now, the graphs' too).
+  stacked   model.stacked_first_layer, c(q) + [k, q * k] [Wk - Wd; Wp]^T per position (model.py's form);
+  per-row   model.factored_first_layer, c(q) + k A(q)^T (the optimised graph's form).
 Each round runs every form over the same batches, the order rotating; samples/s are medians.
 """
 
@@ -44,7 +43,7 @@ from machine import cpu_model
 from torch import Tensor
 
 from din_export.bench import alternate, pin_malloc, workload_arrays
-from din_export.model import DIN, ActivationUnit, ModelConfig
+from din_export.model import DIN, ActivationUnit, ModelConfig, factor_first_layer, factored_first_layer
 from din_export.optimize import FactoredActivationUnit, ShortHistoryUnit, inference_module
 from din_export.schema import Behaviour, DenseField, Schema, SparseField, write_json_atomic
 from din_export.train import load_run
@@ -62,16 +61,13 @@ class ConcatTrainUnit(ActivationUnit):
         return self.forward_reference(query, keys, mask)
 
 
-class StackedTrainUnit(ActivationUnit):
+class PerRowTrainUnit(ActivationUnit):
     def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
-        first = self.mlp.first
-        w_q, w_k, w_d, w_p = first.weight.split(self.dim, dim=1)
-        per_row = torch.nn.functional.linear(query, w_q + w_d, first.bias)
-        per_position = torch.cat([keys, query.unsqueeze(1) * keys], dim=-1) @ torch.cat([w_k - w_d, w_p], dim=1).T
-        return self.mlp.after_first(per_position + per_row.unsqueeze(1), mask).squeeze(-1)
+        first = factored_first_layer(query, keys, factor_first_layer(self.mlp.first, self.dim))
+        return self.mlp.after_first(first, mask).squeeze(-1)
 
 
-TRAIN_FORMS = {"concat": ConcatTrainUnit, "stacked": StackedTrainUnit, "per-row": ActivationUnit}
+TRAIN_FORMS = {"concat": ConcatTrainUnit, "stacked": ActivationUnit, "per-row": PerRowTrainUnit}
 
 
 def train_speed(s: Schema, lengths: tuple[int, ...], rounds: int, steps: int) -> dict:

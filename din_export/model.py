@@ -7,10 +7,11 @@ fields (item ‖ category), H hidden width. Padding is given by `hist_len`, neve
 is `arange(L) < hist_len`, so whatever ids sit at padded positions cannot change a score.
 
 The local activation unit scores each history item e_j against the candidate v_A with a small MLP on
-[q, k, q - k, q * k] (q = v_A, k = e_j). Its first layer is computed factored around the query
-(`factored_first_layer`, the same function with a quarter of the per-position work); the paper's
-4D-wide form is kept as `reference_first_layer` and the two are tied by tests. The exported graphs
-(din_export/optimize.py) call the same factored function.
+[q, k, q - k, q * k] (q = v_A, k = e_j). Its first layer's weight is regrouped once around the query
+(`factor_first_layer`) and computed in one of two layouts of that same algebra: `stacked_first_layer`
+(training, half the per-position work) or `factored_first_layer` (per row, a quarter: the exported
+graphs, din_export/optimize.py). The paper's 4D-wide form is kept as `reference_first_layer`, and tests
+tie all three.
 
 Two attention normalisations, both exact about padding:
 - "none" (the paper): w_j = a(e_j, v_A), not normalised, so the pooled vector keeps the intensity of
@@ -156,7 +157,8 @@ def factored_first_layer(query: Tensor, keys: Tensor, w: FirstLayerWeights) -> T
         W [q, k, q - k, q * k] + b = c(q) + A(q) k,   c(q) = (Wq + Wd) q + b,
 
     c(q) and A(q) once per row (A costs D x H multiply-adds: it scales the columns of Wp), then one
-    D x H product per position instead of a 4D x H one. The 4D-wide form is `reference_first_layer`.
+    D x H product per position instead of a 4D x H one: the optimised and candidate graphs' form. The
+    4D-wide form is `reference_first_layer`.
 
     keys (L, D), one history shared by all B queries (the candidate graph), -> (L, B, H): the positions
     of every query in one (L, D) x (D, B H) GEMM instead of B batched (L, D) x (D, H) ones (measured
@@ -167,6 +169,17 @@ def factored_first_layer(query: Tensor, keys: Tensor, w: FirstLayerWeights) -> T
         key_weight = w.per_row_key_weight(query, rows_first=False).flatten(1)  # (D, B H)
         return (keys @ key_weight).unflatten(1, per_row.shape) + per_row
     return keys @ w.per_row_key_weight(query) + per_row.unsqueeze(1)
+
+
+def stacked_first_layer(query: Tensor, keys: Tensor, w: FirstLayerWeights) -> Tensor:
+    """`factored_first_layer`'s function and weights with the per-position part as one 2D-wide GEMM,
+    c(q) + [k, q * k] [(Wk - Wd)^T; Wp^T], over all B x L positions. query (B, D), keys (B, L, D) ->
+    (B, L, H). No A(q) to build, so it is the faster graph for short histories (optimize.py's
+    short-history graph), and training's form: every product in it has a constant weight, which keeps
+    the plain graph's int8 export exact row by row (the per-row product is activation x activation)."""
+    per_row = query @ w.query + w.bias  # c(q): (B, H)
+    stacked = torch.cat([keys, query.unsqueeze(1) * keys], dim=-1)  # (B, L, 2D)
+    return stacked @ torch.cat([w.key, w.product]) + per_row.unsqueeze(1)
 
 
 def reference_first_layer(query: Tensor, keys: Tensor, first: nn.Linear) -> Tensor:
@@ -182,9 +195,8 @@ class ActivationUnit(nn.Module):
     The paper's Fig. 2 unit, with the official code's cheap stand-ins (q - k, q * k) for the outer
     product. Hidden layers use the configured activation (Dice in the paper); the mask reaches Dice so
     its training statistics see real positions only. `forward` computes the first layer factored
-    (`factored_first_layer`: a quarter of the per-position work of the model's largest layer, forward
-    and backward, and the function the exported graphs call); `forward_reference` builds the 4D-wide
-    input the paper describes.
+    (`stacked_first_layer`: half the per-position work of the model's largest layer, forward and
+    backward); `forward_reference` builds the 4D-wide input the paper describes.
     """
 
     def __init__(self, dim: int, cfg: ModelConfig) -> None:
@@ -193,7 +205,7 @@ class ActivationUnit(nn.Module):
         self.mlp = MLP(4 * dim, cfg.attention_hidden, cfg.attention_activation, cfg)
 
     def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
-        first = factored_first_layer(query, keys, factor_first_layer(self.mlp.first, self.dim))
+        first = stacked_first_layer(query, keys, factor_first_layer(self.mlp.first, self.dim))
         return self.mlp.after_first(first, mask).squeeze(-1)
 
     def forward_reference(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:

@@ -5,10 +5,11 @@ constant folded and the attention's first layer factored around the query. Each 
 small function with its algebra in the docstring; none changes what is computed, only the rounding.
 
 Why the attention's first layer: at L = 100 it is ~90% of the model's FLOPs. It is a Linear over
-[q, k, q - k, q * k] (width 4D) evaluated at every history position. model.py computes it factored
-around the query, c(q) + A(q) k (`model.factored_first_layer`, the algebra in its docstring), in
-training too; the graphs here call that same function, with W's regrouped parts folded to constants
-(`FactoredActivationUnit`). In ONNX Runtime on CPU this per-row form beat the two alternatives
+[q, k, q - k, q * k] (width 4D) evaluated at every history position. model.py regroups W once
+(`model.factor_first_layer`) and computes the layer factored around the query, per row as
+c(q) + A(q) k (`model.factored_first_layer`, the algebra in its docstring: the graphs here) or with one
+stacked GEMM (`model.stacked_first_layer`: training, and the short-history graph here), W's regrouped
+parts folded to constants (`FactoredActivationUnit`). In ONNX Runtime on CPU this per-row form beat the two alternatives
 (k (Wk - Wd)^T + (q * k) Wp^T, and [k, q * k] as one 2D-wide GEMM) from L ~ 50 up; below that the
 two-GEMM form is faster (bench/first_layer.py).
 
@@ -33,6 +34,7 @@ from din_export.model import (
     factor_first_layer,
     factored_first_layer,
     history_mask,
+    stacked_first_layer,
 )
 
 
@@ -236,17 +238,6 @@ class FactoredActivationUnit(nn.Module):
     def per_row_key_weight(self, query: Tensor) -> Tensor:
         """A(q)^T, (B, D, H): the per-row weight of the first layer (model.FirstLayerWeights)."""
         return self.weights.per_row_key_weight(query)
-
-
-def stacked_first_layer(query: Tensor, keys: Tensor, w: FirstLayerWeights) -> Tensor:
-    """c(q) + [k, q * k] [(Wk - Wd)^T; Wp^T]: `model.factored_first_layer`'s function and weights, its
-    per-position part as one 2D-wide GEMM over all B x L positions instead of B per-row (L, D) x (D, H)
-    products. No A(q) to build (2 passes over B x D x H), so it is faster when a row has few positions:
-    in onnxruntime, 1 thread, the Scorer's runs, 1.2-1.4x at L = 20, even at L = 30, slower from L ~ 40
-    (docs/bench.md, "A short-history graph"). query (B, D), keys (B, L, D) -> (B, L, H)."""
-    per_row = query @ w.query + w.bias  # c(q): (B, H)
-    stacked = torch.cat([keys, query.unsqueeze(1) * keys], dim=-1)  # (B, L, 2D)
-    return stacked @ torch.cat([w.key, w.product]) + per_row.unsqueeze(1)
 
 
 class ShortHistoryUnit(FactoredActivationUnit):
