@@ -21,13 +21,13 @@ from din_export.model import (
     factored_first_layer,
     history_mask,
     reference_first_layer,
+    stacked_first_layer,
 )
 from din_export.optimize import (
     SHORT_HISTORY_WIDTH,
     ShortHistoryUnit,
     candidate_module,
     inference_module,
-    stacked_first_layer,
 )
 from din_export.schema import Behaviour, DenseField, Schema, SparseField
 
