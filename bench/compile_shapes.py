@@ -2,20 +2,27 @@
 on an existing run and its export: the engine part of `din-export bench` without its training.
 
     python bench/compile_shapes.py RUN_DIR MODEL_DIR [--lengths 20,100,500] [--batch 256] [--threads 1]
-        [--compile default] [--candidates 100x50,100x200,1000x50,1000x200] [--json OUT]
+        [--compile default] [--candidates 100x50,100x200,1000x50,1000x200] [--short-history] [--json OUT]
 
 Engines as in `din-export bench` (din_export/bench/timing.py: alternating rounds, the order rotating, medians)
 plus `scorer`: Scorer.score_arrays on the same arrays, every check and its chunked runs included. Per
 shape it prints each engine's p50 (B=1, cold: engines alternate call by call) or rows/s (B=batch), the
 ratio to the best torch engine, and the model's FLOPs per row as a % of the CPU's peak. Then the
 candidate-ranking workload (din_export.bench.torch_compile.candidate_workload) at each N x L of --candidates.
+
+--short-history adds `scorer-short`: Scorer.score_arrays on a copy of MODEL_DIR whose model.onnx is
+the short-history graph (optimize.inference_module(model, short_history=True)), and `scorer-picked`:
+what a Scorer that picks the graph by the batch's history width would run (scorer-short up to
+optimize.SHORT_HISTORY_WIDTH positions, scorer beyond), the ratio of the faster of the two there.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -25,6 +32,7 @@ from tempfile import TemporaryDirectory
 import numpy as np
 import torch
 from din_runtime import Scorer
+from machine import cpu_model
 
 from din_export.bench import torch_compile as bench_compile
 from din_export.bench.data import workload_arrays
@@ -34,6 +42,9 @@ from din_export.bench.plan import make_plan
 from din_export.bench.report import best_torch
 from din_export.bench.timing import alternate, pin_malloc, quantiles
 from din_export.checkpoints import load_run
+from din_export.export import graph_spec, to_onnx
+from din_export.model import DIN
+from din_export.optimize import SHORT_HISTORY_WIDTH, inference_module
 
 
 def main() -> None:
@@ -49,6 +60,7 @@ def main() -> None:
     parser.add_argument("--candidates", default="100x50,100x200,1000x50,1000x200", help="NxL, comma separated; "
                         "'' for none")
     parser.add_argument("--candidate-rounds", type=int, default=10)
+    parser.add_argument("--short-history", action="store_true", help="also the Scorer on the short-history graph")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -61,6 +73,9 @@ def main() -> None:
     model, schema, _ = load_run(args.run_dir)
     engines = Engines(model, schema, {"onnx-opt": args.model_dir}, args.threads, "cpu", modes)
     scorer = Scorer.load(args.model_dir, threads=args.threads)
+    work = TemporaryDirectory(prefix="din-compile-shapes-")
+    short = Scorer.load(short_history_dir(model, args.model_dir, Path(work.name)), threads=args.threads) \
+        if args.short_history else None
     peak = cpu_peak(args.threads)
     record: dict = {"cpu": cpu_model(), "load_average_start": os.getloadavg(), "threads": args.threads,
                     "peak": peak, "shapes": {}, "command": " ".join(["python", *sys.argv])}
@@ -72,11 +87,15 @@ def main() -> None:
             if batch == 1:
                 del thunks[CHUNKED]  # it is onnx-opt itself at B=1
             thunks["scorer"] = lambda a=arrays: scorer.score_arrays(a)
+            if short is not None:
+                thunks["scorer-short"] = lambda a=arrays: short.score_arrays(a)
             del thunks["deepctr"]
             rounds = args.latency_rounds if batch == 1 else args.throughput_rounds
             start = time.perf_counter()
             times = alternate(thunks, rounds, warmup=3)
             by_engine = {name: {**quantiles(t), "rows_per_s": batch / float(np.median(t))} for name, t in times.items()}
+            if short is not None:
+                by_engine["scorer-picked"] = by_engine["scorer-short" if seq <= SHORT_HISTORY_WIDTH else "scorer"]
             best, rate = best_torch(by_engine, "rows_per_s", max)
             for r in by_engine.values():
                 r["x_best_torch"] = r["rows_per_s"] / rate
@@ -87,9 +106,8 @@ def main() -> None:
                 f"{n} {r['p50_ms']:.3f}ms {r['x_best_torch']:.2f}x" for n, r in by_engine.items()), flush=True)
     record["compile"] = bench_compile.report(engines.compiled)
     if shapes:
-        with TemporaryDirectory(prefix="din-compile-shapes-") as work:
-            record["candidate_ranking"] = bench_compile.candidate_workload(model, args.model_dir, plan, Path(work),
-                                                                           alternate)
+        record["candidate_ranking"] = bench_compile.candidate_workload(model, args.model_dir, plan, Path(work.name),
+                                                                       alternate)
         for shape, r in record["candidate_ranking"]["shapes"].items():
             print(f"{shape}: " + "  ".join(f"{n} {v:.2f}ms" for n, v in r["p50_ms"].items()) + "  score_candidates "
                   "faster by " + ", ".join(f"{v:.2f}x vs {n}" for n, v in r["speedup_vs"].items()), flush=True)
@@ -98,13 +116,21 @@ def main() -> None:
                                                                      record["load_average_end"]]}))
     if args.json:
         args.json.write_text(json.dumps(record, indent=1) + "\n")
+    work.cleanup()
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+def short_history_dir(model: DIN, model_dir: Path, work: Path) -> Path:
+    """A copy of model_dir whose model.onnx is the short-history graph, the manifest's hash updated."""
+    target = work / "short-history"
+    shutil.copytree(model_dir, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    example = (manifest["example_sizes"]["batch"], manifest["example_sizes"]["seq"])
+    graph = to_onnx(inference_module(model, short_history=True), model.schema, graph_spec(model.schema),
+                    manifest["opset"], example).SerializeToString()
+    (target / manifest["model_file"]).write_bytes(graph)
+    manifest["sha256"] = hashlib.sha256(graph).hexdigest()
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return target
 
 
 if __name__ == "__main__":

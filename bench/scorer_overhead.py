@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from din_runtime import Scorer
+from machine import cpu_model
 
 
 def request(scorer: Scorer, seq: int, seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -79,16 +79,6 @@ def measure(model_dir: Path, lengths: list[int], rounds: int, repeat: int,
         results[str(seq)] = {"width": int(arrays["hist_len"][0]), "p50_us": p50,
                              "overhead_us": {n: p50[n] - p50["bare"] for n in p50 if n != "bare"}}
     return results
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -5,16 +5,13 @@ constant folded and the attention's first layer factored around the query. Each 
 small function with its algebra in the docstring; none changes what is computed, only the rounding.
 
 Why the attention's first layer: at L = 100 it is ~90% of the model's FLOPs. It is a Linear over
-[q, k, q - k, q * k] (width 4D) evaluated at every history position. Splitting its weight
-W = [Wq | Wk | Wd | Wp] (each H x D):
-
-    W [q, k, q - k, q * k] + b = ((Wq + Wd) q + b) + (Wk - Wd) k + Wp (q * k)
-                               =        c(q)       +   A(q) k,     A(q) = (Wk - Wd) + Wp diag(q)
-
-c(q) and A(q) are computed once per row (A costs B*H*D multiply-adds: Wp diag(q) scales the columns of
-Wp), after which each history position costs one D x H product instead of a 4D x H one. In ONNX Runtime
-on CPU this per-row form beat the two alternatives (k (Wk - Wd)^T + (q * k) Wp^T, and [k, q * k] as one
-2D-wide GEMM) from L ~ 50 up; below that the two-GEMM form is faster (bench/first_layer.py).
+[q, k, q - k, q * k] (width 4D) evaluated at every history position. model.py regroups W once
+(`model.factor_first_layer`) and computes the layer factored around the query, per row as
+c(q) + A(q) k (`model.factored_first_layer`, the algebra in its docstring: the graphs here) or with one
+stacked GEMM (`model.stacked_first_layer`: training, and the short-history graph here), W's regrouped
+parts folded to constants (`FactoredActivationUnit`). In ONNX Runtime on CPU this per-row form beat the two alternatives
+(k (Wk - Wd)^T + (q * k) Wp^T, and [k, q * k] as one 2D-wide GEMM) from L ~ 50 up; below that the
+two-GEMM form is faster (bench/first_layer.py).
 
 What remains per position is mostly elementwise (each Dice is five passes over B x L x H values), so the
 FLOP cut of ~3x in the attention turns into ~2.3x end to end at B = 256, L = 100 (docs/bench.md).
@@ -28,7 +25,17 @@ import math
 import torch
 from torch import Tensor, nn
 
-from din_export.model import DIN, MLP, Dice, Pointwise, history_mask
+from din_export.model import (
+    DIN,
+    MLP,
+    Dice,
+    FirstLayerWeights,
+    Pointwise,
+    factor_first_layer,
+    factored_first_layer,
+    history_mask,
+    stacked_first_layer,
+)
 
 
 class ScaledDice(nn.Module):
@@ -72,6 +79,9 @@ class UnfoldedDice(nn.Module):
         return s * (self.alpha + self.one_minus_alpha * torch.sigmoid(s * self.scale + self.shift))
 
 
+# The widest history (positions per row) at which the short-history graph (`stacked_first_layer`) is
+# the faster one; measured in onnxruntime, 1 thread (docs/bench.md, "A short-history graph").
+SHORT_HISTORY_WIDTH = 30
 # Below this |1 - alpha| a channel's gamma = alpha / (1 - alpha) would overflow or nearly: keep ScaledDice.
 MIN_ONE_MINUS_ALPHA = 1e-3
 # Below this |a| folding would divide the next Linear's columns by (nearly) zero: keep Dice unfolded.
@@ -204,30 +214,38 @@ def scale_output(linear: nn.Linear, factor: float) -> None:
 
 
 class FactoredActivationUnit(nn.Module):
-    """The local activation unit with its first layer split around the query (module docstring).
-
-    q (B, D), k (B, L, D) -> scores (B, L). After the first layer the positions are flattened to
-    (B * L, H) rows so that each following Linear is one GEMM with its bias fused.
+    """The local activation unit at inference: `model.factored_first_layer` on constant weights, then the
+    folded tail. q (B, D), k (B, L, D) -> scores (B, L). After the first layer the positions are
+    flattened to (B * L, H) rows so that each following Linear is one GEMM with its bias fused.
     """
 
     def __init__(self, first: nn.Linear, tail: nn.Sequential, dim: int) -> None:
         super().__init__()
-        w = first.weight.detach()
-        wq, wk, wd, wp = (w[:, i * dim:(i + 1) * dim] for i in range(4))
-        self.register_buffer("query_weight_t", (wq + wd).t().contiguous())  # (D, H)
-        self.register_buffer("key_weight_t", (wk - wd).t().contiguous())  # (D, H)
-        self.register_buffer("product_weight_t", wp.t().contiguous())  # (D, H)
-        self.register_buffer("bias", first.bias.detach().clone())
+        w = factor_first_layer(first, dim)
+        for name, value in zip(("query_weight_t", "key_weight_t", "product_weight_t", "bias"), w, strict=True):
+            self.register_buffer(name, value.detach().contiguous().clone())  # (D, H), or (H,) for the bias
         self.tail = tail
 
+    @property
+    def weights(self) -> FirstLayerWeights:
+        return FirstLayerWeights(self.query_weight_t, self.key_weight_t, self.product_weight_t, self.bias)
+
     def forward(self, query: Tensor, keys: Tensor) -> Tensor:
-        c = query @ self.query_weight_t + self.bias  # (B, H)
-        hidden = torch.matmul(keys, self.per_row_key_weight(query)) + c.unsqueeze(1)  # (B, L, H)
-        return self.tail(hidden.flatten(0, 1)).reshape(keys.shape[:2])
+        """keys (B, L, D) -> (B, L); or (L, D), shared by all B queries, -> (L, B) (`factored_first_layer`)."""
+        hidden = factored_first_layer(query, keys, self.weights)
+        return self.tail(hidden.flatten(0, 1)).reshape(hidden.shape[:2])
 
     def per_row_key_weight(self, query: Tensor) -> Tensor:
-        """A(q)^T = (Wk - Wd)^T + diag(q) Wp^T, (B, D, H): row d of Wp^T scaled by q_d."""
-        return self.key_weight_t + query.unsqueeze(-1) * self.product_weight_t
+        """A(q)^T, (B, D, H): the per-row weight of the first layer (model.FirstLayerWeights)."""
+        return self.weights.per_row_key_weight(query)
+
+
+class ShortHistoryUnit(FactoredActivationUnit):
+    """FactoredActivationUnit with `stacked_first_layer`: the form for short histories."""
+
+    def forward(self, query: Tensor, keys: Tensor) -> Tensor:
+        hidden = stacked_first_layer(query, keys, self.weights)
+        return self.tail(hidden.flatten(0, 1)).reshape(hidden.shape[:2])
 
 
 class SeparateEmbeddings(nn.Module):
@@ -271,7 +289,8 @@ class SeparateEmbeddings(nn.Module):
 class InferenceDIN(nn.Module):
     """Eval-only DIN computing the same function as `model.eval()` (see `inference_module`)."""
 
-    def __init__(self, model: DIN, keep_input_affine: bool = False, fold_dice_scale: bool = True) -> None:
+    def __init__(self, model: DIN, keep_input_affine: bool = False, fold_dice_scale: bool = True,
+                 short_history: bool = False) -> None:
         super().__init__()
         self.embeddings = SeparateEmbeddings(model)
         self.attention_norm = model.cfg.attention_norm
@@ -282,7 +301,8 @@ class InferenceDIN(nn.Module):
             linears, activations = fold_mlp(model.attention.unit.mlp, fold_dice_scale)
             if self.attention_norm == "softmax":
                 scale_output(linears[-1], 1.0 / math.sqrt(dim))
-            self.unit = FactoredActivationUnit(linears[0], chain(activations, linears[1:]), dim)
+            unit = ShortHistoryUnit if short_history else FactoredActivationUnit
+            self.unit = unit(linears[0], chain(activations, linears[1:]), dim)
         linears, activations = fold_mlp(model.mlp, fold_dice_scale)
         scale, shift = mlp_input_affine(model)
         if keep_input_affine:
@@ -358,19 +378,15 @@ class CandidateDIN(nn.Module):
         return din.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
 
     def scores(self, query: Tensor, keys: Tensor) -> Tensor:
-        """The activation unit's raw scores (C, L), its first layer as one GEMM over all candidates.
+        """The activation unit's raw scores (C, L), the first layer of all candidates as one GEMM
+        (`model.factored_first_layer` with one shared history).
 
         (Measured against `(k_l * q_c) Wp^T` as one (C L, D) x (D, H) GEMM with a constant weight and a
         (C, L, H) addend: that form was ~10% slower at C = 100, L = 50, the addend and product being
         two extra passes over C x L values.)"""
         unit = self.din.unit
         assert unit is not None
-        n = query.shape[0]
-        c = query @ unit.query_weight_t + unit.bias  # (C, H)
-        # A(q_c)^T of every candidate, laid out (D, C, H): the GEMM's right-hand side as it is
-        weight = unit.key_weight_t.unsqueeze(1) + query.t().unsqueeze(-1) * unit.product_weight_t.unsqueeze(1)
-        first = (keys @ weight.flatten(1)).unflatten(1, (n, -1)) + c  # (L, C, H)
-        return unit.tail(first.flatten(0, 1)).reshape(keys.shape[0], n).t()
+        return unit(query, keys).t()
 
 
 def candidate_module(model: DIN, keep_input_affine: bool = False, fold_dice_scale: bool = True) -> CandidateDIN:
@@ -379,13 +395,16 @@ def candidate_module(model: DIN, keep_input_affine: bool = False, fold_dice_scal
         return CandidateDIN(InferenceDIN(model, keep_input_affine, fold_dice_scale))
 
 
-def inference_module(model: DIN, keep_input_affine: bool = False, fold_dice_scale: bool = True) -> InferenceDIN:
+def inference_module(model: DIN, keep_input_affine: bool = False, fold_dice_scale: bool = True,
+                     short_history: bool = False) -> InferenceDIN:
     """An eval-only snapshot of `model` that computes the same function as `model.eval()`, faster.
 
     Same forward signature (x -> logits, or (logits, attention) with return_attention=True), exports
     to ONNX with dynamic batch and sequence like the model. Later changes to `model` do not reach it.
     keep_input_affine: keep the MLP input's normalisation as its own map, for int8 (`mlp_input_affine`).
     fold_dice_scale: fold each Dice's 1/sqrt(var) into the Linears around it (`fold_mlp`); not for int8.
+    short_history: the attention's first layer as `stacked_first_layer`, faster for histories up to
+    SHORT_HISTORY_WIDTH positions wide, slower beyond (a graph to pick by the batch's width).
     """
     with torch.no_grad():
-        return InferenceDIN(model, keep_input_affine, fold_dice_scale)
+        return InferenceDIN(model, keep_input_affine, fold_dice_scale, short_history)

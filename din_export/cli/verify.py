@@ -11,8 +11,8 @@ from typing import Any
 import click
 from din_runtime.fs import write_json_atomic
 
+from din_export.checkpoints import load_run
 from din_export.cli.common import CONTEXT_SETTINGS, library_errors
-from din_export.train import load_run
 from din_export.verify import (
     DEFAULT_VALID_ROWS,
     VerifyError,
