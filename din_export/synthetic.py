@@ -19,14 +19,13 @@ users at a time (constant memory: 100M events are a few minutes and a few hundre
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from din_runtime.fs import AtomicFile
 
 from din_export.sources import Events, SourceError, events_from_frame, read_events
 
@@ -174,36 +173,31 @@ def write_events(frame: pd.DataFrame | Iterable[pd.DataFrame], path: str | Path)
         raise ValueError(f"{path}: use a .csv or .parquet file name")
     blocks = [frame] if isinstance(frame, pd.DataFrame) else frame
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     counts = {"rows": 0, "users": 0, "clicks": 0}
-    writer = None
-    try:
-        for i, block in enumerate(blocks):
-            if suffix == ".csv":
-                block.to_csv(tmp, index=False, mode="w" if i == 0 else "a", header=i == 0)
-            else:
-                import pyarrow as pa
-                import pyarrow.parquet as pq
+    with AtomicFile(path, "wb") as out:
+        writer = None
+        try:
+            for i, block in enumerate(blocks):
+                if suffix == ".csv":
+                    block.to_csv(out.file, index=False, header=i == 0, mode="wb")
+                else:
+                    import pyarrow as pa
+                    import pyarrow.parquet as pq
 
-                table = pa.Table.from_pandas(block, preserve_index=False,
-                                             schema=writer.schema if writer else None)
-                writer = writer or pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table, row_group_size=PARQUET_ROW_GROUP)
-            counts["rows"] += len(block)
-            counts["users"] += block["user"].nunique()  # blocks hold disjoint users
-            counts["clicks"] += int(block["label"].sum()) if "label" in block else 0
+                    table = pa.Table.from_pandas(block, preserve_index=False,
+                                                 schema=writer.schema if writer else None)
+                    writer = writer or pq.ParquetWriter(out.file, table.schema)
+                    writer.write_table(table, row_group_size=PARQUET_ROW_GROUP)
+                counts["rows"] += len(block)
+                counts["users"] += block["user"].nunique()  # blocks hold disjoint users
+                counts["clicks"] += int(block["label"].sum()) if "label" in block else 0
+        finally:
+            # the Parquet footer goes into the file before AtomicFile renames it (the writer leaves the
+            # file object open)
+            if writer is not None:
+                writer.close()
         if not counts["rows"]:
             raise ValueError(f"{path}: no events to write")
-        if writer is not None:
-            writer.close()
-            writer = None
-        os.replace(tmp, path)
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return counts
 
 

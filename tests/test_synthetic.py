@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,9 @@ def test_write_and_load(tmp_path: Path, name: str) -> None:
     assert ev.frame["item"].astype(str).tolist() == frame["item"].astype(str).tolist()
     np.testing.assert_allclose(ev.frame["price"], frame["price"])
     assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary file left
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask  # as open() makes it, not mkstemp's 0600
 
 
 def test_load_default_and_errors(tmp_path: Path) -> None:
