@@ -124,18 +124,6 @@ def fold_dice(dice: Dice, before: nn.Linear, after: nn.Linear) -> nn.Module:
         return ScaledDice(shift, alpha)
 
 
-class InputAffine(nn.Module):
-    """x * scale + shift, per feature: the MLP input's dense standardisation and BatchNorm as one map."""
-
-    def __init__(self, scale: Tensor, shift: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("scale", scale)
-        self.register_buffer("shift", shift)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.scale + self.shift
-
-
 def unfold_dice(dice: Dice) -> UnfoldedDice:
     """Dice with its running statistics as constants and the Linears around it untouched."""
     with torch.no_grad():
@@ -145,17 +133,15 @@ def unfold_dice(dice: Dice) -> UnfoldedDice:
         return UnfoldedDice(a.clone(), -dice.running_mean * a, dice.alpha.detach().clone())
 
 
-def fold_mlp(mlp: MLP, fold_dice_scale: bool = True) -> tuple[list[nn.Linear], list[nn.Module]]:
+def fold_mlp(mlp: MLP) -> tuple[list[nn.Linear], list[nn.Module]]:
     """An eval-mode MLP as copies of its Linears (hidden ones, then the output) and one-argument
     activations between them, every Dice folded (`fold_dice`). Dropout is the identity in eval mode.
-
-    fold_dice_scale=False keeps each Dice whole (`unfold_dice`): folding scales the rows of the Linear
-    before it by 1/sqrt(var), a per-channel spread that a per-tensor int8 scale cannot hold."""
+    (int8 quantises the folded Linears with per-channel weight scales, which hold the rows' spread.)"""
     linears = [copy.deepcopy(m) for m in (*mlp.linears, mlp.out)]
     activations: list[nn.Module] = []
     for i, act in enumerate(mlp.activations):
         if isinstance(act, Dice):
-            activations.append(fold_dice(act, linears[i], linears[i + 1]) if fold_dice_scale else unfold_dice(act))
+            activations.append(fold_dice(act, linears[i], linears[i + 1]))
         elif isinstance(act, Pointwise):
             activations.append(copy.deepcopy(act.fn))
         else:  # PReLU: already elementwise; its mask argument defaults to None
@@ -171,11 +157,8 @@ def chain(activations: list[nn.Module], linears: list[nn.Linear]) -> nn.Sequenti
 def mlp_input_affine(model: DIN) -> tuple[Tensor, Tensor]:
     """The MLP input's eval-mode affine map as (scale, shift) over the concatenated input.
 
-    For fp32 it merges into the first Linear (W (s x + t) + b = (W diag(s)) x + (W t + b), `merge_affine`):
-    two nodes fewer, which shows at B = 1 where the graph's time is per node. For int8 it stays a
-    separate map: merged, raw dense values (age ~ 40) and embeddings (~ 0.1) would enter one MatMul, whose
-    per-tensor int8 scale then flattens the embeddings (measured: the int8 export's AUC drop went from
-    0.003 to 0.0005 by keeping it).
+    It merges into the first Linear (W (s x + t) + b = (W diag(s)) x + (W t + b), `merge_affine`): two
+    nodes fewer, which shows at B = 1 where the graph's time is per node. (int8 leaves the MLP in fp32.)
 
     Dense standardisation (x - m) / s acts on the trailing dense columns; BatchNorm in eval mode is
     gamma (x - mu) / sqrt(var + eps) + beta. Composed: scale = d g, shift = e g + (beta - mu g) with
@@ -289,8 +272,7 @@ class SeparateEmbeddings(nn.Module):
 class InferenceDIN(nn.Module):
     """Eval-only DIN computing the same function as `model.eval()` (see `inference_module`)."""
 
-    def __init__(self, model: DIN, keep_input_affine: bool = False, fold_dice_scale: bool = True,
-                 short_history: bool = False) -> None:
+    def __init__(self, model: DIN, short_history: bool = False) -> None:
         super().__init__()
         self.embeddings = SeparateEmbeddings(model)
         self.attention_norm = model.cfg.attention_norm
@@ -298,18 +280,14 @@ class InferenceDIN(nn.Module):
         self.unit: FactoredActivationUnit | None = None
         if model.attention is not None:
             dim = model.cfg.embed_dim * len(model.schema.behaviour)
-            linears, activations = fold_mlp(model.attention.unit.mlp, fold_dice_scale)
+            linears, activations = fold_mlp(model.attention.unit.mlp)
             if self.attention_norm == "softmax":
                 scale_output(linears[-1], 1.0 / math.sqrt(dim))
             unit = ShortHistoryUnit if short_history else FactoredActivationUnit
             self.unit = unit(linears[0], chain(activations, linears[1:]), dim)
-        linears, activations = fold_mlp(model.mlp, fold_dice_scale)
-        scale, shift = mlp_input_affine(model)
-        if keep_input_affine:
-            self.mlp = nn.Sequential(InputAffine(scale, shift), linears[0], chain(activations, linears[1:]))
-        else:
-            merge_affine(scale, shift, linears[0])
-            self.mlp = nn.Sequential(linears[0], chain(activations, linears[1:]))
+        linears, activations = fold_mlp(model.mlp)
+        merge_affine(*mlp_input_affine(model), linears[0])
+        self.mlp = nn.Sequential(linears[0], chain(activations, linears[1:]))
         self.eval()
 
     def forward(self, x: dict[str, Tensor], return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
@@ -389,22 +367,19 @@ class CandidateDIN(nn.Module):
         return unit(query, keys).t()
 
 
-def candidate_module(model: DIN, keep_input_affine: bool = False, fold_dice_scale: bool = True) -> CandidateDIN:
+def candidate_module(model: DIN) -> CandidateDIN:
     """`inference_module(model)` for one user and many candidates (see CandidateDIN)."""
     with torch.no_grad():
-        return CandidateDIN(InferenceDIN(model, keep_input_affine, fold_dice_scale))
+        return CandidateDIN(InferenceDIN(model))
 
 
-def inference_module(model: DIN, keep_input_affine: bool = False, fold_dice_scale: bool = True,
-                     short_history: bool = False) -> InferenceDIN:
+def inference_module(model: DIN, short_history: bool = False) -> InferenceDIN:
     """An eval-only snapshot of `model` that computes the same function as `model.eval()`, faster.
 
     Same forward signature (x -> logits, or (logits, attention) with return_attention=True), exports
     to ONNX with dynamic batch and sequence like the model. Later changes to `model` do not reach it.
-    keep_input_affine: keep the MLP input's normalisation as its own map, for int8 (`mlp_input_affine`).
-    fold_dice_scale: fold each Dice's 1/sqrt(var) into the Linears around it (`fold_mlp`); not for int8.
     short_history: the attention's first layer as `stacked_first_layer`, faster for histories up to
     SHORT_HISTORY_WIDTH positions wide, slower beyond (a graph to pick by the batch's width).
     """
     with torch.no_grad():
-        return InferenceDIN(model, keep_input_affine, fold_dice_scale, short_history)
+        return InferenceDIN(model, short_history)

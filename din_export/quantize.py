@@ -50,14 +50,11 @@ CANDIDATE_USERS = 8  # users whose history scores CALIBRATION_BATCH candidates e
 # The activation unit's Linears after its first layer, by module scope (recorded by the exporter in each
 # node's metadata): `unit.tail` in the optimised and candidate graphs, `unit.mlp` in the plain one.
 PER_POSITION = re.compile(r"\bunit\.(tail|mlp)\.")
-# Not the plain graph's first layer of the unit (`--no-optimize`): its input concatenates q, k, q - k and
-# q * k, whose ranges differ by orders of magnitude; one int8 scale for all four moved a MovieLens
-# validation probability of the official preset by 0.057 (logit 1.7).
-OUT_OF_SCOPE = re.compile(r"unit\.mlp\.linears\.0'")
-# The unit's first-layer product: the MatMul whose innermost scope is the unit itself and whose second
-# input is computed (FactoredActivationUnit.forward, model.ActivationUnit.forward). The optimised graph's
-# query projection, in the same scope, has a constant weight. The candidate graph computes its product
-# outside the unit's scope: it stays fp32.
+# The unit's first-layer product: the MatMul whose innermost scope is the unit itself, whose second input
+# is computed and whose first is per position, (B, L, .) (FactoredActivationUnit.forward: k A(q)^T;
+# model.ActivationUnit.forward in the plain graph: [k, q * k] times the regrouped weight, computed there
+# from the parameters). Not the query's projection (B, D): quantising it also rounded the query that
+# builds A(q). The candidate graph's product runs over one shared history (L, D): it stays fp32.
 PRODUCT = re.compile(r"\bunit', '[^']*'\]$")
 PER_CHANNEL = True
 SCOPES = "pkg.torch.onnx.name_scopes"
@@ -116,18 +113,20 @@ class _Reader(CalibrationDataReader):
 
 def quantized_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes int8 quantises: the activation unit's constant-weight Gemms and MatMuls after its
-    first layer (PER_POSITION, not OUT_OF_SCOPE) and the first layer's product (PRODUCT)."""
+    first layer (PER_POSITION) and the first layer's product (PRODUCT, with a per-position input)."""
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*inferred.input, *inferred.value_info)}
     chosen = []
     for n in model.graph.node:
         scopes = next((p.value for p in n.metadata_props if p.key == SCOPES), "")
         if n.op_type not in ("Gemm", "MatMul"):
             continue
         if n.input[1] in constants:
-            if PER_POSITION.search(scopes) and not OUT_OF_SCOPE.search(scopes):
+            if PER_POSITION.search(scopes):
                 chosen.append(n.name)
-        elif n.op_type == "MatMul" and PRODUCT.search(scopes):
+        elif n.op_type == "MatMul" and PRODUCT.search(scopes) and ranks.get(n.input[0]) == 3:
             chosen.append(n.name)
     return chosen
 

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from din_export.model import ACTIVATIONS, DIN, Dice, ModelConfig
 from din_export.optimize import (
     FactoredActivationUnit,
-    InputAffine,
     OffsetDice,
     ScaledDice,
     UnfoldedDice,
@@ -130,14 +129,12 @@ def test_same_function_for_other_architectures(cfg: ModelConfig) -> None:
 
 @pytest.mark.parametrize("cfg", [ModelConfig(embed_dim=5), ModelConfig(mlp_input_bn=False, embed_dim=5)],
                          ids=["input-bn", "no-input-bn"])
-def test_input_affine_kept_for_int8_or_merged_into_the_first_linear(cfg: ModelConfig) -> None:
+def test_input_affine_merged_into_the_first_linear(cfg: ModelConfig) -> None:
     schema = make_schema()
     model = trained(schema, cfg)
-    x = make_batch(schema, 9, MAX_LEN, seed=11)
-    kept, merged = inference_module(model, keep_input_affine=True), inference_module(model)
-    assert isinstance(kept.mlp[0], InputAffine) and isinstance(merged.mlp[0], nn.Linear)
-    assert_same_function(model, kept, x)
-    assert_same_function(model, merged, x)
+    merged = inference_module(model)
+    assert isinstance(merged.mlp[0], nn.Linear)
+    assert_same_function(model, merged, make_batch(schema, 9, MAX_LEN, seed=11))
 
 
 @pytest.mark.parametrize("dense,sparse", [(False, True), (True, False), (False, False)])
