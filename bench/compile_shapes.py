@@ -8,7 +8,7 @@ Engines as in `din-export bench` (din_export/bench/timing.py: alternating rounds
 plus `scorer`: Scorer.score_arrays on the same arrays, every check and its chunked runs included. Per
 shape it prints each engine's p50 (B=1, cold: engines alternate call by call) or rows/s (B=batch), the
 ratio to the best torch engine, and the model's FLOPs per row as a % of the CPU's peak. Then the
-candidate-ranking workload (din_export.bench.torch_compile.candidate_workload) at each N x L of --candidates.
+candidate-ranking workload (din_export.bench.torch_compile.candidate_ranking_workload) at each N x L of --candidates.
 
 --short-history adds `scorer-short`: Scorer.score_arrays on a copy of MODEL_DIR whose model.onnx is
 the short-history graph (optimize.inference_module(model, short_history=True)), and `scorer-picked`:
@@ -106,8 +106,8 @@ def main() -> None:
                 f"{n} {r['p50_ms']:.3f}ms {r['x_best_torch']:.2f}x" for n, r in by_engine.items()), flush=True)
     record["compile"] = bench_compile.report(engines.compiled)
     if shapes:
-        record["candidate_ranking"] = bench_compile.candidate_workload(model, args.model_dir, plan, Path(work.name),
-                                                                       alternate)
+        record["candidate_ranking"] = bench_compile.candidate_ranking_workload(model, args.model_dir, plan,
+                                                                               Path(work.name))
         for shape, r in record["candidate_ranking"]["shapes"].items():
             print(f"{shape}: " + "  ".join(f"{n} {v:.2f}ms" for n, v in r["p50_ms"].items()) + "  score_candidates "
                   "faster by " + ", ".join(f"{v:.2f}x vs {n}" for n, v in r["speedup_vs"].items()), flush=True)

@@ -25,7 +25,7 @@ from din_export.bench.memory import din_score_memory
 from din_export.bench.peers import import_deepctr
 from din_export.bench.plan import Plan
 from din_export.bench.report import targets
-from din_export.bench.timing import alternate, pin_malloc
+from din_export.bench.timing import pin_malloc
 from din_export.bench.training import compare_training
 from din_export.checkpoints import load_run
 from din_export.errors import DinExportError
@@ -132,8 +132,8 @@ def run_bench(plan: Plan, sources: dict[str, Path], work: Path, echo: Callable[[
     if plan.candidate_shapes:
         shapes = ", ".join(f"N={n} L={seq}" for n, seq in plan.candidate_shapes)
         with phase("candidate_ranking", f"score_candidates vs torch (eager, compiled) at {shapes} ..."):
-            record["candidate_ranking"] = torch_compile.candidate_workload(model, dirs["onnx-opt"], plan, work,
-                                                                           alternate)
+            record["candidate_ranking"] = torch_compile.candidate_ranking_workload(model, dirs["onnx-opt"], plan,
+                                                                                   work)
     if plan.rss_rows:
         with phase("din_score", f"din-score peak RSS on {', '.join(f'{n:,}' for n in plan.rss_rows)} rows ..."):
             record["din_score_rss"] = din_score_memory(dirs["onnx-opt"], data[SPEED_DATASET], plan.rss_rows, work)

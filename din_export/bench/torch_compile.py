@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from din_export.bench.timing import alternate
 from din_export.model import DIN
 from din_export.schema import write_json_atomic
 
@@ -111,8 +112,7 @@ def candidate_request(scorer: Any, n: int, seq: int, seed: int) -> tuple[dict, d
     return user, history, candidates
 
 
-def candidate_workload(model: DIN, model_dir: Path, plan: Any, work: Path,
-                       alternate: Callable[..., dict[str, list[float]]]) -> dict[str, Any]:
+def candidate_ranking_workload(model: DIN, model_dir: Path, plan: Any, work: Path) -> dict[str, Any]:
     """1 user x N candidates at each (N, L) of plan.candidate_shapes, one thread: Scorer.score_candidates
     (raw ids in, the candidate graph) against torch eager and torch.compile of the candidate-expanded batch
     (the user's row repeated N times, arrays already encoded: torch is not charged for encoding)."""
