@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from din_export import __version__
 from din_export.checkpoints import load_run
 from din_export.errors import DinExportError, OptionError
-from din_export.optimize import candidate_module, inference_module
+from din_export.optimize import SHORT_HISTORY_WIDTH, candidate_module, inference_module
 from din_export.portable import PORTABLE_FILE, build_portable, portable_entry, supports_opset
 from din_export.quantize import Feeds, batch_feeds, calibration_rows, candidate_feeds, quantize_int8
 from din_export.schema import OOV_INDEX, PAD_INDEX, Schema, write_bytes_atomic, write_json_atomic
@@ -54,6 +54,9 @@ MIN_OPSET = 16  # lowest opset the exporter's down-conversion was checked at (do
 MANIFEST_VERSION = 1
 MODEL_FILE = "model.onnx"
 CANDIDATE_FILE = "candidates.onnx"  # one user x many candidates (optimize.CandidateDIN), optional in a model dir
+# model.onnx's twin for histories up to optimize.SHORT_HISTORY_WIDTH wide (the Scorer picks it by width on
+# CPU), optional in a model dir
+SHORT_FILE = "short.onnx"
 # ONNX ops that would make the graph slow (per-row control flow) or unportable; see docs/export.md.
 FORBIDDEN_OPS = frozenset({"Loop", "Scan", "If"})
 FORBIDDEN_PREFIXES = ("Sequence", "ConcatFromSequence", "SplitToSequence")
@@ -460,7 +463,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
                tolerance: float | Mapping[str, float] | None = None, triton_repo: str | Path | None = None,
                triton_name: str = "din", force: bool = False, example: tuple[int | None, int | None] | None = None,
                candidates: bool = True, portable: bool = True, triton_portable: bool = False,
-               valid_rows: int = DEFAULT_VALID_ROWS) -> dict[str, Any]:
+               short_history: bool = True, valid_rows: int = DEFAULT_VALID_ROWS) -> dict[str, Any]:
     """Export, check, write to a temporary sibling of `out`, verify there, then rename; returns the manifest.
 
     `example`: the (batch, seq) to trace with (either may be None), default `example_sizes(schema)`; the
@@ -468,6 +471,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
     the candidate graph (CANDIDATE_FILE, declared in the manifest's "candidates"); optimised exports only.
     `portable`: also write PORTABLE_FILE, the model with its encoder inside (raw ids in, manifest "portable").
     `triton_portable`: the Triton model serves the portable graph (raw ids, TYPE_STRING) instead of model.onnx.
+    `short_history`: also write SHORT_FILE, model.onnx's twin for short histories (manifest "short_history");
+    optimised fp32 exports only, the variant its speed-up was measured on.
     `tolerance`: bounds replacing the variant's verification policy (verify.POLICY: "prob", "logit_rel",
     "auc_drop"), or a float for the probability bound. `valid_rows`: validation rows verification scores.
     """
@@ -527,6 +532,13 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
                                   "inputs": [t.to_manifest() for t in cspec.inputs],
                                   "outputs": [t.to_manifest() for t in cspec.outputs],
                                   "example_sizes": {"candidates": traced[0], "seq": traced[1]}}
+    if optimize and short_history and precision == "fp32" and quantize is None:
+        extra_files[SHORT_FILE], traced = build_graph(inference_module(model, short_history=True), schema, spec,
+                                                      **variant)
+        manifest["short_history"] = {"model_file": SHORT_FILE,
+                                     "sha256": hashlib.sha256(extra_files[SHORT_FILE]).hexdigest(),
+                                     "max_width": SHORT_HISTORY_WIDTH,
+                                     "example_sizes": {"batch": traced[0], "seq": traced[1]}}
     if portable:
         try:
             vocabs = Features.of_dataset(data_dir, schema).vocabs

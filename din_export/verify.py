@@ -10,6 +10,9 @@ positions hold random ids too, so masking is exercised), ragged lengths and an a
 the validation split in batches trimmed to their longest history. A candidate graph (manifest
 "candidates": one user's history, many candidates) is compared with the torch model on that user's row
 repeated, at candidates {1, 3, 64, 257} x the same histories, and for validation users x candidates.
+A short-history graph (manifest "short_history": model.onnx's twin, which the Scorer runs for narrow
+batches) is compared with the torch model on every shape of the grid and the validation split, through
+its own session, so that both graphs are judged at every width whichever one the Scorer picks.
 Failures raise one named error: ShapeError (an output has the wrong shape), DynamicAxisError (an
 interface dim is fixed, or the model fails at some size), ToleranceError (a difference above the
 variant's tolerance, see POLICY), AUCError (the validation AUC falls by more than the variant allows).
@@ -194,6 +197,8 @@ class ExportedModel:
         self.graph = onnx.load_from_string(data)
         self.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
         self.outputs = [o.name for o in self.session.get_outputs()]
+        entry = self.manifest.get("short_history")
+        self.short = None if entry is None else verified_session(model_dir, entry["model_file"], entry["sha256"])
 
     def check_dims(self) -> None:
         """Every dim the manifest names (batch, seq) must be symbolic in the graph, not a traced size."""
@@ -224,6 +229,33 @@ class ExportedModel:
         except DinRuntimeError as e:
             raise DynamicAxisError(f"din_runtime fails {where}: {e}") from e
         return out
+
+    def run_short(self, arrays: dict[str, np.ndarray], batch: int, seq: int) -> dict[str, np.ndarray]:
+        """All outputs of the short-history graph at one size, from its own session."""
+        return run_checked(self.short, arrays, {"prob": (batch,), "logit": (batch,), "attention": (batch, seq)},
+                           f"the short-history graph at batch {batch}, seq {seq}")
+
+
+def verified_session(model_dir: Path, file: str, sha256: str) -> Any:
+    """A CPU session over MODEL_DIR/file, whose bytes must hash to the manifest's `sha256`."""
+    data = (model_dir / file).read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise VerifyError(f"{file} does not match the SHA-256 in the manifest")
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+
+def run_checked(session: Any, feeds: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
+                where: str) -> dict[str, np.ndarray]:
+    """Every output of `session`; DynamicAxisError if it fails, ShapeError if an output of `shapes` differs."""
+    names = [o.name for o in session.get_outputs()]
+    try:
+        out = dict(zip(names, session.run(names, feeds), strict=True))
+    except Exception as e:  # onnxruntime's pybind errors have no common public base class
+        raise DynamicAxisError(f"{where} fails: {e}") from e
+    for name, want in shapes.items():
+        if name in out and out[name].shape != want:
+            raise ShapeError(f"output {name!r} of {where} has shape {out[name].shape}; expected {want}")
+    return out
 
 
 def max_abs(a: np.ndarray, b: np.ndarray) -> float:
@@ -293,19 +325,27 @@ def verify_model_dir(model_dir: str | Path, model: nn.Module, schema: Schema, da
     try:
         exported.check_dims()
         rng = np.random.default_rng(seed)
+        short_shapes: list[dict[str, Any]] = []
         for batch in GRID_BATCHES:
             for seq in grid_seqs(schema.max_len):
                 arrays = random_inputs(manifest["inputs"], schema, batch, seq, rng)
                 outputs = exported.run(arrays, batch, seq)
-                report["shapes"].append({"batch": batch, "seq": seq,
-                                         **compare(outputs, torch_outputs(model, arrays, with_attention))})
+                ref = torch_outputs(model, arrays, with_attention)
+                report["shapes"].append({"batch": batch, "seq": seq, **compare(outputs, ref)})
+                if exported.short is not None:
+                    short_shapes.append({"batch": batch, "seq": seq,
+                                         **compare(exported.run_short(arrays, batch, seq), ref)})
         valid = validation_rows(Path(data_dir), schema, valid_rows)
         v = report["validation"] = validate(exported, model, schema, valid, with_attention)
+        if exported.short is not None:
+            report["short_history"] = {"shapes": short_shapes,
+                                       "validation": validate(exported, model, schema, valid, with_attention,
+                                                              short=True)}
         if "candidates" in manifest:
             report["candidates"] = verify_candidates(model_dir, manifest, model, schema, valid, rng)
         if "portable" in manifest:
             report["portable"] = verify_portable(exported, model)
-        for row in report["shapes"] + report.get("candidates", []) + [v]:
+        for row in report["shapes"] + report.get("candidates", []) + [v] + short_rows(report):
             row["judged"] = judged(row, policy)
         # the summary's maxima are over the judged rows: what the policy holds the variant to
         rows = [r for r in report["shapes"] + [v] if r["judged"]]
@@ -320,6 +360,9 @@ def verify_model_dir(model_dir: str | Path, model: nn.Module, schema: Schema, da
         if "candidates" in report:
             report["variant"]["max_abs_diff_prob_candidates"] = max(
                 (r["prob"] for r in report["candidates"] if r["judged"]), key=_nan_high)
+        if "short_history" in report:
+            report["variant"]["max_abs_diff_prob_short_history"] = max(
+                (r["prob"] for r in short_rows(report) if r["judged"]), key=_nan_high)
         judge(report, policy)
         if "portable" in report:
             judge_portable(report["portable"], policy, scorer_tolerance(manifest))
@@ -346,15 +389,28 @@ def json_safe(obj: Any) -> Any:
 FINITE_ONLY: dict[str, float | None] = {"prob": None, "logit_rel": None}
 
 
+def short_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The short-history graph's grid rows, then its validation row (none without that graph)."""
+    short = report.get("short_history")
+    return [] if short is None else [*short["shapes"], short["validation"]]
+
+
 def judged(row: dict[str, Any], policy: dict[str, Any]) -> bool:
     """Whether `row`'s differences count: its history is one that is served (see SERVED_LENGTHS_ONLY)."""
     return policy.get("judged_max_seq") is None or "seq" not in row or row["seq"] <= policy["judged_max_seq"]
 
 
 def judge(report: dict[str, Any], policy: dict[str, Any]) -> None:
-    """Raise ToleranceError for the first shape (then the validation split, the candidate graph) over the
-    policy's limits, AUCError if the validation AUC falls too far. Rows not judged must still be finite."""
+    """Raise ToleranceError for the first row over the policy's limits (the short-history graph's shapes and
+    validation split, then the grid's shapes, the validation split, the candidate graph), AUCError if a
+    validation AUC falls too far. Rows not judged must still be finite."""
     bounds = f"(probability {policy['prob']:g}, relative logit {policy['logit_rel']})"
+    # the short-history graph first: the Scorer's probabilities in "shapes" come from it at narrow widths,
+    # so a fault of that graph is named as its own
+    for row in short_rows(report):
+        if not within(row, policy if judged(row, policy) else FINITE_ONLY):
+            where = "on the validation split" if "rows" in row else f"at batch {row['batch']}, seq {row['seq']}"
+            raise ToleranceError(f"short-history graph {where}: {describe(row)} exceeds the tolerance {bounds}")
     for row in report["shapes"] + [report["validation"]]:
         if not within(row, policy if judged(row, policy) else FINITE_ONLY):
             where = "on the validation split" if "rows" in row else f"at batch {row['batch']}, seq {row['seq']}"
@@ -363,10 +419,12 @@ def judge(report: dict[str, Any], policy: dict[str, Any]) -> None:
         if not within(row, policy if judged(row, policy) else FINITE_ONLY):
             raise ToleranceError(f"candidate graph, {row['user']} user x {row['candidates']} candidates, seq "
                                  f"{row['seq']}: {describe(row)} exceeds the tolerance {bounds}")
-    v = report["validation"]
-    if policy["auc_drop"] is not None and not math.isnan(v["auc_torch"]) and not v["auc_change"] >= -policy["auc_drop"]:
-        raise AUCError(f"validation AUC drops by {-v['auc_change']:.3g} ({v['auc_torch']:.5f} -> "
-                       f"{v['auc_model']:.5f}) > allowed {policy['auc_drop']:g}")
+    short = report.get("short_history")
+    for graph, v in (("", report["validation"]), ("the short-history graph's ", short and short["validation"])):
+        if v and policy["auc_drop"] is not None and not math.isnan(v["auc_torch"]) \
+                and not v["auc_change"] >= -policy["auc_drop"]:
+            raise AUCError(f"{graph}validation AUC drops by {-v['auc_change']:.3g} ({v['auc_torch']:.5f} -> "
+                           f"{v['auc_model']:.5f}) > allowed {policy['auc_drop']:g}")
 
 
 def describe_policy(policy: dict[str, Any]) -> str:
@@ -388,8 +446,9 @@ def describe(row: dict[str, float]) -> str:
 
 
 def validate(exported: ExportedModel, model: nn.Module, schema: Schema, valid: dict[str, np.ndarray],
-             with_attention: bool) -> dict[str, Any]:
-    """Score the validation rows in batches cut to their longest history; diffs and AUC of both sides."""
+             with_attention: bool, short: bool = False) -> dict[str, Any]:
+    """Score the validation rows in batches cut to their longest history; diffs and AUC of both sides.
+    `short`: score them with the short-history graph's session instead of through the Scorer."""
     names = schema.input_names()
     n = len(valid["label"])
     ours, refs = [], []
@@ -397,7 +456,8 @@ def validate(exported: ExportedModel, model: nn.Module, schema: Schema, valid: d
         rows = slice(start, min(start + VALID_BATCH, n))
         width = int(valid["hist_len"][rows].max())
         arrays = {k: valid[k][rows][:, :width] if k in schema.histories else valid[k][rows] for k in names}
-        ours.append(exported.run(arrays, len(arrays["hist_len"]), width))
+        batch = len(arrays["hist_len"])
+        ours.append(exported.run_short(arrays, batch, width) if short else exported.run(arrays, batch, width))
         refs.append(torch_outputs(model, arrays, with_attention))
     cat = {k: np.concatenate([o[k] for o in ours]) for k in ("prob", "logit")}
     ref = {k: np.concatenate([r[k] for r in refs]) for k in ("prob", "logit")}
@@ -415,11 +475,7 @@ def verify_candidates(model_dir: Path, manifest: dict, model: nn.Module, schema:
     """The candidate graph against the torch model on the user's row repeated for every candidate: random
     users at the grid's sizes (ragged and empty histories included), then validation users x targets."""
     entry = manifest["candidates"]
-    data = (model_dir / entry["model_file"]).read_bytes()
-    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise VerifyError(f"{entry['model_file']} does not match the SHA-256 in the manifest")
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    outputs = [o.name for o in session.get_outputs()]
+    session = verified_session(model_dir, entry["model_file"], entry["sha256"])
     user_fields = (*schema.histories, "hist_len")
     cases = []
     for n in GRID_BATCHES:
@@ -440,14 +496,8 @@ def verify_candidates(model_dir: Path, manifest: dict, model: nn.Module, schema:
         # the user: row 0's history for every candidate
         arrays.update({k: np.repeat(arrays[k][:1], n, axis=0) for k in user_fields})
         feeds = {k: arrays[k][:1] if k in user_fields else arrays[k] for k in arrays}
-        where = f"the candidate graph at {n} candidates, seq {seq}"
-        try:
-            out = dict(zip(outputs, session.run(outputs, feeds), strict=True))
-        except Exception as e:  # onnxruntime's pybind errors have no common public base class
-            raise DynamicAxisError(f"{where} fails: {e}") from e
-        for name in ("prob", "logit"):
-            if out[name].shape != (n,):
-                raise ShapeError(f"output {name!r} of {where} has shape {out[name].shape}; expected ({n},)")
+        out = run_checked(session, feeds, {"prob": (n,), "logit": (n,)},
+                          f"the candidate graph at {n} candidates, seq {seq}")
         rows.append({"user": user, "candidates": n, "seq": seq,
                      **compare(out, torch_outputs(model, arrays, with_attention=False))})
     return rows
@@ -502,6 +552,12 @@ def format_report(report: dict[str, Any]) -> str:
         line = f"{r['batch']:>6} {r['seq']:>5} {num(r['prob'], '>10.2e')} {num(r['logit'], '>10.2e')}"
         line += f" {num(r['attention'], '>10.2e')}" if has_attention else ""
         lines.append(line + ("" if r.get("judged", True) else "  (not judged: longer than served)"))
+    short = short_rows(report)
+    if short:
+        worst = max(short, key=lambda r: _nan_high(math.nan if r["prob"] is None else r["prob"]))
+        lines.append(f"short-history graph: {len(short) - 1} shapes and the validation split, max abs diff prob "
+                     f"{num(worst['prob'], '.2e')}, logit {num(worst['logit'], '.2e')}; validation AUC "
+                     f"{num(short[-1]['auc_model'], '.5f')} ({num(short[-1]['auc_change'], '+.2e')})")
     cand = report.get("candidates")
     if cand:
         worst = max(cand, key=lambda r: _nan_high(math.nan if r["prob"] is None else r["prob"]))

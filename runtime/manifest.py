@@ -59,6 +59,11 @@ class Manifest:
     # The optional portable graph (raw ids in, manifest "portable"): its file and SHA-256, or None.
     portable_file: str | None = None
     portable_sha256: str | None = None
+    # The optional short-history graph (manifest "short_history": the model's interface, faster for batches
+    # whose histories are at most `short_max_width` wide): its file, SHA-256 and that width, or None.
+    short_file: str | None = None
+    short_sha256: str | None = None
+    short_max_width: int | None = None
 
     @property
     def model_path(self) -> Path:
@@ -71,6 +76,10 @@ class Manifest:
     @property
     def portable_path(self) -> Path | None:
         return None if self.portable_file is None else self.model_dir / self.portable_file
+
+    @property
+    def short_path(self) -> Path | None:
+        return None if self.short_file is None else self.model_dir / self.short_file
 
     # The feature spec's parts, read through the manifest (docs/runtime.md).
     @property
@@ -168,17 +177,19 @@ def load_manifest(model_dir: str | Path) -> Manifest:
     _check_input_entries(raw["inputs"], spec)
     candidate_file, candidate_sha = _candidate_graph(root, raw, inputs)
     portable_file, portable_sha = _portable_graph(root, raw, spec)
+    short_file, short_sha, short_width = _short_graph(root, raw)
 
     return Manifest(
         model_dir=root, model_file=model_file, sha256=sha, features=features, outputs=outputs,
         raw=MappingProxyType(raw), candidate_file=candidate_file, candidate_sha256=candidate_sha,
         portable_file=portable_file, portable_sha256=portable_sha,
+        short_file=short_file, short_sha256=short_sha, short_max_width=short_width,
     )
 
 
 def _graph_entry(root: Path, raw: dict, key: str, file_key: str) -> tuple[dict, str, str] | None:
-    """An optional extra graph of the manifest (`key`: "candidates", "portable"): (entry, file, lowercase
-    sha256), or None when the manifest has none; the file must lie inside the model directory."""
+    """An optional extra graph of the manifest (`key`: "candidates", "portable", "short_history"): (entry,
+    file, lowercase sha256), or None when the manifest has none; the file must lie inside the model directory."""
     entry = raw.get(key)
     if entry is None:
         return None
@@ -211,6 +222,22 @@ def _candidate_graph(root: Path, raw: dict, inputs: tuple[str, ...]) -> tuple[st
     if "prob" not in outputs:
         raise ManifestError(f"manifest candidates outputs {outputs} have no 'prob'")
     return model_file, sha
+
+
+def _short_graph(root: Path, raw: dict) -> tuple[str | None, str | None, int | None]:
+    """The optional "short_history" entry: (file, sha256, max_width), or Nones when the manifest has none.
+
+    The graph has the model's own inputs and outputs (the Scorer checks its session as it checks
+    model.onnx's); `max_width` is the widest history the Scorer sends it.
+    """
+    found = _graph_entry(root, raw, "short_history", "model_file")
+    if found is None:
+        return None, None, None
+    entry, model_file, sha = found
+    width = entry.get("max_width")
+    if type(width) is not int or width < 1:
+        raise ManifestError(f"manifest short_history max_width must be a positive integer, got {width!r}")
+    return model_file, sha, width
 
 
 _PORTABLE_DTYPES = {ID: ("string", "int64"), HISTORY: ("string", "int64"), LENGTH: ("int64",), DENSE: ("float32",)}

@@ -60,18 +60,23 @@ class Scorer:
     """Scores DIN requests with an exported model. Build it with `Scorer.load(model_dir)`."""
 
     __slots__ = ("_manifest", "_session", "_device", "_dtypes", "_outputs", "_new_session", "_candidates", "_lock",
-                 "_checks", "_names", "_width_input")
+                 "_checks", "_names", "_width_input", "_short", "_short_width")
 
     def __init__(self, *_: Any, **__: Any) -> None:
         raise TypeError("build a Scorer with Scorer.load(model_dir, device=..., threads=...): it checks the model "
                         "directory and creates the onnxruntime session")
 
     @classmethod
-    def _create(cls, manifest: Manifest, session: Any, device: str, new_session: Callable[[bytes], Any]) -> Scorer:
-        """The Scorer of a loaded, checked manifest and session; `new_session` makes the candidate graph's."""
+    def _create(cls, manifest: Manifest, session: Any, device: str, new_session: Callable[[bytes], Any],
+                short: Any = None) -> Scorer:
+        """The Scorer of a loaded, checked manifest and session; `new_session` makes the candidate graph's;
+        `short`: the short-history graph's checked session, or None to score every batch with `session`."""
         self = object.__new__(cls)
         self._manifest = manifest
         self._session = session
+        self._short = short
+        # batches at most this wide go to `short` (-1: none do, not even an all-empty batch of width 0)
+        self._short_width = manifest.short_max_width if short is not None else -1
         self._device = device
         self._dtypes = {i.name: np.dtype(_DTYPES[i.type]) for i in session.get_inputs()}
         self._outputs = tuple(o.name for o in session.get_outputs())
@@ -123,10 +128,12 @@ class Scorer:
                 raise DeviceError("the CUDAExecutionProvider failed to start (see onnxruntime's log: CUDA or "
                                   "cuDNN libraries missing?); use --device cpu or fix the CUDA install")
             log.warning("the CUDAExecutionProvider failed to start; scoring on CPU")
-        _check_graph(manifest, session)
+        _check_graph(manifest, session, manifest.model_file)
         providers = [CUDA, CPU] if actual == "cuda" else [CPU]
-        return cls._create(manifest, session, actual,
-                           lambda data: ort.InferenceSession(data, sess_options=options, providers=providers))
+        new_session = lambda data: ort.InferenceSession(data, sess_options=options, providers=providers)  # noqa: E731
+        # The short-history graph's speed-up was measured on CPU only (docs/runtime.md), so CUDA runs model.onnx.
+        short = _short_session(manifest, session, new_session) if actual == "cpu" else None
+        return cls._create(manifest, session, actual, new_session, short)
 
     @property
     def manifest(self) -> Manifest:
@@ -193,10 +200,11 @@ class Scorer:
         """`output` for feeds of the graph's dtypes, C-contiguous, in the graph's input order."""
         if batch == 0:
             return np.zeros((0,) if output == "prob" else (0, 0), dtype=np.float32)
+        session = self._short if width <= self._short_width else self._session
         if batch == 1 or self._device != "cpu" or batch <= rows_per_run(width):
             # one run, no slices (the common case at small batches), with _run_once and _checked inline
             try:
-                (result,) = self._session.run([output], feeds)
+                (result,) = session.run([output], feeds)
             except Exception as e:  # onnxruntime raises its own pybind exception types
                 raise DinRuntimeError(f"onnxruntime failed to score the batch: {e}") from e
             if result.shape != ((batch,) if output == "prob" else (batch, width)):
@@ -204,7 +212,7 @@ class Scorer:
         else:
             step = rows_per_run(width)
             result = np.concatenate([
-                self._checked(self._run_once(self._session, {k: v[start:start + step] for k, v in feeds.items()},
+                self._checked(self._run_once(session, {k: v[start:start + step] for k, v in feeds.items()},
                                              output), min(step, batch - start), width, output)
                 for start in range(0, batch, step)])
         return result.astype(np.float32) if result.dtype is not _FLOAT32 and result.dtype == np.float16 else result
@@ -214,7 +222,7 @@ class Scorer:
         expected = (rows,) if output == "prob" else (rows, width)
         if result.shape != expected:
             # The graph is the one the manifest hashed, but nothing else vouches for what it computes.
-            raise IntegrityError(f"model.onnx returned {output!r} of shape {result.shape} for inputs of batch "
+            raise IntegrityError(f"the model returned {output!r} of shape {result.shape} for inputs of batch "
                                  f"{rows}; expected {expected}: this is not a DIN model directory's graph")
         return result
 
@@ -428,19 +436,40 @@ def _read_verified(path: Path, sha256: str) -> bytes:
     return data
 
 
-def _check_graph(manifest: Manifest, session: Any) -> None:
+def _check_graph(manifest: Manifest, session: Any, file: str) -> None:
     inputs = session.get_inputs()
     names = tuple(i.name for i in inputs)
     if names != manifest.inputs:
-        raise IntegrityError(f"model.onnx inputs {list(names)} differ from the manifest's {list(manifest.inputs)}")
+        raise IntegrityError(f"{file} inputs {list(names)} differ from the manifest's {list(manifest.inputs)}")
     for i in inputs:
         kinds = ("tensor(float)", "tensor(float16)", "tensor(double)") if i.name == "dense" else \
             ("tensor(int64)", "tensor(int32)")
         if i.type not in kinds:
-            raise IntegrityError(f"model.onnx input {i.name!r} has type {i.type}, expected one of {kinds}")
+            raise IntegrityError(f"{file} input {i.name!r} has type {i.type}, expected one of {kinds}")
     outputs = [o.name for o in session.get_outputs()]
     if "prob" not in outputs:
-        raise IntegrityError(f"model.onnx has no 'prob' output (outputs: {outputs})")
+        raise IntegrityError(f"{file} has no 'prob' output (outputs: {outputs})")
+
+
+def _short_session(manifest: Manifest, main: Any, new_session: Callable[[bytes], Any]) -> Any:
+    """The short-history graph's session (manifest "short_history"), or None without one; its bytes are
+    checked like model.onnx's, and it must take and return exactly what model.onnx does, since the Scorer
+    feeds both alike."""
+    path = manifest.short_path
+    if path is None:
+        return None
+    data = _read_verified(path, manifest.short_sha256)
+    try:
+        session = new_session(data)
+    except Exception as e:  # onnxruntime raises its own pybind exception types
+        raise IntegrityError(f"onnxruntime cannot load {path}: {e}") from e
+    _check_graph(manifest, session, manifest.short_file)
+    ours = ([(i.name, i.type) for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+    theirs = ([(i.name, i.type) for i in main.get_inputs()], [o.name for o in main.get_outputs()])
+    if ours != theirs:
+        raise IntegrityError(f"{path} takes {ours[0]} and returns {ours[1]}; {manifest.model_file} takes "
+                             f"{theirs[0]} and returns {theirs[1]}: the two must have one interface")
+    return session
 
 
 # Protobuf field numbers (onnx.proto) of the messages that can hold a TensorProto, per message kind.

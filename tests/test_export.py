@@ -35,6 +35,7 @@ from din_export.export import (
     CANDIDATE_FILE,
     FORBIDDEN_OPS,
     MODEL_FILE,
+    SHORT_FILE,
     GraphCheckError,
     candidate_spec,
     check_graph,
@@ -42,6 +43,7 @@ from din_export.export import (
     export_run,
     graph_spec,
 )
+from din_export.optimize import SHORT_HISTORY_WIDTH
 from din_export.portable import PORTABLE_FILE
 from din_export.schema import Schema
 from din_export.verify import GRID_BATCHES, ToleranceError, grid_seqs, random_inputs, torch_outputs
@@ -177,6 +179,7 @@ def test_manifest_describes_the_directory(name: str) -> None:
 def test_directory_is_self_contained_and_graph_passes_its_checks(name: str) -> None:
     model_dir = exported(name)
     files = ["manifest.json", MODEL_FILE, PORTABLE_FILE, "vocab"] + ([] if name == "plain" else [CANDIDATE_FILE])
+    files += [SHORT_FILE] if name == "fp32" else []
     assert sorted(p.name for p in model_dir.iterdir()) == sorted(files)
     assert not list(model_dir.parent.glob(f".{name}.*")), "a temporary sibling was left behind"
     umask = os.umask(0)
@@ -223,6 +226,45 @@ def test_candidate_graph_is_verified_and_scores_candidates_like_torch(name: str)
     tolerance = {"fp32": 1e-5, "fp16": 1e-3, "int8": 5e-2}[name]
     np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance)
     assert arrays["hist_len"][0] == MAX_LEN < len(history["hist_item_id"])  # the runtime's max_len cut
+
+
+def test_short_history_graph_is_verified_and_run_for_narrow_batches() -> None:
+    scorer, manifest, graph = load("fp32")
+    model_dir = exported("fp32")
+    entry = manifest["short_history"]
+    assert entry["sha256"] == hashlib.sha256((model_dir / SHORT_FILE).read_bytes()).hexdigest()
+    assert entry["max_width"] == SHORT_HISTORY_WIDTH and entry["example_sizes"] == manifest["example_sizes"]
+    short = onnx.load(model_dir / SHORT_FILE)
+    _, schema, _ = load_run(run_dir())
+    check_graph(short, graph_spec(schema, with_attention=True), tuple(entry["example_sizes"].values()))
+    assert short.ir_version == graph.ir_version
+    parity = manifest["parity"]["short_history"]
+    shapes = [(r["batch"], r["seq"]) for r in manifest["parity"]["shapes"]]
+    assert [(r["batch"], r["seq"]) for r in parity["shapes"]] == shapes
+    assert parity["validation"]["rows"] == VALID_ROWS and all(r["judged"] for r in parity["shapes"])
+    assert manifest["variant"]["max_abs_diff_prob_short_history"] <= 1e-5
+    # through the Scorer on either side of max_width (which graph it picks: test_runtime_scorer_short.py;
+    # on this tiny model both graphs round alike, so their scores cannot tell them apart here)
+    session = ort.InferenceSession(str(model_dir / SHORT_FILE))
+    for seq in (1, SHORT_HISTORY_WIDTH, SHORT_HISTORY_WIDTH + 1):
+        x = inputs(64, seq, seed=seq)
+        np.testing.assert_allclose(scorer.score_arrays(x), torch_probs(x), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(session.run(["prob"], x)[0], torch_probs(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["plain", "fp16", "int8"])
+def test_short_history_graph_only_for_optimised_fp32(name: str) -> None:
+    scorer, manifest, _ = load(name)
+    assert "short_history" not in manifest and "short_history" not in manifest["parity"]
+    assert scorer.manifest.short_file is None
+
+
+def test_no_short_history_graph_when_asked(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    result = CliRunner().invoke(main, ["export", str(run_dir()), "--out", str(out), "--no-short-graph"])
+    assert result.exit_code == 0, result.output
+    assert "short-history graph" not in result.output and not (out / SHORT_FILE).exists()
+    assert Scorer.load(out).manifest.short_file is None
 
 
 def test_no_candidate_graph_when_asked(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 
 from din_export.checkpoints import load_run
 from din_export.cli import main
-from din_export.export import MODEL_FILE, GraphWrapper, graph_spec
+from din_export.export import MODEL_FILE, SHORT_FILE, GraphWrapper, graph_spec
 from din_export.verify import (
     GRID_BATCHES,
     DynamicAxisError,
@@ -47,13 +47,16 @@ def verify(model_dir: Path, **kwargs) -> dict:
 
 def copy_with_graph(tmp_path: Path, graph: onnx.ModelProto, source: str = "fp32") -> Path:
     """A copy of an exported directory holding `graph`, with the manifest's hash updated to match it
-    (so the runtime loads it: what must catch the change is the comparison with torch)."""
+    (so the runtime loads it: what must catch the change is the comparison with torch), and without the
+    short-history graph, so that the Scorer scores every shape with `graph`."""
     model_dir = tmp_path / "model"
     shutil.copytree(exported(source), model_dir)
     data = graph.SerializeToString()
     (model_dir / MODEL_FILE).write_bytes(data)
+    (model_dir / SHORT_FILE).unlink(missing_ok=True)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     manifest["sha256"] = hashlib.sha256(data).hexdigest()
+    manifest.pop("short_history", None)
     (model_dir / "manifest.json").write_text(json.dumps(manifest))
     return model_dir
 
@@ -75,6 +78,10 @@ def test_report_covers_the_grid_and_the_validation_split() -> None:
     table = format_report(report)
     assert table.splitlines()[1].split() == ["batch", "seq", "prob", "logit", "attention"]
     assert "   257    12 " in table and table.endswith("PASSED")
+    short = report["short_history"]
+    assert [(r["batch"], r["seq"]) for r in short["shapes"]] == shapes and short["validation"]["rows"] == VALID_ROWS
+    assert all(r["prob"] <= 1e-5 and r["logit_rel"] <= 1e-5 and "attention" in r for r in short["shapes"])
+    assert "short-history graph: 20 shapes and the validation split" in table
     json.dumps(report)  # the report goes into manifest.json as is
 
 
@@ -99,6 +106,29 @@ def test_a_changed_weight_raises_tolerance_error(tmp_path: Path) -> None:
     with pytest.raises(ToleranceError, match=r"at batch 1, seq \d+: max abs diff prob") as caught:
         verify(copy_with_graph(tmp_path, graph))
     assert caught.value.report["passed"] is False and len(caught.value.report["shapes"]) == 20
+
+
+@pytest.mark.parametrize("changed", [SHORT_FILE, MODEL_FILE])
+def test_each_graph_of_the_pair_is_judged_at_every_width(tmp_path: Path, changed: str) -> None:
+    # The tiny model's histories are all narrower than max_width, so the Scorer runs short.onnx on every
+    # shape; a change to either graph must still fail (model.onnx through its bare session's logits).
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported("fp32"), model_dir)
+    graph = onnx.load(model_dir / changed)
+    last_gemm = [n for n in graph.graph.node if n.op_type == "Gemm"][-1]
+    weight = next(i for i in graph.graph.initializer if i.name == last_gemm.input[1])
+    values = numpy_helper.to_array(weight).copy()
+    values.flat[0] += 0.5
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    data = graph.SerializeToString()
+    (model_dir / changed).write_bytes(data)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    entry = manifest["short_history"] if changed == SHORT_FILE else manifest
+    entry["sha256"] = hashlib.sha256(data).hexdigest()
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    where = "short-history graph at batch 1" if changed == SHORT_FILE else "at batch 1"
+    with pytest.raises(ToleranceError, match=rf"^ToleranceError: {where}, seq \d+: max abs diff"):
+        verify(model_dir)
 
 
 def test_a_nan_output_fails_and_the_report_stays_strict_json(tmp_path: Path) -> None:

@@ -1,0 +1,120 @@
+"""Scorer: the optional short-history graph (manifest "short_history"), picked by the batch's history width.
+
+The short graph here is the fixture graph built with other weights (seed 9), so a score that matches the
+seed-9 reference can only have come from it, and one that matches the default weights from model.onnx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from din_runtime import IntegrityError, ManifestError, Scorer
+from runtime_fixtures import build_graph, build_model_dir, reference_prob, request
+
+SHORT_SEED = 9
+MAX_WIDTH = 2
+
+
+def add_short_graph(model_dir: Path, data: bytes | None = None, **entry_changes: object) -> Path:
+    data = build_graph(seed=SHORT_SEED).SerializeToString() if data is None else data
+    (model_dir / "short.onnx").write_bytes(data)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["short_history"] = {"model_file": "short.onnx", "sha256": hashlib.sha256(data).hexdigest(),
+                                 "max_width": MAX_WIDTH, **entry_changes}
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def with_short(tmp_path_factory) -> Path:
+    return add_short_graph(build_model_dir(tmp_path_factory.mktemp("short") / "m"))
+
+
+@pytest.mark.parametrize("batch", [1, 5, 700])  # 700 rows at width 3-4: more than one run (rows_per_run)
+def test_batches_up_to_max_width_run_the_short_graph(with_short, batch):
+    scorer = Scorer.load(with_short)
+    assert scorer.manifest.short_file == "short.onnx" and scorer.manifest.short_max_width == MAX_WIDTH
+    for hist, seed in ((0, SHORT_SEED), (1, SHORT_SEED), (MAX_WIDTH, SHORT_SEED), (MAX_WIDTH + 1, 7), (4, 7)):
+        rows = [request(i, hist=min(hist, 1) if i % 2 else hist) for i in range(batch)]  # ragged
+        arrays = scorer.encode(rows).arrays
+        assert arrays["hist_item_id"].shape[1] == max(hist, 1)
+        got = scorer.score(rows)
+        np.testing.assert_allclose(got, reference_prob(arrays, seed=seed), rtol=1e-5, atol=1e-6)
+        other = reference_prob(arrays, seed=7 + SHORT_SEED - seed)
+        assert np.abs(got - other).max() > 1e-3, "the two graphs must score differently for the test to tell"
+
+
+def test_the_width_is_the_arrays_not_the_rows(with_short):
+    # score_arrays: a batch padded wider than max_width goes to model.onnx even if every row is short
+    scorer = Scorer.load(with_short)
+    arrays = scorer.encode([request(i, hist=1) for i in range(4)]).arrays
+    wide = {k: np.pad(v, ((0, 0), (0, 3))) if k.startswith("hist_") and k != "hist_len" else v
+            for k, v in arrays.items()}
+    np.testing.assert_allclose(scorer.score_arrays(wide), reference_prob(wide, seed=7), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scorer.score_arrays(arrays), reference_prob(arrays, seed=SHORT_SEED),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_explain_follows_the_same_choice(tmp_path):
+    model_dir = build_model_dir(tmp_path / "m", with_attention=True)
+    add_short_graph(model_dir, build_graph(with_attention=True, seed=SHORT_SEED).SerializeToString())
+    scorer = Scorer.load(model_dir)
+    weights = scorer.explain([request(0, hist=2), request(1, hist=1)])
+    assert [len(w) for w in weights] == [2, 1]
+    assert all(np.isfinite(w).all() for w in weights)
+
+
+def test_without_a_short_graph_every_batch_runs_model_onnx(tmp_path):
+    scorer = Scorer.load(build_model_dir(tmp_path / "m"))
+    assert scorer.manifest.short_file is None
+    arrays = scorer.encode([request(i, hist=1) for i in range(3)]).arrays
+    np.testing.assert_allclose(scorer.score_arrays(arrays), reference_prob(arrays), rtol=1e-5, atol=1e-6)
+    empty = {k: v[:, :0] if k.startswith("hist_") and k != "hist_len" else v for k, v in arrays.items()}
+    empty["hist_len"] = np.zeros(3, dtype=np.int64)
+    np.testing.assert_allclose(scorer.score_arrays(empty), reference_prob(empty), rtol=1e-5, atol=1e-6)
+
+
+def test_its_hash_is_checked_at_load(with_short, tmp_path):
+    model_dir = Path(shutil.copytree(with_short, tmp_path / "m"))
+    data = bytearray((model_dir / "short.onnx").read_bytes())
+    data[-1] ^= 1
+    (model_dir / "short.onnx").write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"short\.onnx has SHA-256 .* changed or damaged"):
+        Scorer.load(model_dir)
+
+
+def test_a_short_graph_with_another_interface_is_refused(tmp_path):
+    # the attention output too: the Scorer feeds both graphs alike and asks either for any output
+    data = build_graph(with_attention=True, seed=SHORT_SEED).SerializeToString()
+    model_dir = add_short_graph(build_model_dir(tmp_path / "m"), data)
+    with pytest.raises(IntegrityError, match=r"short\.onnx takes .* the two must have one interface"):
+        Scorer.load(model_dir)
+
+
+def test_a_short_graph_with_other_inputs_is_refused(tmp_path):
+    model = build_graph(seed=SHORT_SEED)
+    model.graph.input[0].name = "renamed"
+    for node in model.graph.node:
+        node.input[:] = ["renamed" if i == "user_id" else i for i in node.input]
+    model_dir = add_short_graph(build_model_dir(tmp_path / "m"), model.SerializeToString())
+    with pytest.raises(IntegrityError, match=r"short\.onnx inputs \['renamed'"):
+        Scorer.load(model_dir)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"model_file": "../model.onnx"}, "relative path inside"),
+    ({"model_file": "missing.onnx"}, "does not exist"),
+    ({"sha256": "abc"}, "64 hex digits"),
+    ({"max_width": 0}, "max_width must be a positive integer"),
+    ({"max_width": "30"}, "max_width must be a positive integer"),
+    ({"max_width": True}, "max_width must be a positive integer"),
+])
+def test_manifest_short_history_entry_is_validated(tmp_path, change, message):
+    model_dir = add_short_graph(build_model_dir(tmp_path / "m"), **change)
+    with pytest.raises(ManifestError, match=message):
+        Scorer.load(model_dir)
