@@ -2,7 +2,7 @@
 on an existing run and its export: the engine part of `din-export bench` without its training.
 
     python bench/compile_shapes.py RUN_DIR MODEL_DIR [--lengths 20,100,500] [--batch 256] [--threads 1]
-        [--compile default] [--candidates 100x50,100x200,1000x50,1000x200] [--short-history] [--json OUT]
+        [--compile default] [--candidates 100x50,100x200,1000x50,1000x200] [--each-graph] [--json OUT]
 
 Engines as in `din-export bench` (din_export/bench/timing.py: alternating rounds, the order rotating, medians)
 plus `scorer`: Scorer.score_arrays on the same arrays, every check and its chunked runs included. Per
@@ -10,16 +10,16 @@ shape it prints each engine's p50 (B=1, cold: engines alternate call by call) or
 ratio to the best torch engine, and the model's FLOPs per row as a % of the CPU's peak. Then the
 candidate-ranking workload (din_export.bench.torch_compile.candidate_ranking_workload) at each N x L of --candidates.
 
---short-history adds `scorer-short`: Scorer.score_arrays on a copy of MODEL_DIR whose model.onnx is
-the short-history graph (optimize.inference_module(model, short_history=True)), and `scorer-picked`:
-what a Scorer that picks the graph by the batch's history width would run (scorer-short up to
-optimize.SHORT_HISTORY_WIDTH positions, scorer beyond), the ratio of the faster of the two there.
+`scorer` runs MODEL_DIR as exported: with a short-history graph (manifest "short_history"), batches
+up to its max_width positions wide run on short.onnx. --each-graph adds the Scorer pinned to each graph,
+on copies of MODEL_DIR whose manifests differ only in that entry: `scorer-model.onnx` (the entry removed:
+every batch on model.onnx) and `scorer-short.onnx` (max_width above every length: every batch on
+short.onnx).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -42,9 +42,6 @@ from din_export.bench.plan import make_plan
 from din_export.bench.report import best_torch
 from din_export.bench.timing import alternate, pin_malloc, quantiles
 from din_export.checkpoints import load_run
-from din_export.export import graph_spec, to_onnx
-from din_export.model import DIN
-from din_export.optimize import SHORT_HISTORY_WIDTH, inference_module
 
 
 def main() -> None:
@@ -60,7 +57,8 @@ def main() -> None:
     parser.add_argument("--candidates", default="100x50,100x200,1000x50,1000x200", help="NxL, comma separated; "
                         "'' for none")
     parser.add_argument("--candidate-rounds", type=int, default=10)
-    parser.add_argument("--short-history", action="store_true", help="also the Scorer on the short-history graph")
+    parser.add_argument("--each-graph", action="store_true", help="also the Scorer pinned to model.onnx and to "
+                        "short.onnx")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -74,8 +72,10 @@ def main() -> None:
     engines = Engines(model, schema, {"onnx-opt": args.model_dir}, args.threads, "cpu", modes)
     scorer = Scorer.load(args.model_dir, threads=args.threads)
     work = TemporaryDirectory(prefix="din-compile-shapes-")
-    short = Scorer.load(short_history_dir(model, args.model_dir, Path(work.name)), threads=args.threads) \
-        if args.short_history else None
+    widest = max(plan.lengths)
+    pinned = {f"scorer-{file}": Scorer.load(pinned_dir(args.model_dir, Path(work.name), file, widest),
+                                            threads=args.threads)
+              for file in ("model.onnx", "short.onnx")} if args.each_graph else {}
     peak = cpu_peak(args.threads)
     record: dict = {"cpu": cpu_model(), "load_average_start": os.getloadavg(), "threads": args.threads,
                     "peak": peak, "shapes": {}, "command": " ".join(["python", *sys.argv])}
@@ -87,15 +87,12 @@ def main() -> None:
             if batch == 1:
                 del thunks[CHUNKED]  # it is onnx-opt itself at B=1
             thunks["scorer"] = lambda a=arrays: scorer.score_arrays(a)
-            if short is not None:
-                thunks["scorer-short"] = lambda a=arrays: short.score_arrays(a)
+            thunks.update({name: lambda a=arrays, s=s: s.score_arrays(a) for name, s in pinned.items()})
             del thunks["deepctr"]
             rounds = args.latency_rounds if batch == 1 else args.throughput_rounds
             start = time.perf_counter()
             times = alternate(thunks, rounds, warmup=3)
             by_engine = {name: {**quantiles(t), "rows_per_s": batch / float(np.median(t))} for name, t in times.items()}
-            if short is not None:
-                by_engine["scorer-picked"] = by_engine["scorer-short" if seq <= SHORT_HISTORY_WIDTH else "scorer"]
             best, rate = best_torch(by_engine, "rows_per_s", max)
             for r in by_engine.values():
                 r["x_best_torch"] = r["rows_per_s"] / rate
@@ -119,16 +116,17 @@ def main() -> None:
     work.cleanup()
 
 
-def short_history_dir(model: DIN, model_dir: Path, work: Path) -> Path:
-    """A copy of model_dir whose model.onnx is the short-history graph, the manifest's hash updated."""
-    target = work / "short-history"
+def pinned_dir(model_dir: Path, work: Path, file: str, widest: int) -> Path:
+    """A copy of model_dir whose Scorer runs every batch up to `widest` positions on `file`."""
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    if "short_history" not in manifest:
+        raise SystemExit(f"--each-graph: {model_dir} has no short-history graph (manifest 'short_history')")
+    target = work / file
     shutil.copytree(model_dir, target)
-    manifest = json.loads((target / "manifest.json").read_text())
-    example = (manifest["example_sizes"]["batch"], manifest["example_sizes"]["seq"])
-    graph = to_onnx(inference_module(model, short_history=True), model.schema, graph_spec(model.schema),
-                    manifest["opset"], example).SerializeToString()
-    (target / manifest["model_file"]).write_bytes(graph)
-    manifest["sha256"] = hashlib.sha256(graph).hexdigest()
+    if file == "model.onnx":
+        del manifest["short_history"]
+    else:
+        manifest["short_history"]["max_width"] = widest
     (target / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return target
 

@@ -99,8 +99,12 @@ class Scorer:
         return self
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str = "cpu", threads: int | None = None) -> Scorer:
-        """Load MODEL_DIR on "cpu", "cuda" or "auto" (CUDA if usable, else CPU with a warning)."""
+    def load(cls, model_dir: str | Path, device: str = "cpu", threads: int | None = None,
+             short_history: bool = True) -> Scorer:
+        """Load MODEL_DIR on "cpu", "cuda" or "auto" (CUDA if usable, else CPU with a warning).
+
+        `short_history`: on CPU, also load the model directory's short-history graph, if it has one, and
+        score narrow batches with it (faster; a second session, so about twice the memory and load time)."""
         ort = _import_onnxruntime()
         if device not in ("cpu", "cuda", "auto"):
             raise DeviceError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
@@ -132,7 +136,7 @@ class Scorer:
         providers = [CUDA, CPU] if actual == "cuda" else [CPU]
         new_session = lambda data: ort.InferenceSession(data, sess_options=options, providers=providers)  # noqa: E731
         # The short-history graph's speed-up was measured on CPU only (docs/runtime.md), so CUDA runs model.onnx.
-        short = _short_session(manifest, session, new_session) if actual == "cpu" else None
+        short = _short_session(manifest, session, new_session) if actual == "cpu" and short_history else None
         return cls._create(manifest, session, actual, new_session, short)
 
     @property

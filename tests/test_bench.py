@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
+from export_helpers import exported, one_torch_thread, run_dir
 
 from din_export.bench.data import workload_arrays
-from din_export.bench.engines import CHUNKED, ENGINES, PRECISION_ENGINES, precision_workload
+from din_export.bench.engines import CHUNKED, ENGINES, PRECISION_ENGINES, Engines, precision_workload
 from din_export.bench.memory import peak_rss
 from din_export.bench.peers import copy_weights_into_deepctr, deepctr_din, deepctr_inputs, deepctr_matrix
 from din_export.bench.plan import Plan, make_plan
 from din_export.bench.report import chart, format_table
 from din_export.bench.run import run_bench
 from din_export.bench.timing import alternate
+from din_export.checkpoints import load_run
 from din_export.cli.bench import bench_command, parse_threads
 from din_export.model import DIN, ModelConfig, history_mask
 from din_export.schema import Behaviour, DenseField, Schema, SparseField
@@ -176,7 +180,8 @@ def test_smoke_run_measures_every_engine_and_writes_a_report(tmp_path: Path) -> 
     assert set(record["models"]) == {"onnx-plain", "onnx-opt", "onnx-int8", "onnx-fp16"}
     assert set(record["precision"]["batches"]["8"]) == set(PRECISION_ENGINES)
     padded = record["load_model_bytes"]["onnx-opt-1.5MB"]
-    assert record["load_model_bytes"]["onnx-opt"] < 1.5e6 < padded < 1.5e6 + 0.5e6  # the vocabulary adds a little
+    # Scorer.load reads model.onnx and short.onnx, each about 1.5 MB padded; the vocabulary adds a little
+    assert record["load_model_bytes"]["onnx-opt"] < 2 * 1.5e6 < padded < 2 * 1.5e6 + 0.5e6
     assert record["load_ms"]["onnx-opt-1.5MB"]["p50_ms"] > 0
     cand = record["candidates"]
     assert cand["candidates"] == 10 and cand["max_abs_diff_vs_rows"] <= 1e-5
@@ -193,3 +198,22 @@ def test_smoke_run_measures_every_engine_and_writes_a_report(tmp_path: Path) -> 
     assert chart(record, plan).startswith(b"\x89PNG")
     # the JSON alone regenerates the tables
     assert format_table(json.loads(json.dumps(record)), plan) == format_table(record, plan)
+
+
+def test_the_chunked_engine_runs_the_graph_the_scorer_picks(tmp_path: Path) -> None:
+    # short.onnx replaced by the int8 export's graph, which scores visibly differently: the chunked engine's
+    # outputs then say which graph it ran at each width
+    model_dir = Path(shutil.copytree(exported("fp32"), tmp_path / "m"))
+    shutil.copyfile(exported("int8") / "model.onnx", model_dir / "short.onnx")
+    max_width = json.loads((model_dir / "manifest.json").read_text())["short_history"]["max_width"]
+    model, schema, _ = load_run(run_dir())
+    with one_torch_thread():
+        engines = Engines(model, schema, {"onnx-opt": model_dir}, threads=1, device="cpu")
+        sessions = {f: ort.InferenceSession(str(model_dir / f)) for f in ("model.onnx", "short.onnx")}
+        for seq, file in ((3, "short.onnx"), (max_width, "short.onnx"), (max_width + 1, "model.onnx")):
+            arrays = workload_arrays(schema, 300, seq, seed=seq)
+            got = np.concatenate([r[0] for r in engines.thunks(arrays)[CHUNKED]()])
+            runs = {f: s.run(["prob"], {i.name: arrays[i.name] for i in s.get_inputs()})[0]
+                    for f, s in sessions.items()}
+            assert np.abs(runs["short.onnx"] - runs["model.onnx"]).max() > 1e-4  # the two can be told apart
+            np.testing.assert_allclose(got, runs[file], rtol=0, atol=1e-6)

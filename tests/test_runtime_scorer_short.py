@@ -79,6 +79,14 @@ def test_without_a_short_graph_every_batch_runs_model_onnx(tmp_path):
     np.testing.assert_allclose(scorer.score_arrays(empty), reference_prob(empty), rtol=1e-5, atol=1e-6)
 
 
+def test_load_can_leave_it_out(with_short, tmp_path):
+    model_dir = Path(shutil.copytree(with_short, tmp_path / "m"))
+    (model_dir / "short.onnx").write_bytes(b"damaged")  # never read
+    scorer = Scorer.load(model_dir, short_history=False)
+    arrays = scorer.encode([request(i, hist=1) for i in range(3)]).arrays
+    np.testing.assert_allclose(scorer.score_arrays(arrays), reference_prob(arrays), rtol=1e-5, atol=1e-6)
+
+
 def test_its_hash_is_checked_at_load(with_short, tmp_path):
     model_dir = Path(shutil.copytree(with_short, tmp_path / "m"))
     data = bytearray((model_dir / "short.onnx").read_bytes())

@@ -4,6 +4,7 @@ DeepCTR-Torch) and the engine workloads: B=1 latency, batch throughput, fp32 aga
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ from din_export.schema import Schema
 
 CHUNKED = "onnx-opt/chunked"
 ENGINES = ("torch", "torch-rewritten", "onnx-plain", "onnx-opt", CHUNKED, "onnx-int8", "deepctr")
-# CHUNKED: the optimised session run on slices of the batch of din_runtime's `rows_per_run(L)` rows, as the
-# Scorer runs it on CPU (the Dice passes over B x L x H values then stay in cache), without its checks.
+# CHUNKED: the optimised export run on slices of the batch of din_runtime's `rows_per_run(L)` rows, as the
+# Scorer runs it on CPU (the Dice passes over B x L x H values then stay in cache), without its checks, and on
+# the graph the Scorer picks: short.onnx for histories up to the manifest's short_history max_width.
 
 PRECISION_ENGINES = ("torch", "torch-fp16", "onnx-opt", "onnx-fp16")  # the fp32/fp16 workload's engines
 
@@ -44,6 +46,10 @@ class Engines:
         self.torch_models = {"torch": model.to(device).eval(), "torch-rewritten": inference_module(model).to(device)}
         self.compiled = torch_compile.compiled_engines(self.torch_models["torch"], compile_modes, compile_backend)
         self.sessions = {name: onnx_session(d, threads, device) for name, d in dirs.items()}
+        short = _short_history(dirs["onnx-opt"]) if "onnx-opt" in dirs and device == "cpu" else None
+        # (session, max_width) of the optimised export's short-history graph, or (None, -1)
+        self.short = (None, -1) if short is None else (onnx_session(dirs["onnx-opt"], threads, device, short[0]),
+                                                       short[1])
         self.deepctr_state = None
         self.deepctr_weights: dict[str, list[str]] = {}
         self.deepctr_models: dict[int, torch.nn.Module] = {}
@@ -75,9 +81,11 @@ class Engines:
             feeds = {i.name: arrays[i.name] for i in session.get_inputs()}
             out[name] = onnx_call(session, arrays, self.device)
             if name == "onnx-opt":
-                n, step = len(arrays["hist_len"]), rows_per_run(arrays[self.schema.histories[0]].shape[1])
+                width = arrays[self.schema.histories[0]].shape[1]
+                n, step = len(arrays["hist_len"]), rows_per_run(width)
                 chunks = [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, n, step)]
-                out[CHUNKED] = lambda s=session, cs=chunks: [s.run(["prob"], c) for c in cs]
+                picked = self.short[0] if width <= self.short[1] else session
+                out[CHUNKED] = lambda s=picked, cs=chunks: [s.run(["prob"], c) for c in cs]
         model = self.deepctr(arrays[self.schema.histories[0]].shape[1])
         matrix = deepctr_matrix(model, deepctr_inputs(arrays, self.schema)).to(self.torch_device)
         out["deepctr"] = lambda: _torch_call(model, matrix, sync)
@@ -103,14 +111,20 @@ def _torch_call(model: torch.nn.Module, x: object, sync: Callable[[], None]) -> 
     sync()
 
 
-def onnx_session(model_dir: Path, threads: int, device: str) -> Any:
+def _short_history(model_dir: Path) -> tuple[str, int] | None:
+    """(file, max_width) of the model directory's short-history graph (manifest "short_history"), or None."""
+    entry = json.loads((model_dir / "manifest.json").read_text()).get("short_history")
+    return None if entry is None else (entry["model_file"], entry["max_width"])
+
+
+def onnx_session(model_dir: Path, threads: int, device: str, file: str = "model.onnx") -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    return ort.InferenceSession((model_dir / "model.onnx").read_bytes(), options, providers=providers)
+    return ort.InferenceSession((model_dir / file).read_bytes(), options, providers=providers)
 
 
 def onnx_call(session: Any, arrays: dict[str, np.ndarray], device: str) -> Thunk:
