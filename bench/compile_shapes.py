@@ -57,6 +57,9 @@ def main() -> None:
     parser.add_argument("--candidates", default="100x50,100x200,1000x50,1000x200", help="NxL, comma separated; "
                         "'' for none")
     parser.add_argument("--candidate-rounds", type=int, default=10)
+    parser.add_argument("--back-to-back", type=int, default=1, help="B=batch: calls per engine in a row per round, "
+                        "the first untimed (timing.alternate): with several threads, an engine's first call then "
+                        "absorbs the previous engine's threads still spinning")
     parser.add_argument("--each-graph", action="store_true", help="also the Scorer pinned to model.onnx and to "
                         "short.onnx")
     parser.add_argument("--json", type=Path, default=None)
@@ -78,6 +81,7 @@ def main() -> None:
               for file in ("model.onnx", "short.onnx")} if args.each_graph else {}
     peak = cpu_peak(args.threads)
     record: dict = {"cpu": cpu_model(), "load_average_start": os.getloadavg(), "threads": args.threads,
+                    "back_to_back": args.back_to_back,
                     "peak": peak, "shapes": {}, "command": " ".join(["python", *sys.argv])}
     for seq in plan.lengths:
         flops = model_flops_per_row(model, seq)
@@ -91,7 +95,7 @@ def main() -> None:
             del thunks["deepctr"]
             rounds = args.latency_rounds if batch == 1 else args.throughput_rounds
             start = time.perf_counter()
-            times = alternate(thunks, rounds, warmup=3)
+            times = alternate(thunks, rounds, warmup=3, back_to_back=1 if batch == 1 else args.back_to_back)
             by_engine = {name: {**quantiles(t), "rows_per_s": batch / float(np.median(t))} for name, t in times.items()}
             best, rate = best_torch(by_engine, "rows_per_s", max)
             for r in by_engine.values():
