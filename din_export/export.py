@@ -463,7 +463,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
                tolerance: float | Mapping[str, float] | None = None, triton_repo: str | Path | None = None,
                triton_name: str = "din", force: bool = False, example: tuple[int | None, int | None] | None = None,
                candidates: bool = True, portable: bool = True, triton_portable: bool = False,
-               short_history: bool = True, valid_rows: int = DEFAULT_VALID_ROWS) -> dict[str, Any]:
+               short_history: bool = False, valid_rows: int = DEFAULT_VALID_ROWS) -> dict[str, Any]:
     """Export, check, write to a temporary sibling of `out`, verify there, then rename; returns the manifest.
 
     `example`: the (batch, seq) to trace with (either may be None), default `example_sizes(schema)`; the
@@ -471,14 +471,19 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
     the candidate graph (CANDIDATE_FILE, declared in the manifest's "candidates"); optimised exports only.
     `portable`: also write PORTABLE_FILE, the model with its encoder inside (raw ids in, manifest "portable").
     `triton_portable`: the Triton model serves the portable graph (raw ids, TYPE_STRING) instead of model.onnx.
-    `short_history`: also write SHORT_FILE, model.onnx's twin for short histories (manifest "short_history");
-    optimised fp32 exports only, the variant its speed-up was measured on.
+    `short_history`: also write SHORT_FILE, model.onnx's twin for short histories (manifest "short_history"),
+    which the Scorer loads beside model.onnx; optimised fp32 exports only, the variant its speed-up was
+    measured on (docs/runtime.md, "The short-history graph": when it pays and what it costs).
     `tolerance`: bounds replacing the variant's verification policy (verify.POLICY: "prob", "logit_rel",
     "auc_drop"), or a float for the probability bound. `valid_rows`: validation rows verification scores.
     """
     run_dir, out = Path(run_dir), Path(out)
     if precision == "fp16" and quantize:
         raise OptionError("--precision fp16 and --quantize int8 are alternatives; pick one")
+    if short_history and (not optimize or precision != "fp32" or quantize):
+        raise OptionError("the short-history graph is written for optimised fp32 exports only (its speed-up was "
+                          "measured there); drop --short-graph, or --no-optimize / --precision / --quantize",
+                          option="--short-graph")
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; pass --force to replace it")
     if triton_portable and (triton_repo is None or not portable):
@@ -532,7 +537,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
                                   "inputs": [t.to_manifest() for t in cspec.inputs],
                                   "outputs": [t.to_manifest() for t in cspec.outputs],
                                   "example_sizes": {"candidates": traced[0], "seq": traced[1]}}
-    if optimize and short_history and precision == "fp32" and quantize is None:
+    if short_history:
         extra_files[SHORT_FILE], traced = build_graph(inference_module(model, short_history=True), schema, spec,
                                                       **variant)
         manifest["short_history"] = {"model_file": SHORT_FILE,

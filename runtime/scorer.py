@@ -103,8 +103,8 @@ class Scorer:
              short_history: bool = True) -> Scorer:
         """Load MODEL_DIR on "cpu", "cuda" or "auto" (CUDA if usable, else CPU with a warning).
 
-        `short_history`: on CPU, also load the model directory's short-history graph, if it has one, and
-        score narrow batches with it (faster; a second session, so about twice the memory and load time)."""
+        `short_history`: with one CPU thread (`threads=1`), also load the model directory's short-history
+        graph, if it has one, and score batches at most its max_width wide with it (docs/runtime.md)."""
         ort = _import_onnxruntime()
         if device not in ("cpu", "cuda", "auto"):
             raise DeviceError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
@@ -135,8 +135,10 @@ class Scorer:
         _check_graph(manifest, session, manifest.model_file)
         providers = [CUDA, CPU] if actual == "cuda" else [CPU]
         new_session = lambda data: ort.InferenceSession(data, sess_options=options, providers=providers)  # noqa: E731
-        # The short-history graph's speed-up was measured on CPU only (docs/runtime.md), so CUDA runs model.onnx.
-        short = _short_session(manifest, session, new_session) if actual == "cpu" and short_history else None
+        # Only where it pays (docs/runtime.md, "The short-history graph"): on CPU, with one thread. With more,
+        # each session's intra-op threads spin after its run and slow the other session's next run.
+        wanted = short_history and actual == "cpu" and threads == 1
+        short = _short_session(manifest, session, new_session) if wanted else None
         return cls._create(manifest, session, actual, new_session, short)
 
     @property

@@ -164,7 +164,7 @@ def measured_on_validation(model_dir: Path) -> tuple[float, float]:
 # fp32: the optimized graph traced at (2, 5) with attention and a Triton copy; plain: the same without the
 # inference rewrite; fp16 / int8: the variants.
 EXPORTS: dict[str, dict] = {
-    "fp32": {"example": (2, 5), "with_attention": True},
+    "fp32": {"example": (2, 5), "with_attention": True, "short_history": True},
     "plain": {"example": (2, 5), "optimize": False},
     "fp16": {"precision": "fp16", "with_attention": True},
     "int8": {"quantize": "int8"},

@@ -259,12 +259,23 @@ def test_short_history_graph_only_for_optimised_fp32(name: str) -> None:
     assert scorer.manifest.short_file is None
 
 
-def test_no_short_history_graph_when_asked(tmp_path: Path) -> None:
+def test_short_history_graph_only_when_asked(tmp_path: Path) -> None:
     out = tmp_path / "m"
-    result = CliRunner().invoke(main, ["export", str(run_dir()), "--out", str(out), "--no-short-graph"])
+    result = CliRunner().invoke(main, ["export", str(run_dir()), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "short-history graph" not in result.output and not (out / SHORT_FILE).exists()
     assert Scorer.load(out).manifest.short_file is None
+    result = CliRunner().invoke(main, ["export", str(run_dir()), "--out", str(out), "--force", "--short-graph"])
+    assert result.exit_code == 0, result.output
+    assert "short-history graph: 20 shapes" in result.output and Scorer.load(out).manifest.short_file == SHORT_FILE
+
+
+@pytest.mark.parametrize("variant", [["--no-optimize"], ["--precision", "fp16"], ["--quantize", "int8"]])
+def test_short_history_graph_is_refused_where_it_was_not_measured(tmp_path: Path, variant: list[str]) -> None:
+    result = CliRunner().invoke(main, ["export", str(run_dir()), "--out", str(tmp_path / "m"), "--short-graph",
+                                       *variant])
+    assert result.exit_code == 2 and "--short-graph" in result.output and "optimised fp32" in result.output
+    assert not (tmp_path / "m").exists()
 
 
 def test_no_candidate_graph_when_asked(tmp_path: Path) -> None:

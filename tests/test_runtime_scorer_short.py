@@ -37,7 +37,7 @@ def with_short(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("batch", [1, 5, 700])  # 700 rows at width 3-4: more than one run (rows_per_run)
 def test_batches_up_to_max_width_run_the_short_graph(with_short, batch):
-    scorer = Scorer.load(with_short)
+    scorer = Scorer.load(with_short, threads=1)
     assert scorer.manifest.short_file == "short.onnx" and scorer.manifest.short_max_width == MAX_WIDTH
     for hist, seed in ((0, SHORT_SEED), (1, SHORT_SEED), (MAX_WIDTH, SHORT_SEED), (MAX_WIDTH + 1, 7), (4, 7)):
         rows = [request(i, hist=min(hist, 1) if i % 2 else hist) for i in range(batch)]  # ragged
@@ -51,7 +51,7 @@ def test_batches_up_to_max_width_run_the_short_graph(with_short, batch):
 
 def test_the_width_is_the_arrays_not_the_rows(with_short):
     # score_arrays: a batch padded wider than max_width goes to model.onnx even if every row is short
-    scorer = Scorer.load(with_short)
+    scorer = Scorer.load(with_short, threads=1)
     arrays = scorer.encode([request(i, hist=1) for i in range(4)]).arrays
     wide = {k: np.pad(v, ((0, 0), (0, 3))) if k.startswith("hist_") and k != "hist_len" else v
             for k, v in arrays.items()}
@@ -63,14 +63,14 @@ def test_the_width_is_the_arrays_not_the_rows(with_short):
 def test_explain_follows_the_same_choice(tmp_path):
     model_dir = build_model_dir(tmp_path / "m", with_attention=True)
     add_short_graph(model_dir, build_graph(with_attention=True, seed=SHORT_SEED).SerializeToString())
-    scorer = Scorer.load(model_dir)
+    scorer = Scorer.load(model_dir, threads=1)
     weights = scorer.explain([request(0, hist=2), request(1, hist=1)])
     assert [len(w) for w in weights] == [2, 1]
     assert all(np.isfinite(w).all() for w in weights)
 
 
 def test_without_a_short_graph_every_batch_runs_model_onnx(tmp_path):
-    scorer = Scorer.load(build_model_dir(tmp_path / "m"))
+    scorer = Scorer.load(build_model_dir(tmp_path / "m"), threads=1)
     assert scorer.manifest.short_file is None
     arrays = scorer.encode([request(i, hist=1) for i in range(3)]).arrays
     np.testing.assert_allclose(scorer.score_arrays(arrays), reference_prob(arrays), rtol=1e-5, atol=1e-6)
@@ -79,10 +79,19 @@ def test_without_a_short_graph_every_batch_runs_model_onnx(tmp_path):
     np.testing.assert_allclose(scorer.score_arrays(empty), reference_prob(empty), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("threads", [None, 2])
+def test_with_more_than_one_thread_it_is_not_loaded(with_short, tmp_path, threads):
+    model_dir = Path(shutil.copytree(with_short, tmp_path / "m"))
+    (model_dir / "short.onnx").write_bytes(b"damaged")  # never read
+    scorer = Scorer.load(model_dir, threads=threads)
+    arrays = scorer.encode([request(i, hist=1) for i in range(3)]).arrays
+    np.testing.assert_allclose(scorer.score_arrays(arrays), reference_prob(arrays), rtol=1e-5, atol=1e-6)
+
+
 def test_load_can_leave_it_out(with_short, tmp_path):
     model_dir = Path(shutil.copytree(with_short, tmp_path / "m"))
     (model_dir / "short.onnx").write_bytes(b"damaged")  # never read
-    scorer = Scorer.load(model_dir, short_history=False)
+    scorer = Scorer.load(model_dir, threads=1, short_history=False)
     arrays = scorer.encode([request(i, hist=1) for i in range(3)]).arrays
     np.testing.assert_allclose(scorer.score_arrays(arrays), reference_prob(arrays), rtol=1e-5, atol=1e-6)
 
@@ -93,7 +102,7 @@ def test_its_hash_is_checked_at_load(with_short, tmp_path):
     data[-1] ^= 1
     (model_dir / "short.onnx").write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match=r"short\.onnx has SHA-256 .* changed or damaged"):
-        Scorer.load(model_dir)
+        Scorer.load(model_dir, threads=1)
 
 
 def test_a_short_graph_with_another_interface_is_refused(tmp_path):
@@ -101,7 +110,7 @@ def test_a_short_graph_with_another_interface_is_refused(tmp_path):
     data = build_graph(with_attention=True, seed=SHORT_SEED).SerializeToString()
     model_dir = add_short_graph(build_model_dir(tmp_path / "m"), data)
     with pytest.raises(IntegrityError, match=r"short\.onnx takes .* the two must have one interface"):
-        Scorer.load(model_dir)
+        Scorer.load(model_dir, threads=1)
 
 
 def test_a_short_graph_with_other_inputs_is_refused(tmp_path):
@@ -111,7 +120,7 @@ def test_a_short_graph_with_other_inputs_is_refused(tmp_path):
         node.input[:] = ["renamed" if i == "user_id" else i for i in node.input]
     model_dir = add_short_graph(build_model_dir(tmp_path / "m"), model.SerializeToString())
     with pytest.raises(IntegrityError, match=r"short\.onnx inputs \['renamed'"):
-        Scorer.load(model_dir)
+        Scorer.load(model_dir, threads=1)
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -125,4 +134,4 @@ def test_a_short_graph_with_other_inputs_is_refused(tmp_path):
 def test_manifest_short_history_entry_is_validated(tmp_path, change, message):
     model_dir = add_short_graph(build_model_dir(tmp_path / "m"), **change)
     with pytest.raises(ManifestError, match=message):
-        Scorer.load(model_dir)
+        Scorer.load(model_dir, threads=1)

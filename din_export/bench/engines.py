@@ -26,7 +26,7 @@ CHUNKED = "onnx-opt/chunked"
 ENGINES = ("torch", "torch-rewritten", "onnx-plain", "onnx-opt", CHUNKED, "onnx-int8", "deepctr")
 # CHUNKED: the optimised export run on slices of the batch of din_runtime's `rows_per_run(L)` rows, as the
 # Scorer runs it on CPU (the Dice passes over B x L x H values then stay in cache), without its checks, and on
-# the graph the Scorer picks: short.onnx for histories up to the manifest's short_history max_width.
+# the graph the Scorer picks: short.onnx (at 1 thread) for histories up to the manifest's short_history max_width.
 
 PRECISION_ENGINES = ("torch", "torch-fp16", "onnx-opt", "onnx-fp16")  # the fp32/fp16 workload's engines
 
@@ -46,7 +46,8 @@ class Engines:
         self.torch_models = {"torch": model.to(device).eval(), "torch-rewritten": inference_module(model).to(device)}
         self.compiled = torch_compile.compiled_engines(self.torch_models["torch"], compile_modes, compile_backend)
         self.sessions = {name: onnx_session(d, threads, device) for name, d in dirs.items()}
-        short = _short_history(dirs["onnx-opt"]) if "onnx-opt" in dirs and device == "cpu" else None
+        # as the Scorer picks it: on CPU with one thread
+        short = _short_history(dirs["onnx-opt"]) if "onnx-opt" in dirs and device == "cpu" and threads == 1 else None
         # (session, max_width) of the optimised export's short-history graph, or (None, -1)
         self.short = (None, -1) if short is None else (onnx_session(dirs["onnx-opt"], threads, device, short[0]),
                                                        short[1])

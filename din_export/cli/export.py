@@ -43,9 +43,10 @@ from din_export.verify import format_report
 @click.option("--no-optimize", is_flag=True, help="Export the plain model instead of the exact inference rewrite.")
 @click.option("--no-candidate-graph", is_flag=True,
               help=f"Do not write {CANDIDATE_FILE}, the one-user x many-candidates graph (optimised exports only).")
-@click.option("--no-short-graph", is_flag=True,
-              help=f"Do not write {SHORT_FILE}, the graph the Scorer runs for histories up to {SHORT_HISTORY_WIDTH} "
-                   "wide on CPU (optimised fp32 exports only).")
+@click.option("--short-graph", is_flag=True,
+              help=f"Also write {SHORT_FILE}, a second copy of the model that the Scorer runs on CPU for batches up "
+                   f"to {SHORT_HISTORY_WIDTH} positions wide: faster there, twice the memory (optimised fp32 "
+                   "exports only; docs/runtime.md).")
 @click.option("--no-portable-graph", is_flag=True,
               help=f"Do not write {PORTABLE_FILE}, the graph that takes raw ids (docs/export.md).")
 @tolerance_option()
@@ -57,7 +58,7 @@ from din_export.verify import format_report
 @click.option("--force", is_flag=True, help="Replace an existing model directory / Triton model.")
 def export_command(run_dir: Path, out: Path, opset: int, precision: str, quantize: str | None, with_attention: bool,
                    triton_repo: Path | None, triton_name: str, triton_portable: bool, no_optimize: bool,
-                   no_candidate_graph: bool, no_short_graph: bool, no_portable_graph: bool,
+                   no_candidate_graph: bool, short_graph: bool, no_portable_graph: bool,
                    tolerance: dict[str, float] | None,
                    example_batch: int | None, example_seq: int | None, force: bool) -> None:
     """Export RUN_DIR to an ONNX model directory, verified against torch before it is written.
@@ -75,7 +76,7 @@ def export_command(run_dir: Path, out: Path, opset: int, precision: str, quantiz
                               with_attention=with_attention, optimize=not no_optimize, tolerance=tolerance,
                               triton_repo=triton_repo, triton_name=triton_name, force=force,
                               candidates=not no_candidate_graph, portable=not no_portable_graph,
-                              short_history=not no_short_graph, triton_portable=triton_portable, example=example)
+                              short_history=short_graph, triton_portable=triton_portable, example=example)
     click.echo(format_report(manifest["parity"]))
     click.echo(f"wrote {out} (sha256 {manifest['sha256'][:16]}...)")
     if triton_repo is not None:
