@@ -134,7 +134,10 @@ class Scorer:
             log.warning("the CUDAExecutionProvider failed to start; scoring on CPU")
         _check_graph(manifest, session, manifest.model_file)
         providers = [CUDA, CPU] if actual == "cuda" else [CPU]
-        new_session = lambda data: ort.InferenceSession(data, sess_options=options, providers=providers)  # noqa: E731
+
+        def new_session(data: bytes) -> Any:
+            return ort.InferenceSession(data, sess_options=options, providers=providers)
+
         # Only where it pays (docs/runtime.md, "The short-history graph"): on CPU, with one thread. With more,
         # each session's intra-op threads spin after its run and slow the other session's next run.
         wanted = short_history and actual == "cpu" and threads == 1
