@@ -111,6 +111,15 @@ def build_graph(with_attention: bool = False, seed: int = 7) -> onnx.ModelProto:
     return model
 
 
+def graph_with_renamed_input(seed: int = 7) -> onnx.ModelProto:
+    """The fixture graph with its first input (user_id) renamed: a graph another exporter might write."""
+    model = build_graph(seed=seed)
+    model.graph.input[0].name = "renamed"
+    for node in model.graph.node:
+        node.input[:] = ["renamed" if i == "user_id" else i for i in node.input]
+    return model
+
+
 def manifest_for(model_bytes: bytes, with_attention: bool = False) -> dict:
     inputs = []
     for name in INPUTS:

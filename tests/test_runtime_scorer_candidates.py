@@ -21,7 +21,7 @@ import pytest
 from din_runtime import DinRuntimeError, InputError, IntegrityError, ManifestError, Scorer
 from din_runtime import scorer as scorer_module
 from din_runtime.scorer import POSITIONS_PER_RUN, rows_per_run
-from runtime_fixtures import VOCABS, build_graph, build_model_dir, reference_prob, request
+from runtime_fixtures import VOCABS, build_graph, build_model_dir, graph_with_renamed_input, reference_prob, request
 
 CANDIDATE_SEED = 8
 USER = {"user_id": "u3", "gender": "F", "age": 41, "price": 2.0}
@@ -79,10 +79,7 @@ def test_candidate_graph_is_read_on_first_use_and_its_hash_checked_then(with_can
 
 
 def test_candidate_graph_with_other_inputs_is_refused_when_used(tmp_path):
-    model = build_graph(seed=CANDIDATE_SEED)
-    model.graph.input[0].name = "renamed"
-    for node in model.graph.node:
-        node.input[:] = ["renamed" if i == "user_id" else i for i in node.input]
+    model = graph_with_renamed_input(seed=CANDIDATE_SEED)
     model_dir = add_candidate_graph(build_model_dir(tmp_path / "m"), model.SerializeToString())
     with pytest.raises(IntegrityError, match=r"candidates\.onnx has inputs \['renamed'"):
         Scorer.load(model_dir).score_candidates(USER, HISTORY, candidates(2))

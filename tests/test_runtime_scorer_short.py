@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from din_runtime import IntegrityError, ManifestError, Scorer
-from runtime_fixtures import build_graph, build_model_dir, reference_prob, request
+from runtime_fixtures import build_graph, build_model_dir, graph_with_renamed_input, reference_prob, request
 
 SHORT_SEED = 9
 MAX_WIDTH = 2
@@ -114,10 +114,7 @@ def test_a_short_graph_with_another_interface_is_refused(tmp_path):
 
 
 def test_a_short_graph_with_other_inputs_is_refused(tmp_path):
-    model = build_graph(seed=SHORT_SEED)
-    model.graph.input[0].name = "renamed"
-    for node in model.graph.node:
-        node.input[:] = ["renamed" if i == "user_id" else i for i in node.input]
+    model = graph_with_renamed_input(seed=SHORT_SEED)
     model_dir = add_short_graph(build_model_dir(tmp_path / "m"), model.SerializeToString())
     with pytest.raises(IntegrityError, match=r"short\.onnx inputs \['renamed'"):
         Scorer.load(model_dir, threads=1)
