@@ -73,6 +73,15 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
+def export_facts(model_dir: Path) -> dict:
+    """The export's size, variant and verification figures (its manifest's "parity" report)."""
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    variant = manifest["parity"]["variant"]
+    return {"model_onnx_bytes": (model_dir / "model.onnx").stat().st_size, "quantize": manifest.get("quantize"),
+            "optimized": manifest.get("optimized"), "max_abs_diff_prob": variant["max_abs_diff_prob"],
+            "auc_change": variant["auc_change"]}
+
+
 def timed(thunks: dict[str, Callable[[], object]], rounds: int, ref: str) -> dict[str, dict[str, float]]:
     """p50 ms of each thunk (alternating rounds) and its speed as a ratio to `ref`'s p50."""
     times = alternate(thunks, rounds, warmup=3)
@@ -149,13 +158,15 @@ def main() -> None:
         "cpu": cpu_name(), "threads": args.threads, "seq": args.seq, "rounds": args.rounds,
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_before": os.getloadavg(), "positions_per_run": POSITIONS_PER_RUN, "scorer_rows_per_run": scorer_rows,
-        "dirs": {d.name: {"path": str(d), "model_onnx_bytes": (d / "model.onnx").stat().st_size} for d in args.dirs},
+        "dirs": {d.name: export_facts(d) for d in args.dirs},
     }
     print(f"{report['cpu']}, {args.threads} thread(s), history {args.seq}, load average "
           f"{' '.join(f'{x:.2f}' for x in report['load_before'])}; the Scorer runs {scorer_rows} rows at a time "
           f"(POSITIONS_PER_RUN {POSITIONS_PER_RUN})")
-    for d in args.dirs:
-        print(f"{d.name}: model.onnx {report['dirs'][d.name]['model_onnx_bytes'] / 1e3:.1f} KB")
+    for name, facts in report["dirs"].items():
+        print(f"{name}: model.onnx {facts['model_onnx_bytes'] / 1e3:.1f} KB, quantize {facts['quantize']}, optimized "
+              f"{facts['optimized']}; verification: worst judged prob diff {facts['max_abs_diff_prob']:.2e}, "
+              f"validation AUC change {facts['auc_change']:+.2e}")
 
     report["whole_batch"], report["scorer"] = {}, {}
     for batch, rounds in ((BATCH, args.rounds), (1, 10 * args.rounds)):
@@ -181,8 +192,9 @@ def main() -> None:
         for p in positions:
             row = ", ".join(f"{name} {cells[f'{name} {p}']['p50_ms']:.3f} ms ({cells[f'{name} {p}']['vs_ref']:.2f}x)"
                             for name in names)
-            print(f"  {p} ({max(1, p // args.seq)} rows): {row}; {names[-1]} / {ref} at this size "
-                  f"{cells[f'{ref} {p}']['p50_ms'] / cells[f'{names[-1]} {p}']['p50_ms']:.2f}x")
+            same = ", ".join(f"{name} {cells[f'{ref} {p}']['p50_ms'] / cells[f'{name} {p}']['p50_ms']:.2f}x"
+                             for name in names[1:])
+            print(f"  {p} ({max(1, p // args.seq)} rows): {row}; vs {ref} at this size: {same}")
 
     if args.profile_runs:
         report["profile"] = {}

@@ -117,9 +117,10 @@ def quantized_nodes(model: onnx.ModelProto) -> list[str]:
     with a per-position input).
 
     Not the unit's output Linear (one column, the attention score): onnxruntime's integer kernel for a
-    one-column product is slower than its fp32 one (0.72x at 2,000 rows) and the quantise pass over its
-    input comes on top; left fp32, the MovieLens paper export gained ~2% at B=256 through the Scorer and
-    its worst validation difference halved (results/export.md, "int8 speed and size")."""
+    one-column product is slower than its fp32 one (0.73x at 2,000 rows) and the quantise pass over its
+    input comes on top. Left fp32, the MovieLens paper export ran 1-2% faster at B=1 and within noise of
+    the same at B=256, and its worst validation difference halved, as on the synthetic paper run
+    (results/export.md, "int8 speed and size")."""
     constants = {i.name: list(i.dims) for i in model.graph.initializer}
     constants |= {n.output[0]: next((list(a.t.dims) for a in n.attribute if a.name == "value"), [])
                   for n in model.graph.node if n.op_type == "Constant"}
