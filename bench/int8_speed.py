@@ -74,12 +74,13 @@ def cpu_name() -> str:
 
 
 def export_facts(model_dir: Path) -> dict:
-    """The export's size, variant and verification figures (its manifest's "parity" report)."""
+    """The export's size, variant and verification figures (its manifest's "parity" report; None where an
+    older manifest has none)."""
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    variant = manifest["parity"]["variant"]
+    variant = manifest.get("parity", {}).get("variant", {})
     return {"model_onnx_bytes": (model_dir / "model.onnx").stat().st_size, "quantize": manifest.get("quantize"),
-            "optimized": manifest.get("optimized"), "max_abs_diff_prob": variant["max_abs_diff_prob"],
-            "auc_change": variant["auc_change"]}
+            "optimized": manifest.get("optimized"), "max_abs_diff_prob": variant.get("max_abs_diff_prob"),
+            "auc_change": variant.get("auc_change")}
 
 
 def timed(thunks: dict[str, Callable[[], object]], rounds: int, ref: str) -> dict[str, dict[str, float]]:
@@ -164,9 +165,11 @@ def main() -> None:
           f"{' '.join(f'{x:.2f}' for x in report['load_before'])}; the Scorer runs {scorer_rows} rows at a time "
           f"(POSITIONS_PER_RUN {POSITIONS_PER_RUN})")
     for name, facts in report["dirs"].items():
+        diff, auc = facts["max_abs_diff_prob"], facts["auc_change"]
+        diff_text = "n/a" if diff is None else f"{diff:.2e}"
+        auc_text = "n/a" if auc is None else f"{auc:+.2e}"
         print(f"{name}: model.onnx {facts['model_onnx_bytes'] / 1e3:.1f} KB, quantize {facts['quantize']}, optimized "
-              f"{facts['optimized']}; verification: worst judged prob diff {facts['max_abs_diff_prob']:.2e}, "
-              f"validation AUC change {facts['auc_change']:+.2e}")
+              f"{facts['optimized']}; verification: worst judged prob diff {diff_text}, valid AUC change {auc_text}")
 
     report["whole_batch"], report["scorer"] = {}, {}
     for batch, rounds in ((BATCH, args.rounds), (1, 10 * args.rounds)):
