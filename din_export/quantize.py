@@ -1,14 +1,14 @@
 """Static int8 quantisation of an exported graph, calibrated on rows of the run's dataset.
 
 What is quantised: the Linears of the attention's activation unit after its first layer (see
-PER_POSITION), which run once per history position (B x L rows) and have constant weights, and the
-unit's first-layer product with a computed weight (PRODUCT): `k A(q)^T` per row in the optimised graph,
-`[k, q * k] W^T` in the plain one. Each gets an int8 input whose
-scale and zero point were measured once, on calibration rows, and stored in the file (QDQ format:
-QuantizeLinear / DequantizeLinear pairs), per-output-channel int8 weights, and a float output: no
-QuantizeLinear after the node, so onnxruntime fuses each Gemm into one QGemm (u8 x s8, bias added
-in int32, float out) and the product into MatMulIntegerToFloat, with no requantisation pass and no
-error from an int8 output. Nothing about a scale depends on the batch being scored, so a row's score is
+PER_POSITION), which run once per history position (B x L rows) and have constant weights, except its
+one-column output Linear (see `quantized_nodes`), and the unit's first-layer product with a computed
+weight (PRODUCT): `k A(q)^T` per row in the optimised graph, `[k, q * k] W^T` in the plain one. Each
+gets an int8 input whose scale and zero point were measured once, on calibration rows, and stored in
+the file (QDQ format: QuantizeLinear / DequantizeLinear pairs), per-output-channel int8 weights, and a
+float output: no QuantizeLinear after the node, so onnxruntime fuses each Gemm into one QGemm (u8 x s8,
+bias added in int32, float out) and the product into MatMulIntegerToFloat, with no requantisation pass
+and no error from an int8 output. Nothing about a scale depends on the batch being scored, so a row's score is
 bitwise the same alone or in any batch; dynamic quantisation, which takes each run's own min and max,
 scored one request 0.02 differently alone than inside a batch (docs/export.md, "int8").
 
@@ -113,9 +113,17 @@ class _Reader(CalibrationDataReader):
 
 def quantized_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes int8 quantises: the activation unit's constant-weight Gemms and MatMuls after its
-    first layer (PER_POSITION) and the first layer's product (PRODUCT, with a per-position input)."""
-    constants = {i.name for i in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    first layer (PER_POSITION) with more than one output column, and the first layer's product (PRODUCT,
+    with a per-position input).
+
+    Not the unit's output Linear (one column, the attention score): onnxruntime's integer kernel for a
+    one-column product is slower than its fp32 one (0.73x at 2,000 rows) and the quantise pass over its
+    input comes on top. Left fp32, the MovieLens paper export ran 1-2% faster at B=1 and within noise of
+    the same at B=256, and its worst validation difference halved, as on the synthetic paper run
+    (results/export.md, "int8 speed and size")."""
+    constants = {i.name: list(i.dims) for i in model.graph.initializer}
+    constants |= {n.output[0]: next((list(a.t.dims) for a in n.attribute if a.name == "value"), [])
+                  for n in model.graph.node if n.op_type == "Constant"}
     inferred = onnx.shape_inference.infer_shapes(model).graph
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*inferred.input, *inferred.value_info)}
     chosen = []
@@ -124,11 +132,19 @@ def quantized_nodes(model: onnx.ModelProto) -> list[str]:
         if n.op_type not in ("Gemm", "MatMul"):
             continue
         if n.input[1] in constants:
-            if PER_POSITION.search(scopes):
+            if PER_POSITION.search(scopes) and _output_columns(n, constants[n.input[1]]) > 1:
                 chosen.append(n.name)
         elif n.op_type == "MatMul" and PRODUCT.search(scopes) and ranks.get(n.input[0]) == 3:
             chosen.append(n.name)
     return chosen
+
+
+def _output_columns(node: onnx.NodeProto, weight: list[int]) -> int:
+    """Output columns of a Gemm or MatMul with a constant weight of shape `weight`."""
+    if len(weight) < 2:
+        return 0
+    trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+    return weight[0] if node.op_type == "Gemm" and trans_b else weight[-1]
 
 
 def quantize_int8(model: onnx.ModelProto, calibration: Sequence[Feeds],
