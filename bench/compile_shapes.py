@@ -74,6 +74,8 @@ def main() -> None:
     model, schema, _ = load_run(args.run_dir)
     engines = Engines(model, schema, {"onnx-opt": args.model_dir}, args.threads, "cpu", modes)
     scorer = Scorer.load(args.model_dir, threads=args.threads)
+    if args.each_graph and args.threads != 1:
+        parser.error("--each-graph needs --threads 1: with more threads the Scorer loads no short-history graph")
     work = TemporaryDirectory(prefix="din-compile-shapes-")
     widest = max(plan.lengths)
     pinned = {f"scorer-{file}": Scorer.load(pinned_dir(args.model_dir, Path(work.name), file, widest),
@@ -89,7 +91,7 @@ def main() -> None:
             arrays = workload_arrays(schema, batch, seq, seed=seq + batch)
             thunks = engines.thunks(arrays)
             if batch == 1:
-                del thunks[CHUNKED]  # it is onnx-opt itself at B=1
+                del thunks[CHUNKED]  # one run at B=1: the Scorer's graph unchunked, as `scorer` times it
             thunks["scorer"] = lambda a=arrays: scorer.score_arrays(a)
             thunks.update({name: lambda a=arrays, s=s: s.score_arrays(a) for name, s in pinned.items()})
             del thunks["deepctr"]

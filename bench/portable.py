@@ -63,7 +63,7 @@ def _medians(samples: list[tuple[float, float]]) -> dict[str, float]:
               help="onnxruntime intra-op threads of every session.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def main(model_dir: Path, rounds: int, threads: int, json_out: Path | None) -> None:
-    scorer = Scorer.load(model_dir, threads=threads)
+    scorer = Scorer.load(model_dir, threads=threads, short_history=False)  # model.onnx, the graph portable wraps
     m = scorer.manifest
     if m.portable_path is None:
         sys.exit(f"{model_dir} has no portable.onnx; add one with `din-export portable {model_dir}`")

@@ -59,7 +59,7 @@ def warm_loop(thunks: dict[str, Callable[[], object]], rounds: int, repeat: int,
 
 def measure(model_dir: Path, lengths: list[int], rounds: int, repeat: int,
             clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
-    scorer = Scorer.load(model_dir, threads=1)
+    scorer = Scorer.load(model_dir, threads=1, short_history=False)  # model.onnx, the bare session's graph
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     bare = ort.InferenceSession(scorer.manifest.model_path.read_bytes(), options,

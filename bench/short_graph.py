@@ -4,14 +4,16 @@
                                 [--json OUT]
 
 MODEL_DIR must hold a short-history graph (`din-export export RUN --out MODEL_DIR --short-graph`). Two
-Scorers on it, `Scorer.load(MODEL_DIR)` (short.onnx for batches up to max_width wide) and
-`Scorer.load(MODEL_DIR, short_history=False)` (model.onnx for every batch), timed in alternating rounds
+Scorers on it, `Scorer.load(MODEL_DIR, threads=1)` (short.onnx for batches up to max_width wide) and
+`Scorer.load(MODEL_DIR, threads=1, short_history=False)` (model.onnx for every batch), timed in alternating rounds
 (din_export.bench.timing.alternate, 3 calls in a row per round, the first untimed) on two workloads of
 two batches each: "narrow" (two batches `--narrow` wide) and "mixed" (one `--narrow` wide, then one
 `--wide`); only at --threads 1, the one setting where the Scorer loads short.onnx. Then, at any
 --threads, the cost of switching onnxruntime sessions that a mixed workload pays: the same graph in one
 session called twice against three sessions taking turns, with intra-op spinning on (onnxruntime's
-default) and off: why the Scorer keeps to one session when it runs more than one thread.
+default) and off: why the Scorer keeps to one session when it runs more than one thread. Last, what
+loading it costs: `Scorer.load(MODEL_DIR, threads=1)` with and without it, each in a fresh process
+(`--load-runs` of each), its wall time and the process's resident memory added by the load.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 from din_runtime import Scorer
 from din_runtime.scorer import rows_per_run
@@ -41,6 +45,7 @@ def main() -> None:
     parser.add_argument("--narrow", type=int, default=20)
     parser.add_argument("--wide", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--load-runs", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -75,10 +80,36 @@ def main() -> None:
                   "three sessions taking turns": quantiles(turns["session 0"])["p50_ms"]}
         record["session_switching"][f"allow_spinning={spin}"] = result
         print(f"allow_spinning={spin}: " + "  ".join(f"{k} {v:.2f} ms" for k, v in result.items()), flush=True)
+    record["load"] = {}
+    for short_history in (True, False):
+        runs = [_load_cost(args.model_dir, short_history) for _ in range(args.load_runs)]
+        result = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+        record["load"]["with short.onnx" if short_history else "model.onnx only"] = result
+        print(f"Scorer.load, short_history={short_history}: {result['seconds'] * 1e3:.1f} ms, "
+              f"+{result['rss_mb']:.1f} MB resident (median of {args.load_runs} processes)", flush=True)
     record["load_average_end"] = os.getloadavg()
     print(f"load average {record['load_average_start'][0]:.2f} -> {record['load_average_end'][0]:.2f}")
     if args.json:
         args.json.write_text(json.dumps(record, indent=1) + "\n")
+
+
+_LOAD = """
+import sys, time
+from din_runtime import Scorer
+def rss_kb():
+    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
+before, start = rss_kb(), time.perf_counter()
+scorer = Scorer.load(sys.argv[1], threads=1, short_history=sys.argv[2] == "1")
+print(time.perf_counter() - start, (rss_kb() - before) / 1024)
+del scorer
+"""
+
+
+def _load_cost(model_dir: Path, short_history: bool) -> dict[str, float]:
+    """Seconds and resident MB that one `Scorer.load` adds, in a fresh process (the import is not counted)."""
+    out = subprocess.run([sys.executable, "-c", _LOAD, str(model_dir), "1" if short_history else "0"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return {"seconds": float(out[0]), "rss_mb": float(out[1])}
 
 
 def _calls(scorer: Scorer, batches: tuple[dict, ...]) -> Callable[[], object]:

@@ -185,11 +185,13 @@ def torch_outputs(model: nn.Module, arrays: dict[str, np.ndarray], with_attentio
 
 
 class ExportedModel:
-    """The model directory's two views: Scorer (probabilities) and a bare session (all outputs)."""
+    """The model directory's two views: Scorer (probabilities) and a bare session (all outputs); with a
+    short-history graph, the same two of it: a one-thread Scorer, which runs it for narrow batches, and its
+    own bare session."""
 
     def __init__(self, model_dir: Path) -> None:
         try:
-            self.scorer = Scorer.load(model_dir)
+            self.scorer = Scorer.load(model_dir, short_history=False)  # model.onnx at every width
         except DinRuntimeError as e:
             raise VerifyError(f"din_runtime cannot load {model_dir}: {e}") from e
         self.manifest = dict(self.scorer.manifest.raw)
@@ -199,6 +201,12 @@ class ExportedModel:
         self.outputs = [o.name for o in self.session.get_outputs()]
         entry = self.manifest.get("short_history")
         self.short = None if entry is None else verified_session(model_dir, entry["model_file"], entry["sha256"])
+        self.short_width = -1 if entry is None else entry["max_width"]
+        try:
+            # loads the short graph with every check the runtime makes (hash, interface equal to model.onnx's)
+            self.short_scorer = None if entry is None else Scorer.load(model_dir, threads=1)
+        except DinRuntimeError as e:
+            raise VerifyError(f"din_runtime cannot load {model_dir} with its short-history graph: {e}") from e
 
     def check_dims(self) -> None:
         """Every dim the manifest names (batch, seq) must be symbolic in the graph, not a traced size."""
@@ -231,9 +239,17 @@ class ExportedModel:
         return out
 
     def run_short(self, arrays: dict[str, np.ndarray], batch: int, seq: int) -> dict[str, np.ndarray]:
-        """All outputs of the short-history graph at one size, from its own session."""
-        return run_checked(self.short, arrays, {"prob": (batch,), "logit": (batch,), "attention": (batch, seq)},
-                           f"the short-history graph at batch {batch}, seq {seq}")
+        """All outputs of the short-history graph at one size from its own session, the probabilities from
+        the one-thread Scorer where it runs that graph (histories up to max_width): the graph is judged at
+        every width, and on the runtime's path where the runtime uses it."""
+        where = f"the short-history graph at batch {batch}, seq {seq}"
+        out = run_checked(self.short, arrays, {"prob": (batch,), "logit": (batch,), "attention": (batch, seq)}, where)
+        if seq <= self.short_width:
+            try:
+                out["prob"] = self.short_scorer.score_arrays(arrays)
+            except DinRuntimeError as e:
+                raise DynamicAxisError(f"din_runtime fails on {where}: {e}") from e
+        return out
 
 
 def verified_session(model_dir: Path, file: str, sha256: str) -> Any:
@@ -241,7 +257,10 @@ def verified_session(model_dir: Path, file: str, sha256: str) -> Any:
     data = (model_dir / file).read_bytes()
     if hashlib.sha256(data).hexdigest() != sha256:
         raise VerifyError(f"{file} does not match the SHA-256 in the manifest")
-    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's pybind errors have no common public base class
+        raise VerifyError(f"onnxruntime cannot load {file}: {e}") from e
 
 
 def run_checked(session: Any, feeds: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
@@ -336,11 +355,10 @@ def verify_model_dir(model_dir: str | Path, model: nn.Module, schema: Schema, da
                     short_shapes.append({"batch": batch, "seq": seq,
                                          **compare(exported.run_short(arrays, batch, seq), ref)})
         valid = validation_rows(Path(data_dir), schema, valid_rows)
-        v = report["validation"] = validate(exported, model, schema, valid, with_attention)
-        if exported.short is not None:
-            report["short_history"] = {"shapes": short_shapes,
-                                       "validation": validate(exported, model, schema, valid, with_attention,
-                                                              short=True)}
+        v, short_v = validate(exported, model, schema, valid, with_attention)
+        report["validation"] = v
+        if short_v is not None:
+            report["short_history"] = {"shapes": short_shapes, "validation": short_v}
         if "candidates" in manifest:
             report["candidates"] = verify_candidates(model_dir, manifest, model, schema, valid, rng)
         if "portable" in manifest:
@@ -405,8 +423,6 @@ def judge(report: dict[str, Any], policy: dict[str, Any]) -> None:
     validation split, then the grid's shapes, the validation split, the candidate graph), AUCError if a
     validation AUC falls too far. Rows not judged must still be finite."""
     bounds = f"(probability {policy['prob']:g}, relative logit {policy['logit_rel']})"
-    # the short-history graph first: the Scorer's probabilities in "shapes" come from it at narrow widths,
-    # so a fault of that graph is named as its own
     for row in short_rows(report):
         if not within(row, policy if judged(row, policy) else FINITE_ONLY):
             where = "on the validation split" if "rows" in row else f"at batch {row['batch']}, seq {row['seq']}"
@@ -446,28 +462,36 @@ def describe(row: dict[str, float]) -> str:
 
 
 def validate(exported: ExportedModel, model: nn.Module, schema: Schema, valid: dict[str, np.ndarray],
-             with_attention: bool, short: bool = False) -> dict[str, Any]:
-    """Score the validation rows in batches cut to their longest history; diffs and AUC of both sides.
-    `short`: score them with the short-history graph's session instead of through the Scorer."""
+             with_attention: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Score the validation rows in batches cut to their longest history: diffs and AUC of both sides, for
+    model.onnx and (None without one) the short-history graph, against one torch pass."""
     names = schema.input_names()
     n = len(valid["label"])
-    ours, refs = [], []
+    ours, shorts, refs = [], [], []
     for start in range(0, n, VALID_BATCH):
         rows = slice(start, min(start + VALID_BATCH, n))
         width = int(valid["hist_len"][rows].max())
         arrays = {k: valid[k][rows][:, :width] if k in schema.histories else valid[k][rows] for k in names}
         batch = len(arrays["hist_len"])
-        ours.append(exported.run_short(arrays, batch, width) if short else exported.run(arrays, batch, width))
+        ours.append(exported.run(arrays, batch, width))
+        if exported.short is not None:
+            shorts.append(exported.run_short(arrays, batch, width))
         refs.append(torch_outputs(model, arrays, with_attention))
-    cat = {k: np.concatenate([o[k] for o in ours]) for k in ("prob", "logit")}
     ref = {k: np.concatenate([r[k] for r in refs]) for k in ("prob", "logit")}
+    labels = valid["label"]
+    return _validation_row(ours, ref, labels), _validation_row(shorts, ref, labels) if shorts else None
+
+
+def _validation_row(ours: list[dict[str, np.ndarray]], ref: dict[str, np.ndarray],
+                    labels: np.ndarray) -> dict[str, Any]:
+    cat = {k: np.concatenate([o[k] for o in ours]) for k in ("prob", "logit")}
     row = compare(cat, ref)
     row.pop("attention", None)
-    labels = valid["label"]
     both = 0 < labels.sum() < len(labels)
     auc_torch = auc(labels, ref["prob"]) if both else math.nan
     auc_model = auc(labels, cat["prob"]) if both and np.isfinite(cat["prob"]).all() else math.nan
-    return {"rows": n, **row, "auc_torch": auc_torch, "auc_model": auc_model, "auc_change": auc_model - auc_torch}
+    return {"rows": len(labels), **row, "auc_torch": auc_torch, "auc_model": auc_model,
+            "auc_change": auc_model - auc_torch}
 
 
 def verify_candidates(model_dir: Path, manifest: dict, model: nn.Module, schema: Schema,

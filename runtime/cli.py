@@ -66,10 +66,12 @@ from din_runtime.scorer import Scorer
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
               help="cuda needs onnxruntime-gpu (the gpu extra); auto takes cuda when it is available.")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads (default: all cores).")
+@click.option("--no-short-graph", is_flag=True,
+              help="With --threads 1, do not load the model directory's short-history graph (docs/runtime.md).")
 @click.version_option(__version__, prog_name="din-score")
 def main(model_dir: Path, input_path: str, output: str, input_format: str, output_format: str, list_sep: str,
          batch_size: int, id_field: str | None, label_field: str | None, metrics_out: str | None, on_error: str,
-         errors_path: str | None, device: str, threads: int | None) -> None:
+         errors_path: str | None, device: str, threads: int | None, no_short_graph: bool) -> None:
     """Score the request rows of INPUT (JSONL, CSV or Parquet; - is stdin) with the model in MODEL_DIR."""
     if (on_error == "skip") != (errors_path is not None):
         raise click.UsageError("--on-error skip and --errors FILE go together: skipped rows must be kept somewhere")
@@ -89,7 +91,7 @@ def main(model_dir: Path, input_path: str, output: str, input_format: str, outpu
     try:
         in_fmt = format_of(input_path, input_format, INPUT_FORMATS, "jsonl", "--format")
         out_fmt = format_of(output, output_format, OUTPUT_FORMATS, "jsonl", "--output-format")
-        scorer = Scorer.load(model_dir, device=device, threads=threads)
+        scorer = Scorer.load(model_dir, device=device, threads=threads, short_history=not no_short_graph)
         _Run(scorer, in_fmt, out_fmt, list_sep, batch_size, id_field, label_field, on_error).run(
             input_path, output, errors_path, metrics_out)
     except BrokenPipeError:

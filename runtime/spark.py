@@ -65,12 +65,13 @@ class Scored:
 
 @overload
 def score(df: DataFrame, model_dir: str | Path, *, on_error: Literal["stop"] = ..., id_field: str | None = ...,
-          device: str = ..., threads: int | None = ...) -> DataFrame: ...
+          device: str = ..., threads: int | None = ..., short_history: bool = ...) -> DataFrame: ...
 @overload
 def score(df: DataFrame, model_dir: str | Path, *, on_error: Literal["skip"], id_field: str | None = ...,
-          device: str = ..., threads: int | None = ...) -> Scored: ...
+          device: str = ..., threads: int | None = ..., short_history: bool = ...) -> Scored: ...
 def score(df: DataFrame, model_dir: str | Path, *, on_error: Literal["stop", "skip"] = "stop",
-          id_field: str | None = None, device: str = "cpu", threads: int | None = 1) -> DataFrame | Scored:
+          id_field: str | None = None, device: str = "cpu", threads: int | None = 1,
+          short_history: bool = True) -> DataFrame | Scored:
     """The rows of `df` with `score` (float, the click probability) and `oov` (int, how many of the row's ids
     are not in the model's vocabularies) added; lazy, like any DataFrame transformation.
 
@@ -79,8 +80,9 @@ def score(df: DataFrame, model_dir: str | Path, *, on_error: Literal["stop", "sk
     (looked up in the SparkFiles directory when it is not a path there). `on_error="stop"` fails the job at
     the first bad row with its partition, row and field; `"skip"` returns `Scored(scores, errors)`, with
     rows in = scores + errors. `id_field` names a column that identifies rows in error messages and is
-    copied into `errors`. `device` and `threads` are those of `Scorer.load` for each worker's Scorer
-    (default 1 thread: Spark runs one task per core).
+    copied into `errors`. `device`, `threads` and `short_history` are those of `Scorer.load` for each
+    worker's Scorer (default 1 thread: Spark runs one task per core; a model directory with a short-history
+    graph then holds both graphs in every worker, `short_history=False` only model.onnx).
     """
     if on_error not in ("stop", "skip"):
         raise DinRuntimeError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
@@ -100,7 +102,8 @@ def score(df: DataFrame, model_dir: str | Path, *, on_error: Literal["stop", "sk
         extra.append(types.StructField(_ERROR, types.StructType(
             [types.StructField(n, kinds[t]) for n, t in _ERROR_FIELDS])))
     task = partial(_score_partition, model_dir=str(model_dir), skip=on_error == "skip", id_field=id_field,
-                   device=device, threads=threads, unchecked=schema if manifest is None else None)
+                   device=device, threads=threads, short_history=short_history,
+                   unchecked=schema if manifest is None else None)
     scored = df.mapInArrow(task, types.StructType(list(schema.fields) + extra))
     if on_error == "stop":
         return scored
@@ -169,20 +172,20 @@ _LOADS: Counter[str] = Counter()
 _LOCK = threading.Lock()
 
 
-def _worker_model(model_dir: str, device: str = "cpu", threads: int | None = 1) -> _Model:
+def _worker_model(model_dir: str, device: str = "cpu", threads: int | None = 1, short_history: bool = True) -> _Model:
     """This process's model for `model_dir` (resolved as `score` does), loaded at its first use."""
     path = _resolve(model_dir)
     try:
         stat = (path / MANIFEST_FILE).stat()
     except OSError:
         raise ModelDirError(_not_found(model_dir, path)) from None
-    key = (str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size, device, threads)
+    key = (str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size, device, threads, short_history)
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:
             import pyarrow as pa
 
-            scorer = Scorer.load(path, device=device, threads=threads)
+            scorer = Scorer.load(path, device=device, threads=threads, short_history=short_history)
             _LOADS[key[0]] += 1
             model = _Model(scorer, {name: (pa.array(list(vocab), type=pa.string()),
                                            np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab)))
@@ -236,14 +239,15 @@ def _pyspark_types() -> Any:
 
 
 def _score_partition(batches: Iterator[pa.RecordBatch], *, model_dir: str, skip: bool, id_field: str | None,
-                     device: str, threads: int | None, unchecked: StructType | None) -> Iterator[pa.RecordBatch]:
+                     device: str, threads: int | None, short_history: bool,
+                     unchecked: StructType | None) -> Iterator[pa.RecordBatch]:
     """mapInArrow's function: each batch with its scores (skip mode: and each row's verdict) appended.
     `unchecked`: the DataFrame's schema when the driver could not read the model to check it."""
     from pyspark import TaskContext
 
     context = TaskContext.get()
     partition = context.partitionId() if context is not None else 0
-    model = _worker_model(model_dir, device, threads)
+    model = _worker_model(model_dir, device, threads, short_history)
     if unchecked is not None:
         _check_schema(unchecked, model.scorer.manifest)
     fields = _request_fields(model.scorer.manifest)

@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
 from export_helpers import exported, one_torch_thread, run_dir
+from onnx import numpy_helper
 
 from din_export.bench.data import workload_arrays
 from din_export.bench.engines import CHUNKED, ENGINES, PRECISION_ENGINES, Engines, precision_workload
@@ -200,10 +202,16 @@ def test_smoke_run_measures_every_engine_and_writes_a_report(tmp_path: Path) -> 
 
 
 def test_the_chunked_engine_runs_the_graph_the_scorer_picks(tmp_path: Path) -> None:
-    # short.onnx replaced by the int8 export's graph, which scores visibly differently: the chunked engine's
-    # outputs then say which graph it ran at each width
+    # short.onnx replaced by model.onnx with one weight shifted, which scores visibly differently: the
+    # chunked engine's outputs then say which graph it ran at each width
     model_dir = Path(shutil.copytree(exported("fp32"), tmp_path / "m"))
-    shutil.copyfile(exported("int8") / "model.onnx", model_dir / "short.onnx")
+    graph = onnx.load(model_dir / "model.onnx")
+    last_gemm = [n for n in graph.graph.node if n.op_type == "Gemm"][-1]
+    weight = next(i for i in graph.graph.initializer if i.name == last_gemm.input[1])
+    values = numpy_helper.to_array(weight).copy()
+    values.flat[0] += 0.5
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    onnx.save(graph, model_dir / "short.onnx")
     max_width = json.loads((model_dir / "manifest.json").read_text())["short_history"]["max_width"]
     model, schema, _ = load_run(run_dir())
     with one_torch_thread():

@@ -229,8 +229,10 @@ def test_candidate_graph_is_verified_and_scores_candidates_like_torch(name: str)
 
 
 def test_short_history_graph_is_verified_and_run_for_narrow_batches() -> None:
-    scorer, manifest, graph = load("fp32")
+    _, manifest, graph = load("fp32")
     model_dir = exported("fp32")
+    scorer = Scorer.load(model_dir, threads=1)  # the Scorer that runs short.onnx
+    assert scorer.manifest.short_file == SHORT_FILE
     entry = manifest["short_history"]
     assert entry["sha256"] == hashlib.sha256((model_dir / SHORT_FILE).read_bytes()).hexdigest()
     assert entry["max_width"] == SHORT_HISTORY_WIDTH and entry["example_sizes"] == manifest["example_sizes"]
@@ -243,8 +245,9 @@ def test_short_history_graph_is_verified_and_run_for_narrow_batches() -> None:
     assert [(r["batch"], r["seq"]) for r in parity["shapes"]] == shapes
     assert parity["validation"]["rows"] == VALID_ROWS and all(r["judged"] for r in parity["shapes"])
     assert manifest["variant"]["max_abs_diff_prob_short_history"] <= 1e-5
-    # through the Scorer on either side of max_width (which graph it picks: test_runtime_scorer_short.py;
-    # on this tiny model both graphs round alike, so their scores cannot tell them apart here)
+    # through the one-thread Scorer on either side of max_width (which graph it picks:
+    # test_runtime_scorer_short.py; on this tiny model both graphs round alike, so their scores cannot tell
+    # them apart here)
     session = ort.InferenceSession(str(model_dir / SHORT_FILE))
     for seq in (1, SHORT_HISTORY_WIDTH, SHORT_HISTORY_WIDTH + 1):
         x = inputs(64, seq, seed=seq)

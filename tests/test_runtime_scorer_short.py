@@ -12,8 +12,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+from click.testing import CliRunner
 from din_runtime import IntegrityError, ManifestError, Scorer
+from din_runtime.cli import main as score_main
+from din_runtime.spark import _worker_model as spark_worker_model
 from runtime_fixtures import build_graph, build_model_dir, graph_with_renamed_input, reference_prob, request
 
 SHORT_SEED = 9
@@ -64,9 +68,16 @@ def test_explain_follows_the_same_choice(tmp_path):
     model_dir = build_model_dir(tmp_path / "m", with_attention=True)
     add_short_graph(model_dir, build_graph(with_attention=True, seed=SHORT_SEED).SerializeToString())
     scorer = Scorer.load(model_dir, threads=1)
-    weights = scorer.explain([request(0, hist=2), request(1, hist=1)])
+    rows = [request(0, hist=2), request(1, hist=1)]
+    weights = scorer.explain(rows)
     assert [len(w) for w in weights] == [2, 1]
-    assert all(np.isfinite(w).all() for w in weights)
+    arrays = scorer.encode(rows).arrays
+    feeds = {k: v.astype(np.float32) if k == "dense" else v for k, v in arrays.items()}
+    graphs = {f: ort.InferenceSession(str(model_dir / f)).run(["attention"], feeds)[0]
+              for f in ("short.onnx", "model.onnx")}
+    assert np.abs(graphs["short.onnx"] - graphs["model.onnx"]).max() > 1e-3  # the two can be told apart
+    for i, n in enumerate(arrays["hist_len"]):
+        np.testing.assert_allclose(weights[i], graphs["short.onnx"][i, :n], rtol=1e-6)
 
 
 def test_without_a_short_graph_every_batch_runs_model_onnx(tmp_path):
@@ -132,3 +143,25 @@ def test_manifest_short_history_entry_is_validated(tmp_path, change, message):
     model_dir = add_short_graph(build_model_dir(tmp_path / "m"), **change)
     with pytest.raises(ManifestError, match=message):
         Scorer.load(model_dir, threads=1)
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-short-graph"]])
+def test_din_score_with_one_thread_uses_it_unless_told_not_to(with_short, tmp_path, flag):
+    rows = [request(i, hist=1) for i in range(4)]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "scores.jsonl"
+    result = CliRunner().invoke(score_main, [str(with_short), str(source), "--output", str(out), "--threads", "1",
+                                             *flag])
+    assert result.exit_code == 0, result.output
+    got = np.array([json.loads(line)["score"] for line in out.read_text().splitlines()])
+    arrays = Scorer.load(with_short).encode(rows).arrays
+    np.testing.assert_allclose(got, reference_prob(arrays, seed=7 if flag else SHORT_SEED), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("short_history", [True, False])
+def test_spark_workers_pass_short_history_to_the_scorer(with_short, short_history):
+    scorer = spark_worker_model(str(with_short), "cpu", 1, short_history).scorer
+    arrays = scorer.encode([request(i, hist=1) for i in range(4)]).arrays
+    np.testing.assert_allclose(scorer.score_arrays(arrays),
+                               reference_prob(arrays, seed=SHORT_SEED if short_history else 7), rtol=1e-5, atol=1e-6)

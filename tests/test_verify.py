@@ -47,16 +47,13 @@ def verify(model_dir: Path, **kwargs) -> dict:
 
 def copy_with_graph(tmp_path: Path, graph: onnx.ModelProto, source: str = "fp32") -> Path:
     """A copy of an exported directory holding `graph`, with the manifest's hash updated to match it
-    (so the runtime loads it: what must catch the change is the comparison with torch), and without the
-    short-history graph, so that the Scorer scores every shape with `graph`."""
+    (so the runtime loads it: what must catch the change is the comparison with torch)."""
     model_dir = tmp_path / "model"
     shutil.copytree(exported(source), model_dir)
     data = graph.SerializeToString()
     (model_dir / MODEL_FILE).write_bytes(data)
-    (model_dir / SHORT_FILE).unlink(missing_ok=True)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     manifest["sha256"] = hashlib.sha256(data).hexdigest()
-    manifest.pop("short_history", None)
     (model_dir / "manifest.json").write_text(json.dumps(manifest))
     return model_dir
 
@@ -110,8 +107,8 @@ def test_a_changed_weight_raises_tolerance_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("changed", [SHORT_FILE, MODEL_FILE])
 def test_each_graph_of_the_pair_is_judged_at_every_width(tmp_path: Path, changed: str) -> None:
-    # The tiny model's histories are all narrower than max_width, so the Scorer runs short.onnx on every
-    # shape; a change to either graph must still fail (model.onnx through its bare session's logits).
+    # each graph is judged on its own rows, through a Scorer that runs it: a change to either fails, and
+    # the error names the graph
     model_dir = tmp_path / "model"
     shutil.copytree(exported("fp32"), model_dir)
     graph = onnx.load(model_dir / changed)
@@ -128,6 +125,23 @@ def test_each_graph_of_the_pair_is_judged_at_every_width(tmp_path: Path, changed
     (model_dir / "manifest.json").write_text(json.dumps(manifest))
     where = "short-history graph at batch 1" if changed == SHORT_FILE else "at batch 1"
     with pytest.raises(ToleranceError, match=rf"^ToleranceError: {where}, seq \d+: max abs diff"):
+        verify(model_dir)
+
+
+def test_a_short_graph_the_runtime_refuses_fails_verification(tmp_path: Path) -> None:
+    # model.onnx has the attention output; a short graph without it passes every comparison it takes part
+    # in, but a one-thread Scorer refuses the directory, so verification must too
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported("fp32"), model_dir)
+    graph = onnx.load(model_dir / SHORT_FILE)
+    attention = next(o for o in graph.graph.output if o.name == "attention")
+    graph.graph.output.remove(attention)
+    data = graph.SerializeToString()
+    (model_dir / SHORT_FILE).write_bytes(data)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["short_history"]["sha256"] = hashlib.sha256(data).hexdigest()
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(VerifyError, match=r"short-history graph: .*the two must have one interface"):
         verify(model_dir)
 
 
