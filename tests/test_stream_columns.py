@@ -74,6 +74,35 @@ def test_ids_fall_back_to_the_list_for_mixed_chunks() -> None:
     _same_categorical(col.result(), _concat_ids([*[c.copy() for c in chunks], np.array([1, 2], dtype=np.int32)]))
 
 
+@pytest.mark.parametrize("order", ["int first", "text first"])
+def test_mixed_integer_and_text_chunks_keep_their_order(order: str) -> None:
+    ints = [np.array([5, 7, 5], dtype=np.int32), np.array([2**40], dtype=np.int64)]
+    text = [pd.Categorical(["x", "5"])]
+    chunks = [ints[0], *text, ints[1]] if order == "int first" else [*text, *ints]
+    expected = [str(v) for c in chunks for v in np.asarray(c)]
+    for n_rows in (None, 6):
+        col = Ids(n_rows)
+        for c in chunks:
+            col.add(c.copy())
+        got = col.result()
+        assert list(np.asarray(got)) == expected
+        assert len(set(got.categories)) == len(got.categories)  # "5" once, from either kind of chunk
+
+
+def test_uint64_ids_across_2_63_read_in_chunks(tmp_path) -> None:
+    """A uint64 column whose ids cross 2**63 gives integer chunks below and text chunks above: one
+    column, in file order, as the table read whole gives it."""
+    users = np.array([2**63 - 4 + i for i in range(8)], dtype=np.uint64)
+    frame = pd.DataFrame({"user": users, "item": [f"i{i % 3}" for i in range(8)], "category": ["c"] * 8,
+                          "timestamp": np.arange(8)})
+    path = tmp_path / "events.parquet"
+    frame.to_parquet(path, row_group_size=2)
+    streamed = read_events(path, chunk_rows=2).frame
+    assert list(streamed["user"].astype(str)) == [str(u) for u in users]
+    whole = events_from_frame(frame).frame
+    assert list(whole["user"].astype(str)) == [str(u) for u in users]
+
+
 def test_parquet_in_chunks_equals_the_table_read_whole(tmp_path) -> None:
     """Parquet (row count known: columns filled in place) read in small chunks gives the frame of the
     same table read from memory in one chunk."""

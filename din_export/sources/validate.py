@@ -222,24 +222,46 @@ def _labels(values: pd.Series, path: Path | str, name: str, lines: np.ndarray) -
 
 
 def _concat_ids(parts: list[pd.Categorical | np.ndarray]) -> pd.Categorical:
-    """One Categorical of strings from the chunks' ids (integer chunks as arrays, the others as Categoricals)."""
+    """One Categorical of strings from the chunks' ids (integer chunks as arrays, the others as Categoricals),
+    in the chunks' order; `parts` is emptied as they are coded."""
     if not parts:
         return pd.Categorical(np.array([], dtype=object))
-    ints = [p for p in parts if isinstance(p, np.ndarray)]
-    cats = [p for p in parts if not isinstance(p, np.ndarray)]
+    cats: list[pd.Categorical] = []
+    ints: list[np.ndarray] = []
+    parts.reverse()  # popped from the end, in order
+    while parts:
+        part = parts.pop()
+        if isinstance(part, np.ndarray):
+            ints.append(part)
+            continue
+        if ints:
+            cats.append(_code_ints(ints))
+        cats.append(part)
     if ints:
-        # codes a chunk at a time against the sorted distinct ids, each chunk dropped once coded, so
-        # the column is never held twice (nor as int64 codes, which pd.Categorical would make)
-        uniq = np.unique(np.concatenate([np.unique(p) for p in ints]))
-        codes = np.empty(sum(map(len, ints)), dtype=np.int32 if len(uniq) < 2**31 else np.int64)
-        offset = 0
-        parts.clear()
-        while ints:
-            p = ints.pop(0)
-            codes[offset:offset + len(p)] = np.searchsorted(uniq, p)
-            offset += len(p)
-        cats.append(pd.Categorical.from_codes(codes, categories=pd.Index(uniq.astype(str), dtype=object)))
-    return union_categoricals(cats, ignore_order=True) if len(cats) > 1 else cats[0]
+        cats.append(_code_ints(ints))
+    if len(cats) == 1:
+        return cats[0]
+    if len({c.categories.dtype for c in cats}) > 1:
+        # integer chunks name their ids as Python strings, text chunks may hold another string dtype (a
+        # uint64 column has both where its ids cross 2**63): one dtype, so the categories can be joined
+        cats = [pd.Categorical.from_codes(c.codes, categories=pd.Index(c.categories.to_numpy(object), dtype=object))
+                for c in cats]
+    return union_categoricals(cats, ignore_order=True)
+
+
+def _code_ints(ints: list[np.ndarray]) -> pd.Categorical:
+    """A run of consecutive integer chunks as one Categorical of strings; `ints` is emptied."""
+    # codes a chunk at a time against the run's sorted distinct ids, each chunk dropped once coded, so
+    # the column is never held twice (nor as int64 codes, which pd.Categorical would make)
+    uniq = np.unique(np.concatenate([np.unique(p) for p in ints]))
+    codes = np.empty(sum(map(len, ints)), dtype=np.int32 if len(uniq) < 2**31 else np.int64)
+    offset = 0
+    ints.reverse()
+    while ints:
+        p = ints.pop()
+        codes[offset:offset + len(p)] = np.searchsorted(uniq, p)
+        offset += len(p)
+    return pd.Categorical.from_codes(codes, categories=pd.Index(uniq.astype(str), dtype=object))
 
 
 def _check_file(path: Path, what: str) -> None:
