@@ -24,6 +24,7 @@ from din_export.errors import DinExportError, OptionError
 from din_export.export import ExportError, GraphCheckError, check_example
 from din_export.portable import PortableError
 from din_export.prepare import PrepareError, load_source
+from din_export.sources import SourceError
 from din_export.train import RunError
 from din_export.verify import AUCError, DynamicAxisError, ShapeError, ToleranceError, VerifyError, parse_tolerance
 
@@ -70,12 +71,12 @@ def test_the_library_imports_without_click() -> None:
 
 @pytest.mark.parametrize("error", [ExportError, GraphCheckError, VerifyError, ShapeError, DynamicAxisError,
                                    ToleranceError, AUCError, PortableError, PrepareError, DataError, RunError,
-                                   OptionError])
+                                   OptionError, SourceError])
 def test_every_library_error_is_a_din_export_error(error: type[Exception]) -> None:
     assert issubclass(error, DinExportError) and not issubclass(error, click.ClickException)
 
 
-@pytest.mark.parametrize("error", [PrepareError, DataError, RunError, OptionError])
+@pytest.mark.parametrize("error", [PrepareError, DataError, RunError, OptionError, SourceError])
 def test_errors_that_were_value_errors_still_are(error: type[Exception]) -> None:
     assert issubclass(error, ValueError)
 

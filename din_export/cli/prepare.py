@@ -8,7 +8,6 @@ import click
 
 from din_export.cli.common import CONTEXT_SETTINGS, library_errors
 from din_export.prepare import HISTORIES, REQUESTS_CAP, SOURCES, _check_out, _summary, load_source, prepare
-from din_export.sources import SourceError
 
 FRACTION = click.FloatRange(0, 1, min_open=True, max_open=True)
 
@@ -57,8 +56,6 @@ def prepare_command(source: str, path: Path | None, out: Path, max_len: int, see
             stats = prepare(events, out, max_len=max_len, seed=seed, valid_fraction=valid_fraction,
                             test_fraction=test_fraction, history=history, force=force, all_requests=all_requests,
                             release_events=True)
-    except SourceError as e:
-        raise click.ClickException(str(e)) from None
     except OSError as e:  # unreadable input, --out under a file, disk full: the system's own words
         raise click.ClickException(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)) from None
     click.echo(_summary(out, stats))

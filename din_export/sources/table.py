@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from din_export.errors import DinExportError
+
 CHUNK_ROWS = 500_000
 
 
-class SourceError(ValueError):
-    """A source file is missing or malformed; the message names the file, line and field."""
+class SourceError(DinExportError, ValueError):
+    """A source file is missing or malformed; the message names the file, line and field (a ValueError
+    too, as it was before din_export had its own errors)."""
 
 
 @dataclass
