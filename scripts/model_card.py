@@ -138,6 +138,7 @@ Max absolute difference in probability {variant['max_abs_diff_prob']:.2e}, in lo
 
 model.onnx {len(onnx_bytes):,} bytes, sha256 `{hashlib.sha256(onnx_bytes).hexdigest()}`;
 the whole directory (model, {'candidate graph, ' if 'candidates' in manifest else ''}\
+{'short-history graph, ' if 'short_history' in manifest else ''}\
 {'portable graph, ' if 'portable' in manifest else ''}manifest, vocabularies) \
 {total:,} bytes.
 
