@@ -201,7 +201,6 @@ class ExportedModel:
         self.outputs = [o.name for o in self.session.get_outputs()]
         entry = self.manifest.get("short_history")
         self.short = None if entry is None else verified_session(model_dir, entry["model_file"], entry["sha256"])
-        self.short_width = -1 if entry is None else entry["max_width"]
         try:
             # loads the short graph with every check the runtime makes (hash, interface equal to model.onnx's)
             self.short_scorer = None if entry is None else Scorer.load(model_dir, threads=1)
@@ -244,7 +243,7 @@ class ExportedModel:
         every width, and on the runtime's path where the runtime uses it."""
         where = f"the short-history graph at batch {batch}, seq {seq}"
         out = run_checked(self.short, arrays, {"prob": (batch,), "logit": (batch,), "attention": (batch, seq)}, where)
-        if seq <= self.short_width:
+        if seq <= self.short_scorer.manifest.short_max_width:
             try:
                 out["prob"] = self.short_scorer.score_arrays(arrays)
             except DinRuntimeError as e:

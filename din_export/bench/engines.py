@@ -4,13 +4,13 @@ DeepCTR-Torch) and the engine workloads: B=1 latency, batch throughput, fp32 aga
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from din_runtime.manifest import load_manifest
 from din_runtime.scorer import rows_per_run
 
 from din_export.bench import torch_compile
@@ -47,10 +47,10 @@ class Engines:
         self.compiled = torch_compile.compiled_engines(self.torch_models["torch"], compile_modes, compile_backend)
         self.sessions = {name: onnx_session(d, threads, device) for name, d in dirs.items()}
         # as the Scorer picks it: on CPU with one thread
-        short = _short_history(dirs["onnx-opt"]) if "onnx-opt" in dirs and device == "cpu" and threads == 1 else None
+        manifest = load_manifest(dirs["onnx-opt"]) if "onnx-opt" in dirs and device == "cpu" and threads == 1 else None
         # (session, max_width) of the optimised export's short-history graph, or (None, -1)
-        self.short = (None, -1) if short is None else (onnx_session(dirs["onnx-opt"], threads, device, short[0]),
-                                                       short[1])
+        self.short = (None, -1) if manifest is None or manifest.short_file is None else (
+            onnx_session(dirs["onnx-opt"], threads, device, manifest.short_file), manifest.short_max_width)
         self.deepctr_state = None
         self.deepctr_weights: dict[str, list[str]] = {}
         self.deepctr_models: dict[int, torch.nn.Module] = {}
@@ -110,12 +110,6 @@ def _torch_call(model: torch.nn.Module, x: object, sync: Callable[[], None]) -> 
     with torch.inference_mode():
         model(x)
     sync()
-
-
-def _short_history(model_dir: Path) -> tuple[str, int] | None:
-    """(file, max_width) of the model directory's short-history graph (manifest "short_history"), or None."""
-    entry = json.loads((model_dir / "manifest.json").read_text()).get("short_history")
-    return None if entry is None else (entry["model_file"], entry["max_width"])
 
 
 def onnx_session(model_dir: Path, threads: int, device: str, file: str = "model.onnx") -> Any:
