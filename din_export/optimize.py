@@ -30,7 +30,7 @@ from din_export.model import (
     MLP,
     Dice,
     FirstLayerWeights,
-    Pointwise,
+    PReLU,
     factor_first_layer,
     factored_first_layer,
     history_mask,
@@ -79,6 +79,21 @@ class UnfoldedDice(nn.Module):
         return s * (self.alpha + self.one_minus_alpha * torch.sigmoid(s * self.scale + self.shift))
 
 
+class MaxPReLU(nn.Module):
+    """PReLU in the signed coordinate u = s x of `fold_prelu`: max(u, alpha u). x (..., H) -> (..., H).
+
+    Two passes onnxruntime runs vectorised (Mul, Max) where torch.where(x > 0, x, alpha x) exports as
+    Greater, Mul and Where, and Where on CPU is a scalar loop: 2.5 of the edge preset's 5.9 ms at B = 256,
+    L = 100 (docs/bench.md, "PReLU as Max")."""
+
+    def __init__(self, alpha: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("alpha", alpha)
+
+    def forward(self, u: Tensor) -> Tensor:
+        return torch.maximum(u, self.alpha * u)
+
+
 # The widest history (positions per row) at which the short-history graph (`stacked_first_layer`) is
 # the faster one; measured in onnxruntime, 1 thread (docs/bench.md, "A short-history graph").
 SHORT_HISTORY_WIDTH = 30
@@ -124,6 +139,25 @@ def fold_dice(dice: Dice, before: nn.Linear, after: nn.Linear) -> nn.Module:
         return ScaledDice(shift, alpha)
 
 
+def fold_prelu(prelu: PReLU, before: nn.Linear, after: nn.Linear) -> MaxPReLU:
+    """PReLU as MaxPReLU, the sign of each channel with alpha > 1 folded into the Linears around it, in
+    place.
+
+    With alpha <= 1, PReLU(x) = max(x, alpha x) (x > 0: alpha x <= x; x < 0: alpha x >= x), and the same
+    holds in floating point, rounding being monotonic. With alpha > 1 it is min(x, alpha x) =
+    -max(-x, -alpha x): `before`'s row negated makes u = -x, max(u, alpha u) is taken, and `after`'s
+    column negated restores the sign: W PReLU(x) = (W diag(s)) max(u, alpha u), u = s x, s = +-1 per
+    channel. Negation is exact, so the folded form is bitwise the PReLU (but for the sign of a zero).
+    """
+    with torch.no_grad():
+        alpha = prelu.alpha.detach().clone()
+        sign = torch.where(alpha > 1, -1.0, 1.0).to(alpha.dtype)
+        before.weight.mul_(sign.unsqueeze(1))
+        before.bias.mul_(sign)
+        after.weight.mul_(sign)
+        return MaxPReLU(alpha)
+
+
 def unfold_dice(dice: Dice) -> UnfoldedDice:
     """Dice with its running statistics as constants and the Linears around it untouched."""
     with torch.no_grad():
@@ -135,17 +169,18 @@ def unfold_dice(dice: Dice) -> UnfoldedDice:
 
 def fold_mlp(mlp: MLP) -> tuple[list[nn.Linear], list[nn.Module]]:
     """An eval-mode MLP as copies of its Linears (hidden ones, then the output) and one-argument
-    activations between them, every Dice folded (`fold_dice`). Dropout is the identity in eval mode.
+    activations between them, every Dice and PReLU folded (`fold_dice`, `fold_prelu`). Dropout is the
+    identity in eval mode.
     (int8 quantises the folded Linears with per-channel weight scales, which hold the rows' spread.)"""
     linears = [copy.deepcopy(m) for m in (*mlp.linears, mlp.out)]
     activations: list[nn.Module] = []
     for i, act in enumerate(mlp.activations):
         if isinstance(act, Dice):
             activations.append(fold_dice(act, linears[i], linears[i + 1]))
-        elif isinstance(act, Pointwise):
+        elif isinstance(act, PReLU):
+            activations.append(fold_prelu(act, linears[i], linears[i + 1]))
+        else:  # Pointwise
             activations.append(copy.deepcopy(act.fn))
-        else:  # PReLU: already elementwise; its mask argument defaults to None
-            activations.append(copy.deepcopy(act))
     return linears, activations
 
 

@@ -7,20 +7,23 @@ import logging
 import warnings
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from export_helpers import one_torch_thread
 from torch import Tensor, nn
 
-from din_export.model import ACTIVATIONS, DIN, Dice, ModelConfig
+from din_export.model import ACTIVATIONS, DIN, Dice, ModelConfig, PReLU
 from din_export.optimize import (
     FactoredActivationUnit,
+    MaxPReLU,
     OffsetDice,
     ScaledDice,
     UnfoldedDice,
     candidate_module,
     fold_dice,
+    fold_prelu,
     inference_module,
 )
 from din_export.schema import Behaviour, DenseField, Schema, SparseField
@@ -194,6 +197,38 @@ def test_fold_official_dice(beta: float, form: type) -> None:
         dice.beta.uniform_(0.5, 2.0).mul_(1.0 if beta > 0 else -1.0)
         dice.beta[2] = beta
     assert_folds_between_linears(dice, form)
+
+
+def test_fold_prelu_is_prelu_between_its_linears() -> None:
+    """Every slope: negative, 0, ordinary, 1, above 1 (those channels' signs move into the Linears)."""
+    torch.manual_seed(0)
+    prelu = PReLU(6)
+    with torch.no_grad():
+        prelu.alpha.copy_(torch.tensor([-0.5, 0.0, 0.25, 1.0, 1.5, 40.0]))
+    before, after = nn.Linear(4, 6), nn.Linear(6, 3)
+    x = torch.randn(200, 4) * 3
+    with torch.no_grad():
+        hidden = before(x)
+        expected, expected_out = prelu(hidden), after(prelu(hidden))
+        folded = fold_prelu(prelu, before, after)
+        got = folded(before(x))
+        got_out = after(got)
+    assert type(folded) is MaxPReLU
+    sign = torch.tensor([1.0, 1.0, 1.0, 1.0, -1.0, -1.0])
+    torch.testing.assert_close(got * sign, expected, rtol=0, atol=0)  # bitwise: negation is exact
+    torch.testing.assert_close(got_out, expected_out, rtol=1e-6, atol=1e-6)
+
+
+def test_prelu_exports_as_max_not_where() -> None:
+    """onnxruntime's CPU Where is a scalar loop (docs/bench.md, "PReLU as Max"): the optimised graph's
+    PReLUs are Mul + Max, one Max each, and no Greater (torch.where(x > 0, ...) exports as one)."""
+    schema = make_schema()
+    model = trained(schema, ModelConfig(embed_dim=4, attention_activation="prelu", mlp_activation="prelu"))
+    graph = onnx.load_from_string(export_onnx(inference_module(model), schema)).graph
+    ops = [n.op_type for n in graph.node]
+    n_prelu = sum(isinstance(m, PReLU) for m in model.modules())
+    assert n_prelu == len(model.cfg.attention_hidden) + len(model.cfg.mlp_hidden)
+    assert ops.count("Max") == n_prelu and "Greater" not in ops
 
 
 def test_snapshot_keeps_the_weights_it_was_made_with() -> None:
