@@ -12,7 +12,7 @@ stack as it was, on the same weights, the rest of the optimised module unchanged
                 model (an out-of-range id is then onnxruntime's error, as in the plain graph); what
                 optimize.py does now.
 Timed in alternating rounds at L = 100: B = 1, B = 256 in one run, and B = 256 in runs of din_runtime's
-`rows_per_run(100)` rows (how the Scorer runs it on CPU), for the edge and paper presets' dimensions.
+`rows_per_run(100, width)` rows (how the Scorer runs it on CPU), for the edge and paper presets' dimensions.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def main() -> None:
                 module.embeddings = stacked(model)
             graphs[name] = to_onnx(module, s)
         sessions = {k: ort.InferenceSession(v, options, providers=["CPUExecutionProvider"]) for k, v in graphs.items()}
-        step = rows_per_run(100)
+        step = rows_per_run(100, max(cfg.attention_hidden, default=1))
         for batch, chunked in ((1, False), (256, False), (256, True)):
             feeds = workload_arrays(s, batch, 100, seed=batch)
             runs = [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, batch, step)] if chunked else [feeds]

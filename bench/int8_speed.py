@@ -13,7 +13,7 @@ the first directory's, which is the reference (the fp32 export). Three measureme
 - whole batch: each model.onnx in a bare onnxruntime session (CPU, `--threads` intra-op threads), the
   batch in one run, at B=256 and B=1;
 - Scorer: `din_runtime.Scorer.load(dir, threads=...).score_arrays(arrays)`, the path a user takes, which
-  on CPU splits a batch into runs of `rows_per_run(seq)` rows (runtime/scorer.py, POSITIONS_PER_RUN), at
+  on CPU splits a batch into runs of `rows_per_run(seq, width)` rows (runtime/scorer.py), at
   B=256 and B=1;
 - run sizes: each directory's session on the B=256 batch sliced by hand into runs of
   max(1, P // seq) rows for each P in `--run-positions`, each as a ratio to the reference's Scorer (so a
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 from din_runtime import Scorer
-from din_runtime.scorer import POSITIONS_PER_RUN, rows_per_run
+from din_runtime.scorer import positions_per_run, rows_per_run
 from profile_graph import node_times  # bench/, on the path when this script runs
 
 from din_export.bench.data import workload_arrays
@@ -156,16 +156,18 @@ def main() -> None:
     schema = Schema.from_dict(json.loads((args.dirs[0] / "manifest.json").read_text())["schema"])
     sessions = {d.name: onnx_session(d, args.threads, "cpu") for d in args.dirs}
     scorers = {d.name: Scorer.load(d, threads=args.threads) for d in args.dirs}
-    scorer_rows = rows_per_run(args.seq)
+    attention_width = scorers[ref].manifest.attention_width
+    scorer_rows = rows_per_run(args.seq, attention_width)
     report: dict = {
         "cpu": cpu_name(), "threads": args.threads, "seq": args.seq, "rounds": args.rounds,
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "load_before": os.getloadavg(), "positions_per_run": POSITIONS_PER_RUN, "scorer_rows_per_run": scorer_rows,
+        "load_before": os.getloadavg(), "positions_per_run": positions_per_run(attention_width),
+        "scorer_rows_per_run": scorer_rows,
         "dirs": {d.name: export_facts(d) for d in args.dirs},
     }
     print(f"{report['cpu']}, {args.threads} thread(s), history {args.seq}, load average "
           f"{' '.join(f'{x:.2f}' for x in report['load_before'])}; the Scorer runs {scorer_rows} rows at a time "
-          f"(POSITIONS_PER_RUN {POSITIONS_PER_RUN})")
+          f"({positions_per_run(attention_width)} positions per run)")
     for name, facts in report["dirs"].items():
         diff, auc = facts["max_abs_diff_prob"], facts["auc_change"]
         diff_text = "n/a" if diff is None else f"{diff:.2e}"

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from din_runtime import Scorer
+from din_runtime.manifest import load_manifest
 from din_runtime.scorer import rows_per_run
 from machine import cpu_model  # bench/, on the path when this script runs
 
@@ -50,6 +51,7 @@ def main() -> None:
     args = parser.parse_args()
 
     manifest = json.loads((args.model_dir / "manifest.json").read_text())
+    attention_width = load_manifest(args.model_dir).attention_width
     if "short_history" not in manifest:
         raise SystemExit(f"{args.model_dir} has no short-history graph: export it with --short-graph")
     schema = Schema.from_dict(manifest["schema"])
@@ -72,9 +74,10 @@ def main() -> None:
     record["session_switching"] = {}
     for spin in ("1", "0"):
         sessions = [_session(args.model_dir / manifest["model_file"], args.threads, spin) for _ in range(3)]
-        one = _chunked(sessions[0], narrow, args.narrow)
+        one = _chunked(sessions[0], narrow, args.narrow, attention_width)
         same = alternate({"one session": one, "one session again": one}, args.rounds, warmup=3)
-        turns = alternate({f"session {i}": _chunked(s, narrow, args.narrow) for i, s in enumerate(sessions)},
+        turns = alternate({f"session {i}": _chunked(s, narrow, args.narrow, attention_width)
+                           for i, s in enumerate(sessions)},
                           args.rounds, warmup=3)
         result = {"one session": quantiles(same["one session"])["p50_ms"],
                   "three sessions taking turns": quantiles(turns["session 0"])["p50_ms"]}
@@ -123,10 +126,11 @@ def _session(path: Path, threads: int, spin: str) -> ort.InferenceSession:
     return ort.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
 
 
-def _chunked(session: ort.InferenceSession, arrays: dict, width: int) -> Callable[[], object]:
-    """The Scorer's runs of `rows_per_run(width)` rows, without its checks."""
+def _chunked(session: ort.InferenceSession, arrays: dict, width: int,
+             attention_width: int | None) -> Callable[[], object]:
+    """The Scorer's runs of `rows_per_run(width, attention_width)` rows, without its checks."""
     feeds = {i.name: arrays[i.name] for i in session.get_inputs()}
-    n, step = len(arrays["hist_len"]), rows_per_run(width)
+    n, step = len(arrays["hist_len"]), rows_per_run(width, attention_width)
     chunks = [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, n, step)]
     return lambda: [session.run(["prob"], c) for c in chunks]
 

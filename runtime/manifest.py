@@ -64,6 +64,9 @@ class Manifest:
     short_file: str | None = None
     short_sha256: str | None = None
     short_max_width: int | None = None
+    # The widest layer of the attention unit (manifest "model" "attention_hidden"; the output's 1 without
+    # hidden layers), or None for a model without attention or a manifest that does not say.
+    attention_width: int | None = None
 
     @property
     def model_path(self) -> Path:
@@ -178,12 +181,14 @@ def load_manifest(model_dir: str | Path) -> Manifest:
     candidate_file, candidate_sha = _candidate_graph(root, raw, inputs)
     portable_file, portable_sha = _portable_graph(root, raw, spec)
     short_file, short_sha, short_width = _short_graph(root, raw)
+    attention_width = _attention_width(raw)
 
     return Manifest(
         model_dir=root, model_file=model_file, sha256=sha, features=features, outputs=outputs,
         raw=MappingProxyType(raw), candidate_file=candidate_file, candidate_sha256=candidate_sha,
         portable_file=portable_file, portable_sha256=portable_sha,
         short_file=short_file, short_sha256=short_sha, short_max_width=short_width,
+        attention_width=attention_width,
     )
 
 
@@ -238,6 +243,17 @@ def _short_graph(root: Path, raw: dict) -> tuple[str | None, str | None, int | N
     if type(width) is not int or width < 1:
         raise ManifestError(f"manifest short_history max_width must be a positive integer, got {width!r}")
     return model_file, sha, width
+
+
+def _attention_width(raw: dict) -> int | None:
+    """The attention unit's widest layer from the manifest's "model" entry (written by din-export), or None."""
+    model = raw.get("model")
+    if not isinstance(model, dict) or model.get("name") != "din" or "attention_hidden" not in model:
+        return None
+    hidden = model["attention_hidden"]
+    if not isinstance(hidden, list) or any(type(h) is not int or h < 1 for h in hidden):
+        raise ManifestError(f"manifest model attention_hidden must be a list of positive integers, got {hidden!r}")
+    return max(hidden, default=1)
 
 
 _PORTABLE_DTYPES = {ID: ("string", "int64"), HISTORY: ("string", "int64"), LENGTH: ("int64",), DENSE: ("float32",)}

@@ -29,10 +29,14 @@ CUDA = "CUDAExecutionProvider"
 GPU_INSTALL = "pip uninstall -y onnxruntime && pip install 'din-toolkit[gpu]'"
 _DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
            "tensor(float16)": np.float16, "tensor(double)": np.float64}
-# On CPU a batch is scored in runs of about this many history positions (rows x history width): the
-# attention's per-position activations of one run (positions x 80 floats in the paper's unit) then stay
-# in cache instead of streaming through memory once per elementwise pass. docs/runtime.md has the figures.
+# On CPU a batch is scored in runs of about POSITIONS_PER_RUN history positions (rows x history width)
+# for the paper's 80-wide attention unit, and proportionally more for a narrower one: one run's
+# per-position activations (positions x 80 floats, 655 KB) then stay in cache instead of streaming through
+# memory once per elementwise pass, and a narrow unit, with few FLOPs per position, needs longer runs to
+# amortise a run's fixed cost. docs/runtime.md ("Chunking") has the figures.
 POSITIONS_PER_RUN = 2048
+REFERENCE_WIDTH = 80
+MIN_POSITIONS_PER_RUN, MAX_POSITIONS_PER_RUN = 512, 16384
 # Native-order integer dtypes -> the unsigned dtype of their width, for a range check in one argmax
 _UNSIGNED = {np.dtype(t): np.dtype(f"u{np.dtype(t).itemsize}")
              for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)}
@@ -42,9 +46,18 @@ _MISSING = object()
 _FLOAT32 = np.dtype(np.float32)
 
 
-def rows_per_run(width: int) -> int:
-    """Rows per onnxruntime run on CPU for histories `width` wide (at least 1)."""
-    return max(1, POSITIONS_PER_RUN // max(width, 1))
+def positions_per_run(attention_width: int | None = None) -> int:
+    """History positions per onnxruntime run on CPU for an attention unit whose widest layer is
+    `attention_width` (Manifest.attention_width; None: POSITIONS_PER_RUN)."""
+    if attention_width is None:
+        return POSITIONS_PER_RUN
+    scaled = POSITIONS_PER_RUN * REFERENCE_WIDTH // attention_width
+    return min(MAX_POSITIONS_PER_RUN, max(MIN_POSITIONS_PER_RUN, scaled))
+
+
+def rows_per_run(width: int, attention_width: int | None = None) -> int:
+    """Rows per onnxruntime run on CPU for histories `width` wide (at least 1), `positions_per_run` positions."""
+    return max(1, positions_per_run(attention_width) // max(width, 1))
 
 
 def _import_onnxruntime() -> Any:
@@ -60,7 +73,7 @@ class Scorer:
     """Scores DIN requests with an exported model. Build it with `Scorer.load(model_dir)`."""
 
     __slots__ = ("_manifest", "_session", "_device", "_dtypes", "_outputs", "_new_session", "_candidates", "_lock",
-                 "_checks", "_names", "_width_input", "_short", "_short_width")
+                 "_checks", "_names", "_width_input", "_short", "_short_width", "_attention_width")
 
     def __init__(self, *_: Any, **__: Any) -> None:
         raise TypeError("build a Scorer with Scorer.load(model_dir, device=..., threads=...): it checks the model "
@@ -77,6 +90,7 @@ class Scorer:
         self._short = short
         # batches at most this wide go to `short` (-1: none do, not even an all-empty batch of width 0)
         self._short_width = manifest.short_max_width if short is not None else -1
+        self._attention_width = manifest.attention_width
         self._device = device
         self._dtypes = {i.name: np.dtype(_DTYPES[i.type]) for i in session.get_inputs()}
         self._outputs = tuple(o.name for o in session.get_outputs())
@@ -210,7 +224,8 @@ class Scorer:
         if batch == 0:
             return np.zeros((0,) if output == "prob" else (0, 0), dtype=np.float32)
         session = self._short if width <= self._short_width else self._session
-        if batch == 1 or self._device != "cpu" or batch <= rows_per_run(width):
+        step = rows_per_run(width, self._attention_width)
+        if batch == 1 or self._device != "cpu" or batch <= step:
             # one run, no slices (the common case at small batches), with _run_once and _checked inline
             try:
                 (result,) = session.run([output], feeds)
@@ -219,7 +234,6 @@ class Scorer:
             if result.shape != ((batch,) if output == "prob" else (batch, width)):
                 self._checked(result, batch, width, output)
         else:
-            step = rows_per_run(width)
             result = np.concatenate([
                 self._checked(self._run_once(session, {k: v[start:start + step] for k, v in feeds.items()},
                                              output), min(step, batch - start), width, output)
@@ -243,7 +257,8 @@ class Scorer:
             return np.zeros((0,), dtype=np.float32)
         feeds = {name: _as_feed(arrays[name], self._dtypes[name]) for name in m.inputs}
         shared = (*m.histories, "hist_len")
-        step = rows_per_run(feeds[self._width_input].shape[1]) if self._device == "cpu" else n
+        width = feeds[self._width_input].shape[1]
+        step = rows_per_run(width, self._attention_width) if self._device == "cpu" else n
         results = []
         for start in range(0, n, step):
             rows = min(step, n - start)

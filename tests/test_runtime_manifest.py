@@ -42,6 +42,23 @@ def test_loads_schema_and_vocabularies(pristine):
         m.vocabs["item_id"]["999"] = 5
 
 
+@pytest.mark.parametrize("model,width", [
+    ({"name": "din", "attention_hidden": [80, 40]}, 80), ({"name": "din", "attention_hidden": [16, 32]}, 32),
+    ({"name": "din", "attention_hidden": []}, 1),  # the unit is one Linear to its 1-wide output
+    ({"name": "base", "attention_hidden": [80, 40]}, None), ({"name": "fixture"}, None), (None, None),
+], ids=["paper", "widest-last", "no-hidden", "base", "no-width", "no-model"])
+def test_attention_width_is_the_units_widest_layer(model_dir, model, width):
+    edit_manifest(model_dir, lambda m: m.update(model=model) if model is not None else m.pop("model"))
+    assert load_manifest(model_dir).attention_width == width
+
+
+@pytest.mark.parametrize("hidden", [[80, 0], [80, "40"], "80", [True]])
+def test_attention_width_must_be_positive_integers(model_dir, hidden):
+    edit_manifest(model_dir, lambda m: m.update(model={"name": "din", "attention_hidden": hidden}))
+    with pytest.raises(ManifestError, match="attention_hidden"):
+        load_manifest(model_dir)
+
+
 def test_missing_dir(tmp_path):
     with pytest.raises(ModelDirError, match="does not exist"):
         load_manifest(tmp_path / "nope")

@@ -14,13 +14,20 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
 from din_runtime import DinRuntimeError, InputError, IntegrityError, ManifestError, Scorer
 from din_runtime import scorer as scorer_module
-from din_runtime.scorer import POSITIONS_PER_RUN, rows_per_run
+from din_runtime.scorer import (
+    MAX_POSITIONS_PER_RUN,
+    MIN_POSITIONS_PER_RUN,
+    POSITIONS_PER_RUN,
+    positions_per_run,
+    rows_per_run,
+)
 from runtime_fixtures import VOCABS, build_graph, build_model_dir, graph_with_renamed_input, reference_prob, request
 
 CANDIDATE_SEED = 8
@@ -119,7 +126,38 @@ def test_rows_per_run_keeps_positions_per_run_bounded():
     assert rows_per_run(100) == POSITIONS_PER_RUN // 100
     assert rows_per_run(10 * POSITIONS_PER_RUN) == 1
     for width in (1, 7, 50, 100, 500, 5000):
-        assert rows_per_run(width) * width <= max(POSITIONS_PER_RUN, width)
+        for unit in (None, 1, 8, 32, 80, 200, 10_000):
+            assert rows_per_run(width, unit) * width <= max(positions_per_run(unit), width)
+
+
+def test_a_narrower_unit_gets_longer_runs():
+    # the paper's 80-wide unit: the reference budget; the edge preset's 32: 2.5x; clamped both ways
+    assert positions_per_run(None) == positions_per_run(80) == POSITIONS_PER_RUN
+    assert positions_per_run(32) == POSITIONS_PER_RUN * 80 // 32 == 5120
+    assert positions_per_run(200) == POSITIONS_PER_RUN * 80 // 200
+    assert positions_per_run(1) == MAX_POSITIONS_PER_RUN and positions_per_run(10_000) == MIN_POSITIONS_PER_RUN
+    assert rows_per_run(100, 32) == 51 and rows_per_run(100, 80) == 20
+
+
+def test_the_scorer_runs_batches_by_its_units_width(tmp_path):
+    # the fixture's graph is the same whatever the manifest says of the unit: only the run sizes change
+    batch = [request(i, hist=4) for i in range(1200)]  # width 4: 3 runs of 512 rows at 80 wide, 1 at 16
+    counts = {}
+    for hidden in ([80, 40], [16, 8]):
+        model_dir = build_model_dir(tmp_path / str(hidden[0]))
+        manifest = json.loads((model_dir / "manifest.json").read_text())
+        manifest["model"] = {"name": "din", "attention_hidden": hidden}
+        (model_dir / "manifest.json").write_text(json.dumps(manifest))
+        scorer = Scorer.load(model_dir)
+        width = scorer.encode(batch).arrays["hist_item_id"].shape[1]
+        calls = []
+        session = scorer._session
+        scorer._session = SimpleNamespace(run=lambda out, feeds, s=session, c=calls: c.append(1) or s.run(out, feeds))
+        np.testing.assert_allclose(scorer.score(batch), reference_prob(scorer.encode(batch).arrays),
+                                   rtol=1e-5, atol=1e-6)
+        counts[hidden[0]] = len(calls)
+        assert len(calls) == -(-len(batch) // rows_per_run(width, hidden[0]))
+    assert counts[80] > counts[16] >= 1
 
 
 def test_chunked_runs_give_the_scores_of_one_run(with_candidates, monkeypatch):

@@ -108,7 +108,7 @@ def test_every_preset_exports_and_verifies_in_every_variant(preset: str, variant
     rows = requests(dataset, 160)
     arrays = scorer.encode(rows).arrays
     width = arrays[scorer.manifest.histories[0]].shape[1]
-    assert len(rows) > rows_per_run(width) + 7  # at least two runs
+    assert len(rows) > rows_per_run(width, scorer.manifest.attention_width) + 7  # at least two runs
     whole = scorer.score_arrays(arrays)
     shifted = scorer.score_arrays({k: v[7:] for k, v in arrays.items()})
     assert np.array_equal(whole[7:], shifted)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from din_runtime import Scorer
+from din_runtime import scorer as scorer_module
 from din_runtime.scorer import rows_per_run
 from export_helpers import MAX_LEN, exported, one_torch_thread, run_dir
 
@@ -111,11 +112,13 @@ def test_report_marks_the_rows_it_does_not_judge() -> None:
     assert r["variant"]["max_abs_diff_prob"] == max(x["prob"] for x in r["shapes"] + [r["validation"]] if x["judged"])
 
 
-def test_int8_scores_a_row_the_same_alone_or_in_any_batch() -> None:
+def test_int8_scores_a_row_the_same_alone_or_in_any_batch(monkeypatch) -> None:
     scorer = Scorer.load(exported("int8"))
     _, schema, _ = load_run(run_dir())
     arrays = random_inputs(list(scorer.manifest.raw["inputs"]), schema, 1000, MAX_LEN, np.random.default_rng(3))
-    assert 1000 > 2 * rows_per_run(MAX_LEN)  # several of the Scorer's runs
+    # this tiny unit would get every row in one run: a smaller budget makes several of the Scorer's runs
+    monkeypatch.setattr(scorer_module, "POSITIONS_PER_RUN", 60)
+    assert 1000 > 2 * rows_per_run(MAX_LEN, scorer.manifest.attention_width)
     whole = scorer.score_arrays(arrays)
     for start, stop in ((5, 1000), (0, 37), (340, 343)):
         assert np.array_equal(scorer.score_arrays({k: v[start:stop] for k, v in arrays.items()}), whole[start:stop])

@@ -24,7 +24,7 @@ from din_export.schema import Schema
 
 CHUNKED = "onnx-opt/chunked"
 ENGINES = ("torch", "torch-rewritten", "onnx-plain", "onnx-opt", CHUNKED, "onnx-int8", "deepctr")
-# CHUNKED: the optimised export run on slices of the batch of din_runtime's `rows_per_run(L)` rows, as the
+# CHUNKED: the optimised export run on slices of the batch of din_runtime's `rows_per_run(L, width)` rows, as the
 # Scorer runs it on CPU (the Dice passes over B x L x H values then stay in cache), without its checks, and on
 # the graph the Scorer picks: short.onnx (at 1 thread) for histories up to the manifest's short_history max_width.
 
@@ -46,10 +46,13 @@ class Engines:
         self.torch_models = {"torch": model.to(device).eval(), "torch-rewritten": inference_module(model).to(device)}
         self.compiled = torch_compile.compiled_engines(self.torch_models["torch"], compile_modes, compile_backend)
         self.sessions = {name: onnx_session(d, threads, device) for name, d in dirs.items()}
-        # as the Scorer picks it: on CPU with one thread
-        manifest = load_manifest(dirs["onnx-opt"]) if "onnx-opt" in dirs and device == "cpu" and threads == 1 else None
-        # (session, max_width) of the optimised export's short-history graph, or (None, -1)
-        self.short = (None, -1) if manifest is None or manifest.short_file is None else (
+        manifest = load_manifest(dirs["onnx-opt"]) if "onnx-opt" in dirs else None
+        # the Scorer's run budget follows the unit's width (din_runtime.scorer.positions_per_run)
+        self.attention_width = None if manifest is None else manifest.attention_width
+        # (session, max_width) of the optimised export's short-history graph, or (None, -1); as the Scorer
+        # picks it: on CPU with one thread
+        picks_short = manifest is not None and manifest.short_file is not None and device == "cpu" and threads == 1
+        self.short = (None, -1) if not picks_short else (
             onnx_session(dirs["onnx-opt"], threads, device, manifest.short_file), manifest.short_max_width)
         self.deepctr_state = None
         self.deepctr_weights: dict[str, list[str]] = {}
@@ -83,7 +86,7 @@ class Engines:
             out[name] = onnx_call(session, arrays, self.device)
             if name == "onnx-opt":
                 width = arrays[self.schema.histories[0]].shape[1]
-                n, step = len(arrays["hist_len"]), rows_per_run(width)
+                n, step = len(arrays["hist_len"]), rows_per_run(width, self.attention_width)
                 chunks = [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, n, step)]
                 picked = self.short[0] if width <= self.short[1] else session
                 out[CHUNKED] = lambda s=picked, cs=chunks: [s.run(["prob"], c) for c in cs]
