@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from din_runtime import Scorer
+from din_runtime import scorer as scorer_module
 from din_runtime.scorer import rows_per_run
 
 from din_export.config import load_preset
@@ -87,7 +88,8 @@ def requests(dataset: Path, n: int) -> list[dict]:
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_exports_and_verifies_in_every_variant(preset: str, variant: str, dataset: Path,
-                                                            runs: dict[str, Path], tmp_path: Path) -> None:
+                                                            runs: dict[str, Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     manifest = export_run(run_of(preset, dataset, runs), tmp_path / "model", valid_rows=VALID_ROWS,
                           **VARIANTS[variant])
     parity = manifest["parity"]
@@ -108,6 +110,8 @@ def test_every_preset_exports_and_verifies_in_every_variant(preset: str, variant
     rows = requests(dataset, 160)
     arrays = scorer.encode(rows).arrays
     width = arrays[scorer.manifest.histories[0]].shape[1]
+    # a quarter of the budget, so that 160 rows make several runs whatever the width and the unit
+    monkeypatch.setattr(scorer_module, "POSITIONS_PER_RUN", scorer_module.POSITIONS_PER_RUN // 4)
     assert len(rows) > rows_per_run(width, scorer.manifest.attention_width) + 7  # at least two runs
     whole = scorer.score_arrays(arrays)
     shifted = scorer.score_arrays({k: v[7:] for k, v in arrays.items()})
