@@ -9,8 +9,8 @@ of its model.onnx, whole and in runs of max(1, P // L) rows for each position bu
 alternate (din_export.bench.timing.alternate; `--back-to-back K`: K batches in a row, K - 1 timed, as
 a server scoring batch after batch) and the medians are printed as rows/s. Each variant has
 its own InferenceSession, as a Scorer's session sees only its own run sizes: one session taking turns
-at every size carried the state the previous size left (its arena, its memory pattern per shape), and
-one variant computing exactly the whole batch's work read 0.82x of it.
+at every size carried the state the previous size left (its arena, its memory pattern per shape), and a
+variant doing exactly the whole batch's work read 0.94x of it (bench/results/chunking.json, L=20).
 """
 
 from __future__ import annotations

@@ -155,7 +155,8 @@ def to_onnx(module: torch.nn.Module, s: Schema) -> bytes:
 def onnx_speed(model: DIN, s: Schema, lengths: tuple[int, ...], batches: tuple[int, ...], rounds: int,
                threads: int, scorer_runs: bool) -> dict:
     """ms per batch of each exported form (module docstring), per batch size and history length. With
-    scorer_runs the batch is cut into runs of din_runtime.scorer.rows_per_run(L) rows, as the Scorer runs it."""
+    scorer_runs the batch is cut into runs of din_runtime.scorer.rows_per_run(L, w) rows, w the unit's widest
+    layer, as the Scorer runs it."""
     graphs = {"model": to_onnx(model, s)}
     for name, cls in (("per-row", FactoredActivationUnit), ("plain", PlainUnit), ("stacked", ShortHistoryUnit)):
         module = inference_module(model)
@@ -169,7 +170,7 @@ def onnx_speed(model: DIN, s: Schema, lengths: tuple[int, ...], batches: tuple[i
     for batch in batches:
         for seq in lengths:
             feeds = workload_arrays(s, batch, seq, seed=seq + batch)
-            step = rows_per_run(seq) if scorer_runs else batch
+            step = rows_per_run(seq, max(model.cfg.attention_hidden, default=1)) if scorer_runs else batch
             runs = [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, batch, step)]
             reference = sessions["model"].run(None, feeds)[0]
             thunks = {k: (lambda v=v, r=runs: [v.run(None, f) for f in r]) for k, v in sessions.items()}

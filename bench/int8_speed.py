@@ -52,7 +52,8 @@ KINDS = {
     "matrix product": {"MatMul", "Gemm", "FusedMatMul", "FusedGemm"},
     "int8 matrix product": {"QGemm", "MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger"},
     "quantise / dequantise": {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"},
-    "elementwise": {"Add", "Sub", "Mul", "Div", "Sigmoid", "Where", "Softmax", "PRelu", "Relu", "Cast", "Less"},
+    "elementwise": {"Add", "Sub", "Mul", "Div", "Sigmoid", "Where", "Softmax", "PRelu", "Relu", "Cast", "Less",
+                    "Greater", "Max"},
     "gather": {"Gather", "GatherND"},
 }
 INTEGER = KINDS["int8 matrix product"]

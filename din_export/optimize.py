@@ -83,8 +83,8 @@ class MaxPReLU(nn.Module):
     """PReLU in the signed coordinate u = s x of `fold_prelu`: max(u, alpha u). x (..., H) -> (..., H).
 
     Two passes onnxruntime runs vectorised (Mul, Max) where torch.where(x > 0, x, alpha x) exports as
-    Greater, Mul and Where, and Where on CPU is a scalar loop: 2.5 of the edge preset's 5.9 ms at B = 256,
-    L = 100 (docs/bench.md, "PReLU as Max")."""
+    Greater, Mul and Where, and onnxruntime's CPU Where is a scalar loop: it took more than half the edge
+    preset's kernel time at B = 256, L = 100 (docs/bench.md, "PReLU as Max")."""
 
     def __init__(self, alpha: Tensor) -> None:
         super().__init__()

@@ -13,6 +13,8 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
+from din_runtime.manifest import load_manifest
+from din_runtime.scorer import rows_per_run
 from export_helpers import exported, one_torch_thread, run_dir
 from onnx import numpy_helper
 
@@ -219,7 +221,10 @@ def test_the_chunked_engine_runs_the_graph_the_scorer_picks(tmp_path: Path) -> N
         sessions = {f: ort.InferenceSession(str(model_dir / f)) for f in ("model.onnx", "short.onnx")}
         for seq, file in ((3, "short.onnx"), (max_width, "short.onnx"), (max_width + 1, "model.onnx")):
             arrays = workload_arrays(schema, 300, seq, seed=seq)
-            got = np.concatenate([r[0] for r in engines.thunks(arrays)[CHUNKED]()])
+            chunks = engines.thunks(arrays)[CHUNKED]()
+            # the Scorer's run size, which follows the unit's width (this tiny unit: long runs)
+            assert len(chunks) == -(-300 // rows_per_run(seq, load_manifest(model_dir).attention_width))
+            got = np.concatenate([r[0] for r in chunks])
             runs = {f: s.run(["prob"], {i.name: arrays[i.name] for i in s.get_inputs()})[0]
                     for f, s in sessions.items()}
             assert np.abs(runs["short.onnx"] - runs["model.onnx"]).max() > 1e-4  # the two can be told apart

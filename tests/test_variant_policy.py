@@ -116,7 +116,8 @@ def test_int8_scores_a_row_the_same_alone_or_in_any_batch(monkeypatch) -> None:
     scorer = Scorer.load(exported("int8"))
     _, schema, _ = load_run(run_dir())
     arrays = random_inputs(list(scorer.manifest.raw["inputs"]), schema, 1000, MAX_LEN, np.random.default_rng(3))
-    # this tiny unit would get every row in one run: a smaller budget makes several of the Scorer's runs
+    # this tiny unit would get every row in one run: a smaller budget (60, which its 8-wide unit scales to
+    # 600 positions: 100 rows a run) makes several of the Scorer's runs
     monkeypatch.setattr(scorer_module, "POSITIONS_PER_RUN", 60)
     assert 1000 > 2 * rows_per_run(MAX_LEN, scorer.manifest.attention_width)
     whole = scorer.score_arrays(arrays)
