@@ -17,11 +17,13 @@ mini-batch. Rank 0 evaluates, decides early stopping for all, and alone writes f
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -112,8 +114,11 @@ class Dist:
         return self.rank == 0
 
 
-def setup_processes(cfg: TrainConfig) -> Dist:
-    """One process, or the process group torchrun describes in the environment."""
+@contextlib.contextmanager
+def processes(cfg: TrainConfig) -> Iterator[Dist]:
+    """One process, or the process group torchrun describes in the environment, destroyed on the way out
+    if this call created it: a gloo group left to the interpreter's exit can abort the process after
+    training finished ("terminate called without an active exception", pytorch/pytorch#190489)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
@@ -121,14 +126,20 @@ def setup_processes(cfg: TrainConfig) -> Dist:
         raise ValueError("--device cuda: torch sees no CUDA device")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return Dist(device=torch.device("cuda" if cuda else "cpu"))
+        yield Dist(device=torch.device("cuda" if cuda else "cpu"))
+        return
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if not torch.distributed.is_initialized():
+    owned = not torch.distributed.is_initialized()
+    if owned:
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    return Dist(rank=torch.distributed.get_rank(), world=world, device=device)
+    try:
+        yield Dist(rank=torch.distributed.get_rank(), world=world, device=device)
+    finally:
+        if owned:
+            torch.distributed.destroy_process_group()
 
 
 def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
@@ -235,8 +246,12 @@ def train(data_dir: str | Path, run_dir: str | Path, model_cfg: ModelConfig, cfg
     resume=True continues from state/ if there is one and starts afresh otherwise, so one command can
     be rerun until it finishes.
     """
-    data_dir, run_dir = Path(data_dir).resolve(), Path(run_dir)
-    dist = setup_processes(cfg)
+    with processes(cfg) as dist:
+        return _train(Path(data_dir).resolve(), Path(run_dir), model_cfg, cfg, resume, quiet, dist)
+
+
+def _train(data_dir: Path, run_dir: Path, model_cfg: ModelConfig, cfg: TrainConfig, resume: bool, quiet: bool,
+           dist: Dist) -> dict:
     log = Log(dist, quiet)
     schema = load_schema(data_dir)
     state_file = run_dir / "state" / "last.safetensors"

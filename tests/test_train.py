@@ -24,7 +24,7 @@ from din_export.config import load_preset, preset_names, resolve_configs
 from din_export.data import Batches, DataError, load_schema, load_split
 from din_export.evaluate import predict_proba
 from din_export.model import DIN, ModelConfig
-from din_export.train import RunError, TrainConfig, train
+from din_export.train import RunError, TrainConfig, processes, train
 
 SMALL = ModelConfig(embed_dim=4, attention_hidden=(8,), mlp_hidden=(16, 8))
 FAST = TrainConfig(batch_size=64, epochs=5, patience=0, threads=1, lr=0.01)
@@ -372,3 +372,31 @@ def test_predict_stops_at_a_bad_request_and_writes_nothing(run: tuple[Path, dict
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "line 4" in result.output and "hist_cate_id" in result.output
     assert not target.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+_INIT_PROCESS_GROUP = torch.distributed.init_process_group
+
+
+def _one_rank_gloo_group(*_: object, **__: object) -> None:
+    # a real gloo group of one rank, so that processes() can run its multi-process path in one process
+    _INIT_PROCESS_GROUP("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+
+
+def test_processes_destroys_the_group_it_created(monkeypatch):
+    # a gloo group left to the interpreter's exit can abort the process after training (seen under torchrun)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.distributed, "init_process_group", _one_rank_gloo_group)
+    with processes(TrainConfig(threads=1, device="cpu")) as dist:
+        assert torch.distributed.is_initialized() and dist.world == 2 and dist.rank == 0
+    assert not torch.distributed.is_initialized()
+
+
+def test_processes_leaves_a_callers_group_alone(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    _one_rank_gloo_group()
+    try:
+        with processes(TrainConfig(threads=1, device="cpu")):
+            pass
+        assert torch.distributed.is_initialized()
+    finally:
+        torch.distributed.destroy_process_group()
