@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from din_runtime import load_manifest
-from din_runtime.spark import _arrow_inputs, _request_fields, _rows, _score_batch, _score_rows, _worker_model, score
+from din_runtime.spark import _request_fields, _rows, _score_batch, _score_rows, _worker_model, score
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def python_side(parquet: Path, model_dir: Path, rounds: int = 7) -> None:
                                                                                    False, None),
                 "mapInArrow, row path": lambda: _score_rows(scorer, _rows(batch, fields), skip=False),
                 "mapInPandas, row path": pandas_rows,
-                "onnxruntime alone (score_arrays)": lambda: scorer.score_arrays(_arrow_inputs(model, batch))}
+                "onnxruntime alone (score_arrays)": lambda: scorer.score_arrays(model.encoder.inputs(batch))}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(rounds):
         for name, run in (variants.items() if r % 2 == 0 else reversed(variants.items())):

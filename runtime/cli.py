@@ -23,6 +23,7 @@ from typing import Any
 import click
 import numpy as np
 from din_runtime import __version__
+from din_runtime.arrow import oov_per_field
 from din_runtime.encode import Encoded
 from din_runtime.errors import DinRuntimeError, InputError
 from din_runtime.fs import write_json_atomic
@@ -35,9 +36,10 @@ from din_runtime.io import (
     ScoreWriter,
     format_of,
     id_problem,
+    parquet_records,
     read_csv,
     read_jsonl,
-    read_parquet,
+    read_parquet_batches,
     write_error,
 )
 from din_runtime.metrics import auc, gauc, logloss
@@ -129,6 +131,7 @@ class _Run:
         self.labels: list[float] = []
         self.groups: list[str] = []
         self.scores: list[np.ndarray] = []
+        self._encoder: Any = None  # din_runtime.arrow.ArrowEncoder, built at the first Parquet batch
 
     def run(self, input_path: str, output: str, errors_path: str | None, metrics_out: str | None) -> None:
         start = time.perf_counter()
@@ -138,16 +141,12 @@ class _Run:
             out = stack.enter_context(AtomicText(output))
             errors = stack.enter_context(AtomicText(errors_path)) if errors_path else None
             writer = ScoreWriter(out, self.out_fmt, self.id_field)
-            records = self._records(stream)
             try:
-                while batch := list(islice(records, self.batch_size)):
-                    good, encoded, bad = self._split(batch)
-                    for record, field, reason in bad:
-                        write_error(errors, record, field, reason)
-                    self.rejected += len(bad)
-                    self.read += len(batch)
-                    if good:
-                        self._score(good, encoded, writer)
+                for batch in self._batches(stream):
+                    if isinstance(batch, list):
+                        self._score_records(batch, writer, errors)
+                    elif not self._score_columns(batch[1], writer):  # Parquet: (first row number, Arrow batch)
+                        self._score_records(parquet_records(*batch), writer, errors)
                     if progress:
                         rate = self.read / max(time.perf_counter() - start, 1e-9)
                         click.echo(f"\r{self.read} rows, {rate:,.0f} rows/s", nl=False, err=True)
@@ -164,15 +163,62 @@ class _Run:
         if self.label_field:
             self._report_metrics(metrics_out)
 
-    def _records(self, stream: Any) -> Iterator[Record]:
-        if self.in_fmt == "jsonl":
-            return read_jsonl(stream)
+    def _batches(self, stream: Any) -> Iterator[list[Record] | tuple[int, Any]]:
+        """Lists of `batch_size` Records (JSONL, CSV), or (first row number, Arrow batch) for Parquet."""
         m = self.scorer.manifest
-        if self.in_fmt == "csv":
+        if self.in_fmt == "parquet":
+            source = io.BytesIO(stream.read()) if stream is sys.stdin.buffer else stream
+            yield from read_parquet_batches(source, self.batch_size)
+            return
+        if self.in_fmt == "jsonl":
+            records = read_jsonl(stream)
+        else:
             numbers = list(m.dense) + ([self.label_field] if self.label_field else [])
-            return read_csv(stream, m.histories, numbers, self.list_sep)
-        source = io.BytesIO(stream.read()) if stream is sys.stdin.buffer else stream
-        return read_parquet(source, self.batch_size)
+            records = read_csv(stream, m.histories, numbers, self.list_sep)
+        while batch := list(islice(records, self.batch_size)):
+            yield batch
+
+    def _score_records(self, batch: list[Record], writer: ScoreWriter, errors: AtomicText | None) -> None:
+        good, encoded, bad = self._split(batch)
+        for record, field, reason in bad:
+            write_error(errors, record, field, reason)
+        self.rejected += len(bad)
+        self.read += len(batch)
+        if good:
+            self._score(good, encoded, writer)
+
+    def _score_columns(self, batch: Any, writer: ScoreWriter) -> bool:
+        """Score a Parquet batch on its Arrow columns (din_runtime.arrow) and return True, or return False,
+        scoring nothing, when a value needs the row path's checks: every row then gets its verdict there."""
+        if self._encoder is None:
+            from din_runtime.arrow import ArrowEncoder
+
+            self._encoder = ArrowEncoder(self.scorer.manifest)
+        arrays = self._encoder.inputs(batch)
+        if arrays is None:
+            return False
+        ids = labels = groups = None
+        if self.id_field:
+            column = _column(batch, self.id_field)
+            if column is None or not _plain_ids(column):
+                return False
+            ids = column.to_pylist()
+        if self.label_field:
+            label, group = _column(batch, self.label_field), _column(batch, self.scorer.manifest.group)
+            if label is None or group is None or not _zero_one(label):
+                return False
+            labels = [float(v) for v in label.to_pylist()]
+            groups = [str(v) for v in group.to_pylist()]
+        probs = self.scorer.score_arrays(arrays)
+        self.oov.update(oov_per_field(self.scorer.manifest, arrays))
+        self.read += batch.num_rows
+        self.scored += batch.num_rows
+        writer.write(ids, probs)
+        if labels is not None and groups is not None:
+            self.labels.extend(labels)
+            self.groups.extend(groups)
+            self.scores.append(probs)
+        return True
 
     def _split(self, batch: list[Record]) -> tuple[list[Record], Encoded | None, list[tuple[Record, Any, str]]]:
         """Rows that encode and their encoding, and (record, field, reason) of the others (stop mode raises)."""
@@ -251,3 +297,25 @@ class _Run:
         click.echo(f"din-score: {shown} over {report['rows']} labelled rows", err=True)
         if metrics_out:
             write_json_atomic(metrics_out, report)
+
+
+def _column(batch: Any, name: str) -> Any:
+    """`name`'s column of an Arrow batch, or None if it has none."""
+    return batch.column(name) if name in batch.schema.names else None
+
+
+def _plain_ids(column: Any) -> bool:
+    """Ids that go to the output as they are: strings (valid UTF-8 in Arrow) or integers, no nulls."""
+    import pyarrow as pa
+
+    return not column.null_count and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+                                      or pa.types.is_integer(column.type))
+
+
+def _zero_one(column: Any) -> bool:
+    """Labels the row path would take: integers or floats (not booleans), no nulls, each 0 or 1."""
+    import pyarrow as pa
+
+    if column.null_count or not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        return False
+    return bool(np.isin(column.to_numpy(zero_copy_only=False), (0, 1)).all())

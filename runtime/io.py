@@ -219,8 +219,9 @@ def _check_header(header: list[str]) -> None:
         seen.add(name)
 
 
-def read_parquet(source: str | BinaryIO, batch_size: int) -> Iterator[Record]:
-    """Rows of a Parquet file; history fields are list columns. `line` is the 1-based row number."""
+def read_parquet_batches(source: str | BinaryIO, batch_size: int) -> Iterator[tuple[int, Any]]:
+    """(first row's 1-based number, pyarrow RecordBatch) of a Parquet file, `batch_size` rows a batch;
+    history fields are list columns."""
     try:
         import pyarrow
         import pyarrow.parquet
@@ -232,16 +233,20 @@ def read_parquet(source: str | BinaryIO, batch_size: int) -> Iterator[Record]:
         repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
         if repeated is not None:
             raise InputFileError(f"the Parquet input has two columns named {repeated!r}")
-        batches = table.iter_batches(batch_size=batch_size)
         rows = 0
-        for batch in batches:
-            for row in batch.to_pylist():
-                rows += 1
-                yield Record(rows, row)
+        for batch in table.iter_batches(batch_size=batch_size):
+            if batch.num_rows:
+                yield rows + 1, batch
+                rows += batch.num_rows
     except (pyarrow.ArrowException, OSError) as e:
         raise InputFileError(f"cannot read the Parquet input: {e}") from e
     if rows == 0:
         raise InputFileError("the Parquet input has no rows to score")
+
+
+def parquet_records(first: int, batch: Any) -> list[Record]:
+    """The rows of a batch of `read_parquet_batches` as Records; `line` is the 1-based row number."""
+    return [Record(first + i, row) for i, row in enumerate(batch.to_pylist())]
 
 
 class AtomicText(CommitOnSuccess):

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 import numpy as np
+from din_runtime.arrow import ArrowEncoder, oov_per_row
 from din_runtime.errors import DinRuntimeError, InputError, ModelDirError
-from din_runtime.features import LENGTH, OOV_INDEX, Padding
+from din_runtime.features import LENGTH
 from din_runtime.manifest import MANIFEST_FILE, Manifest, load_manifest
 from din_runtime.scorer import Scorer
 
@@ -157,10 +158,10 @@ def _check_schema(schema: StructType, manifest: Manifest) -> None:
 
 
 class _Model(NamedTuple):
-    """A worker's Scorer, and per vocabulary its ids (an Arrow array) and their indices, for `_arrow_inputs`."""
+    """A worker's Scorer and the Arrow encoder of its vocabularies."""
 
     scorer: Scorer
-    vocabs: dict[str, tuple[pa.Array, np.ndarray]]
+    encoder: ArrowEncoder
 
 
 # One model per Python worker process, kept across batches and tasks (Spark reuses its Python workers:
@@ -183,13 +184,9 @@ def _worker_model(model_dir: str, device: str = "cpu", threads: int | None = 1, 
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:
-            import pyarrow as pa
-
             scorer = Scorer.load(path, device=device, threads=threads, short_history=short_history)
             _LOADS[key[0]] += 1
-            model = _Model(scorer, {name: (pa.array(list(vocab), type=pa.string()),
-                                           np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab)))
-                                    for name, vocab in scorer.manifest.vocabs.items()})
+            model = _Model(scorer, ArrowEncoder(scorer.manifest))
             for old in [k for k in _MODELS if k[0] == key[0]]:
                 del _MODELS[old]
             _MODELS[key] = model
@@ -261,10 +258,10 @@ def _score_batch(model: _Model, fields: Sequence[str], batch: pa.RecordBatch, pa
                  skip: bool, id_field: str | None) -> pa.RecordBatch:
     import pyarrow as pa
 
-    arrays = _arrow_inputs(model, batch)
+    arrays = model.encoder.inputs(batch)
     if arrays is not None:
         probs = model.scorer.score_arrays(arrays)
-        oov = _oov_per_row(model.scorer.manifest, arrays)
+        oov = oov_per_row(model.scorer.manifest, arrays)
         bad: list[tuple[int, str | None, str]] = []
     else:
         probs, oov, bad = _score_rows(model.scorer, _rows(batch, fields), skip)
@@ -317,64 +314,8 @@ def _score_rows(scorer: Scorer, rows: list[dict[str, Any]], skip: bool
     oov = np.zeros(n, np.int32)
     if good:
         probs[good] = scorer.score_arrays(encoded.arrays)
-        oov[good] = _oov_per_row(scorer.manifest, encoded.arrays)
+        oov[good] = oov_per_row(scorer.manifest, encoded.arrays)
     return probs, oov, bad
-
-
-def _arrow_inputs(model: _Model, batch: pa.RecordBatch) -> dict[str, np.ndarray] | None:
-    """The model inputs of a batch computed on its Arrow columns, as `Scorer.encode` computes them from rows;
-    None when a value needs encode's row-by-row checks (a null, a float id, histories of a row with different
-    lengths, a dense value not finite in float32): the batch then takes the row path, whose verdicts are
-    din-score's. Most batches have none, and skip the Python objects of the row path."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    m = model.scorer.manifest
-    arrays: dict[str, np.ndarray] = {}
-
-    def ids(values: pa.Array, vocab: str) -> np.ndarray | None:
-        if values.null_count or not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
-                                     or pa.types.is_integer(values.type)):
-            return None
-        keys, index = model.vocabs[vocab]
-        found = pc.index_in(values.cast(pa.string()), value_set=keys)
-        position = found.fill_null(-1).to_numpy(zero_copy_only=False)
-        return np.where(position < 0, OOV_INDEX, index[position])
-
-    for name, vocab in m.spec.id_fields:
-        found = ids(batch.column(name), vocab)
-        if found is None:
-            return None
-        arrays[name] = found
-    lists = [batch.column(h) for h in m.histories]
-    if any(h.null_count for h in lists):
-        return None
-    lengths = pc.list_value_length(lists[0]).to_numpy(zero_copy_only=False).astype(np.int64)
-    if any(not np.array_equal(pc.list_value_length(h).to_numpy(zero_copy_only=False), lengths) for h in lists[1:]):
-        return None
-    padding = Padding.of(lengths, m.max_len)
-    kept = padding.kept
-    # The most recent `max_len` items of each row (older ones are dropped unread, as encode drops them).
-    take = np.repeat(np.cumsum(lengths) - kept, kept) + padding.cols
-    for b, column in zip(m.behaviour, lists, strict=True):
-        found = ids(pc.list_flatten(column).take(pa.array(take)), b.vocab)
-        if found is None:
-            return None
-        arrays[b.history] = padding.pad(found)
-    arrays["hist_len"] = kept
-    if m.dense:
-        dense = []
-        for name in m.dense:
-            column = batch.column(name)
-            if column.null_count:
-                return None
-            with np.errstate(over="ignore"):
-                values = column.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float32)
-            if not np.isfinite(values).all():
-                return None
-            dense.append(values)
-        arrays["dense"] = np.stack(dense, axis=1)
-    return {name: arrays[name] for name in m.inputs}
 
 
 def _rows(batch: pa.RecordBatch, fields: Sequence[str]) -> list[dict[str, Any]]:
@@ -387,15 +328,6 @@ def _rows(batch: pa.RecordBatch, fields: Sequence[str]) -> list[dict[str, Any]]:
             column = column.cast(pa.float64())  # Decimal objects are no number to the encoder; doubles are
         columns.append(column.to_pylist())
     return [dict(zip(fields, values, strict=True)) for values in zip(*columns, strict=True)]
-
-
-def _oov_per_row(manifest: Manifest, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    count = np.zeros(len(arrays["hist_len"]), dtype=np.int32)
-    for name in manifest.inputs:
-        if manifest.vocab_of(name) is not None:
-            unseen = arrays[name] == OOV_INDEX  # padding is index 0, so only kept history items count
-            count += unseen if unseen.ndim == 1 else unseen.sum(axis=1, dtype=np.int32)
-    return count
 
 
 def _spread(values: pa.Array, failed: np.ndarray) -> pa.Array:

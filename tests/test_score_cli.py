@@ -116,6 +116,62 @@ def test_parquet_input(model_dir, scorer, tmp_path):
     np.testing.assert_array_equal(read_scores(tmp_path / "s.jsonl")[1], scorer.score(rows))
 
 
+def parquet_and_jsonl(tmp_path: Path, rows: list[dict], schema=None) -> tuple[Path, Path]:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "in.parquet", row_group_size=7)
+    return tmp_path / "in.parquet", write_jsonl(tmp_path / "in.jsonl", rows)
+
+
+def same_runs(model_dir: Path, tmp_path: Path, parquet: Path, jsonl: Path, *options: object) -> list:
+    """din-score on the Parquet and on the JSONL of the same rows: the same output, summary and errors."""
+    results = []
+    for name, src in (("p", parquet), ("j", jsonl)):
+        extra = [a if a != "ERRORS" else tmp_path / f"{name}-errors.jsonl" for a in options]
+        results.append(run(model_dir, src, "-o", tmp_path / f"{name}.jsonl", "--batch-size", 4, *extra))
+    (p, j) = results
+    assert (p.exit_code, j.exit_code) == (0, 0), p.output + j.output
+    assert (tmp_path / "p.jsonl").read_bytes() == (tmp_path / "j.jsonl").read_bytes()
+    assert p.output.split(" in ")[0] == j.output.split(" in ")[0]  # rows read, scored, rejected
+    assert p.output.split("OOV ids: ")[1] == j.output.split("OOV ids: ")[1]  # OOV counts and metrics
+    if (tmp_path / "p-errors.jsonl").exists():
+        assert (tmp_path / "p-errors.jsonl").read_text().replace('"line"', "") == \
+            (tmp_path / "j-errors.jsonl").read_text().replace('"line"', "")
+    return results
+
+
+def test_parquet_batches_score_on_their_columns(model_dir, tmp_path, monkeypatch):
+    # clean batches never become Python rows (din_runtime.arrow), and score as the JSONL of the same rows
+    rows = [{**r, "label": i % 2} for i, r in enumerate(requests(30))]
+    parquet, jsonl = parquet_and_jsonl(tmp_path, rows)
+    import din_runtime.cli as cli
+
+    def no_rows(*_: object) -> None:
+        raise AssertionError("a clean Parquet batch took the row path")
+
+    monkeypatch.setattr(cli, "parquet_records", no_rows)
+    result, _ = same_runs(model_dir, tmp_path, parquet, jsonl, "--id-field", "rid", "--label-field", "label")
+    assert "30 rows read, 30 scored, 0 rejected" in result.output and "GAUC" in result.output
+
+
+@pytest.mark.parametrize("change", [{"item_id": None}, {"hist_cate_id": ["c1"]}, {"price": None}, {"rid": None},
+                                    {"label": 2}], ids=["null-id", "ragged-history", "null-dense", "null-rid",
+                                                        "bad-label"])
+def test_parquet_batches_needing_row_checks_take_the_row_path(model_dir, tmp_path, change):
+    rows = [{**r, "label": i % 2} for i, r in enumerate(requests(30))]
+    rows[13] = {**rows[13], **change}
+    parquet, jsonl = parquet_and_jsonl(tmp_path, rows)
+    options = ("--id-field", "rid", "--label-field", "label")
+    same_runs(model_dir, tmp_path, parquet, jsonl, *options, "--on-error", "skip", "--errors", "ERRORS")
+    stopped = run(model_dir, parquet, "-o", tmp_path / "stop.jsonl", "--batch-size", 4, *options)
+    if (tmp_path / "p-errors.jsonl").read_text():
+        field = next(iter(change))
+        assert stopped.exit_code == 1 and f"row 14, field {field!r}" in stopped.output
+    else:  # a null request id is copied out as null, as from JSONL
+        assert stopped.exit_code == 0
+
+
 def test_parquet_without_pyarrow_says_how_to_install(model_dir, tmp_path, monkeypatch):
     (tmp_path / "in.parquet").write_bytes(b"PAR1")
     monkeypatch.setitem(sys.modules, "pyarrow", None)

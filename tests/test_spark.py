@@ -291,7 +291,7 @@ def arrow_batch(rows: list[dict], schema: str = SCHEMA) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist(rows, schema=pa.schema(fields))
 
 
-def test_arrow_inputs_equal_encode_on_clean_batches():
+def test_arrow_encoder_equals_encode_on_clean_batches():
     """The vectorised path gives exactly the arrays Scorer.encode gives the same rows as dicts."""
     model = din_spark._worker_model(str(DEMO))
     rows = request_rows()
@@ -304,7 +304,7 @@ def test_arrow_inputs_equal_encode_on_clean_batches():
                                                       for r in rows[:4]])):
         fields = din_spark._request_fields(model.scorer.manifest)
         expected = model.scorer.encode(din_spark._rows(batch, fields)).arrays
-        got = din_spark._arrow_inputs(model, batch)
+        got = model.encoder.inputs(batch)
         assert got is not None and list(got) == list(expected)
         for name in expected:
             assert got[name].dtype == expected[name].dtype and np.array_equal(got[name], expected[name]), name
@@ -314,12 +314,12 @@ def test_arrow_inputs_equal_encode_on_clean_batches():
     {"price": None}, {"item_id": None}, {"hist_cate_id": None}, {"hist_item_id": ["86", None]},
     {"hist_cate_id": ["c1"]}, {"age": 1e300},
 ])
-def test_arrow_inputs_leave_rows_needing_checks_to_the_row_path(change):
+def test_arrow_encoder_leaves_rows_needing_checks_to_the_row_path(change):
     model = din_spark._worker_model(str(DEMO))
     rows = request_rows()[:6]
     rows[2] = {**rows[2], "hist_item_id": ["86", "701"], "hist_cate_id": ["c1", "c2"], **change}
     schema = SCHEMA.replace("age long", "age double")
-    assert din_spark._arrow_inputs(model, arrow_batch(rows, schema)) is None
+    assert model.encoder.inputs(arrow_batch(rows, schema)) is None
 
 
 def test_cached_scorer_is_reloaded_when_the_model_dir_changes(tmp_path):
