@@ -77,7 +77,8 @@ class ArrowEncoder:
                 if column.null_count:
                     return None
                 with np.errstate(over="ignore"):
-                    values = column.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float32)
+                    # safe=False: an integer beyond 2**53 becomes the nearest double, as float() makes it
+                    values = column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False).astype(np.float32)
                 if not np.isfinite(values).all():
                     return None
                 dense.append(values)

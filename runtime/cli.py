@@ -23,7 +23,7 @@ from typing import Any
 import click
 import numpy as np
 from din_runtime import __version__
-from din_runtime.arrow import oov_per_field
+from din_runtime.arrow import ArrowEncoder, oov_per_field
 from din_runtime.encode import Encoded
 from din_runtime.errors import DinRuntimeError, InputError
 from din_runtime.fs import write_json_atomic
@@ -131,7 +131,7 @@ class _Run:
         self.labels: list[float] = []
         self.groups: list[str] = []
         self.scores: list[np.ndarray] = []
-        self._encoder: Any = None  # din_runtime.arrow.ArrowEncoder, built at the first Parquet batch
+        self._encoder: ArrowEncoder | None = None  # built at the first Parquet batch
 
     def run(self, input_path: str, output: str, errors_path: str | None, metrics_out: str | None) -> None:
         start = time.perf_counter()
@@ -191,8 +191,6 @@ class _Run:
         """Score a Parquet batch on its Arrow columns (din_runtime.arrow) and return True, or return False,
         scoring nothing, when a value needs the row path's checks: every row then gets its verdict there."""
         if self._encoder is None:
-            from din_runtime.arrow import ArrowEncoder
-
             self._encoder = ArrowEncoder(self.scorer.manifest)
         arrays = self._encoder.inputs(batch)
         if arrays is None:
@@ -305,7 +303,8 @@ def _column(batch: Any, name: str) -> Any:
 
 
 def _plain_ids(column: Any) -> bool:
-    """Ids that go to the output as they are: strings (valid UTF-8 in Arrow) or integers, no nulls."""
+    """Ids `id_problem` passes whatever their value: strings or integers, no nulls (a float id may be NaN,
+    which the row path rejects)."""
     import pyarrow as pa
 
     return not column.null_count and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)

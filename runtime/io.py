@@ -245,8 +245,14 @@ def read_parquet_batches(source: str | BinaryIO, batch_size: int) -> Iterator[tu
 
 
 def parquet_records(first: int, batch: Any) -> list[Record]:
-    """The rows of a batch of `read_parquet_batches` as Records; `line` is the 1-based row number."""
-    return [Record(first + i, row) for i, row in enumerate(batch.to_pylist())]
+    """The rows of a batch of `read_parquet_batches` as Records; `line` is the 1-based row number. Decimal
+    columns come as doubles: a Decimal object is no number to the encoder, and din_runtime.arrow reads
+    them as numbers too."""
+    import pyarrow as pa
+
+    columns = [c.cast(pa.float64()) if pa.types.is_decimal(c.type) else c for c in batch.columns]
+    rows = pa.RecordBatch.from_arrays(columns, names=batch.schema.names).to_pylist()
+    return [Record(first + i, row) for i, row in enumerate(rows)]
 
 
 class AtomicText(CommitOnSuccess):

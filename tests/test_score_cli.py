@@ -116,11 +116,11 @@ def test_parquet_input(model_dir, scorer, tmp_path):
     np.testing.assert_array_equal(read_scores(tmp_path / "s.jsonl")[1], scorer.score(rows))
 
 
-def parquet_and_jsonl(tmp_path: Path, rows: list[dict], schema=None) -> tuple[Path, Path]:
+def parquet_and_jsonl(tmp_path: Path, rows: list[dict]) -> tuple[Path, Path]:
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "in.parquet", row_group_size=7)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet", row_group_size=7)
     return tmp_path / "in.parquet", write_jsonl(tmp_path / "in.jsonl", rows)
 
 
@@ -135,15 +135,17 @@ def same_runs(model_dir: Path, tmp_path: Path, parquet: Path, jsonl: Path, *opti
     assert (tmp_path / "p.jsonl").read_bytes() == (tmp_path / "j.jsonl").read_bytes()
     assert p.output.split(" in ")[0] == j.output.split(" in ")[0]  # rows read, scored, rejected
     assert p.output.split("OOV ids: ")[1] == j.output.split("OOV ids: ")[1]  # OOV counts and metrics
-    if (tmp_path / "p-errors.jsonl").exists():
-        assert (tmp_path / "p-errors.jsonl").read_text().replace('"line"', "") == \
-            (tmp_path / "j-errors.jsonl").read_text().replace('"line"', "")
+    if (tmp_path / "p-errors.jsonl").exists():  # Parquet's row numbers are these JSONL lines
+        assert (tmp_path / "p-errors.jsonl").read_text() == (tmp_path / "j-errors.jsonl").read_text()
     return results
 
 
 def test_parquet_batches_score_on_their_columns(model_dir, tmp_path, monkeypatch):
-    # clean batches never become Python rows (din_runtime.arrow), and score as the JSONL of the same rows
+    # clean batches never become Python rows (din_runtime.arrow), and score as the JSONL of the same rows,
+    # unseen ids counted alike
     rows = [{**r, "label": i % 2} for i, r in enumerate(requests(30))]
+    for i in (3, 17):
+        rows[i] = {**rows[i], "item_id": f"unseen-{i}", "hist_cate_id": ["nope", *rows[i]["hist_cate_id"][1:]]}
     parquet, jsonl = parquet_and_jsonl(tmp_path, rows)
     import din_runtime.cli as cli
 
@@ -153,11 +155,12 @@ def test_parquet_batches_score_on_their_columns(model_dir, tmp_path, monkeypatch
     monkeypatch.setattr(cli, "parquet_records", no_rows)
     result, _ = same_runs(model_dir, tmp_path, parquet, jsonl, "--id-field", "rid", "--label-field", "label")
     assert "30 rows read, 30 scored, 0 rejected" in result.output and "GAUC" in result.output
+    assert "item_id 2" in result.output and "hist_cate_id 2" in result.output
 
 
 @pytest.mark.parametrize("change", [{"item_id": None}, {"hist_cate_id": ["c1"]}, {"price": None}, {"rid": None},
-                                    {"label": 2}], ids=["null-id", "ragged-history", "null-dense", "null-rid",
-                                                        "bad-label"])
+                                    {"label": 2}, {"age": 2**53 + 1}],
+                         ids=["null-id", "ragged-history", "null-dense", "null-rid", "bad-label", "big-int-dense"])
 def test_parquet_batches_needing_row_checks_take_the_row_path(model_dir, tmp_path, change):
     rows = [{**r, "label": i % 2} for i, r in enumerate(requests(30))]
     rows[13] = {**rows[13], **change}
@@ -168,8 +171,40 @@ def test_parquet_batches_needing_row_checks_take_the_row_path(model_dir, tmp_pat
     if (tmp_path / "p-errors.jsonl").read_text():
         field = next(iter(change))
         assert stopped.exit_code == 1 and f"row 14, field {field!r}" in stopped.output
-    else:  # a null request id is copied out as null, as from JSONL
-        assert stopped.exit_code == 0
+    else:  # a null request id is copied out as null, as from JSONL; a big integer is a number
+        assert stopped.exit_code == 0, stopped.output
+
+
+def test_parquet_decimal_dense_is_a_number_on_both_paths(model_dir, scorer, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    rows = requests(12)
+    rows[9] = {**rows[9], "item_id": None}  # this batch takes the row path, the others the columns
+    fields = [pa.field(k, pa.decimal128(12, 4) if k == "price" else pa.infer_type([r[k] for r in rows]))
+              for k in rows[0]]
+    from decimal import Decimal
+
+    import pyarrow.parquet as pq
+
+    typed = [{**r, "price": Decimal(str(r["price"]))} for r in rows]
+    pq.write_table(pa.Table.from_pylist(typed, schema=pa.schema(fields)), tmp_path / "in.parquet")
+    result = run(model_dir, tmp_path / "in.parquet", "-o", tmp_path / "s.jsonl", "--batch-size", 4,
+                 "--on-error", "skip", "--errors", tmp_path / "e.jsonl")
+    assert result.exit_code == 0, result.output
+    assert "12 rows read, 11 scored, 1 rejected" in result.output
+    assert [json.loads(x)["field"] for x in (tmp_path / "e.jsonl").read_text().splitlines()] == ["item_id"]
+    good = rows[:9] + rows[10:]
+    np.testing.assert_allclose(read_scores(tmp_path / "s.jsonl")[1], scorer.score(good), rtol=0, atol=1e-6)
+
+
+def test_parquet_nan_request_id_is_rejected_by_the_row_path(model_dir, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = [{**r, "rid": float(i)} for i, r in enumerate(requests(12))]
+    rows[6]["rid"] = float("nan")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    result = run(model_dir, tmp_path / "in.parquet", "--id-field", "rid", "--batch-size", 4)
+    assert result.exit_code == 1 and "row 7, field 'rid'" in result.output and "NaN" in result.output
 
 
 def test_parquet_without_pyarrow_says_how_to_install(model_dir, tmp_path, monkeypatch):
