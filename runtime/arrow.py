@@ -35,7 +35,8 @@ class ArrowEncoder:
         import pyarrow.compute as pc
 
         m = self.manifest
-        if not _columns_fit(m, batch.schema):
+        if not _columns_fit(m, batch.schema) or not valid_text(batch, [*(n for n, _ in m.spec.id_fields),
+                                                                        *m.histories]):
             return None
         arrays: dict[str, np.ndarray] = {}
 
@@ -98,6 +99,19 @@ def _columns_fit(m: Manifest, schema: pa.Schema) -> bool:
         return False
     return all(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
                for t in (schema.field(name).type for name in m.dense))
+
+
+def valid_text(batch: pa.RecordBatch, names: list[str]) -> bool:
+    """The string data of these columns is UTF-8 (a Parquet writer may store other bytes, which would look up
+    as unseen ids here; the row path names the row and the field instead)."""
+    import pyarrow as pa
+
+    try:
+        for name in names:
+            batch.column(name).validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 def oov_per_row(manifest: Manifest, arrays: dict[str, np.ndarray]) -> np.ndarray:

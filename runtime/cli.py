@@ -23,7 +23,7 @@ from typing import Any
 import click
 import numpy as np
 from din_runtime import __version__
-from din_runtime.arrow import ArrowEncoder, oov_per_field
+from din_runtime.arrow import ArrowEncoder, oov_per_field, valid_text
 from din_runtime.encode import Encoded
 from din_runtime.errors import DinRuntimeError, InputError
 from din_runtime.fs import write_json_atomic
@@ -198,7 +198,7 @@ class _Run:
         ids = labels = groups = None
         if self.id_field:
             column = _column(batch, self.id_field)
-            if column is None or not _plain_ids(column):
+            if column is None or not _plain_ids(column) or not valid_text(batch, [self.id_field]):
                 return False
             ids = column.to_pylist()
         if self.label_field:

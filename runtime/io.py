@@ -251,8 +251,26 @@ def parquet_records(first: int, batch: Any) -> list[Record]:
     import pyarrow as pa
 
     columns = [c.cast(pa.float64()) if pa.types.is_decimal(c.type) else c for c in batch.columns]
-    rows = pa.RecordBatch.from_arrays(columns, names=batch.schema.names).to_pylist()
+    names = batch.schema.names
+    try:
+        rows = pa.RecordBatch.from_arrays(columns, names=names).to_pylist()
+    except UnicodeDecodeError:  # a string that is not UTF-8 somewhere: find it row by row
+        return [_parquet_record(first + i, names, columns, i) for i in range(batch.num_rows)]
     return [Record(first + i, row) for i, row in enumerate(rows)]
+
+
+def _parquet_record(line: int, names: list[str], columns: list[Any], i: int) -> Record:
+    row: dict[str, Any] = {}
+    bad = None
+    for name, column in zip(names, columns, strict=True):
+        try:
+            row[name] = column[i].as_py()
+        except UnicodeDecodeError:
+            bad = bad or name
+            row[name] = "<not UTF-8>"  # for the errors file's raw text only
+    if bad is None:
+        return Record(line, row)
+    return Record(line, None, "holds bytes that are not UTF-8", bad, json.dumps(row, default=str, ensure_ascii=False))
 
 
 class AtomicText(CommitOnSuccess):

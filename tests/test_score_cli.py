@@ -439,3 +439,29 @@ def test_console_script_end_to_end(model_dir, scorer, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "din_runtime", str(tmp_path / "nope"), str(src)],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and "does not exist" in bad.stderr
+
+
+def test_parquet_text_that_is_not_utf8_names_its_row_and_field(model_dir, scorer, tmp_path):
+    # a Parquet writer may store any bytes in a string column: the row path names them, the column path
+    # must not look them up as unseen ids
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = requests(10)
+    table = pa.Table.from_pylist(rows)
+    for name, bad_row in (("item_id", 6), ("rid", 2)):
+        values = [r[name].encode() for r in rows]
+        values[bad_row] = b"\xff\xfe"
+        strings = pa.Array.from_buffers(pa.string(), len(values), pa.array(values, type=pa.binary()).buffers())
+        column = table.schema.get_field_index(name)
+        pq.write_table(table.set_column(column, name, strings), tmp_path / f"{name}.parquet")
+        stopped = run(model_dir, tmp_path / f"{name}.parquet", "--id-field", "rid", "--batch-size", 4)
+        assert stopped.exit_code == 1 and f"row {bad_row + 1}, field {name!r}" in stopped.output, stopped.output
+        assert "not UTF-8" in stopped.output
+        skipped = run(model_dir, tmp_path / f"{name}.parquet", "--id-field", "rid", "--batch-size", 4, "-o",
+                      tmp_path / "s.jsonl", "--on-error", "skip", "--errors", tmp_path / "e.jsonl")
+        assert skipped.exit_code == 0 and "10 rows read, 9 scored, 1 rejected" in skipped.output
+        ids, scores = read_scores(tmp_path / "s.jsonl")
+        good = rows[:bad_row] + rows[bad_row + 1:]
+        assert ids == [r["rid"] for r in good]
+        np.testing.assert_allclose(scores, scorer.score(good), rtol=0, atol=1e-6)
