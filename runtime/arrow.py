@@ -101,6 +101,14 @@ def _columns_fit(m: Manifest, schema: pa.Schema) -> bool:
                for t in (schema.field(name).type for name in m.dense))
 
 
+def decimals_as_doubles(column: pa.Array) -> pa.Array:
+    """A decimal column as doubles, any other as it is: the row path's encoder takes a number, and a
+    Decimal object is none."""
+    import pyarrow as pa
+
+    return column.cast(pa.float64()) if pa.types.is_decimal(column.type) else column
+
+
 def valid_text(batch: pa.RecordBatch, names: list[str]) -> bool:
     """The string data of these columns is UTF-8 (a Parquet writer may store other bytes, which would look up
     as unseen ids here; the row path names the row and the field instead)."""

@@ -212,7 +212,7 @@ class _Run:
         self.read += batch.num_rows
         self.scored += batch.num_rows
         writer.write(ids, probs)
-        if labels is not None and groups is not None:
+        if self.label_field:
             self.labels.extend(labels)
             self.groups.extend(groups)
             self.scores.append(probs)

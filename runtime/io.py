@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO, NamedTuple
 
+from din_runtime.arrow import decimals_as_doubles
 from din_runtime.errors import DinRuntimeError
 from din_runtime.fs import AtomicFile, CommitOnSuccess
 
@@ -245,12 +246,11 @@ def read_parquet_batches(source: str | BinaryIO, batch_size: int) -> Iterator[tu
 
 
 def parquet_records(first: int, batch: Any) -> list[Record]:
-    """The rows of a batch of `read_parquet_batches` as Records; `line` is the 1-based row number. Decimal
-    columns come as doubles: a Decimal object is no number to the encoder, and din_runtime.arrow reads
-    them as numbers too."""
+    """The rows of a batch of `read_parquet_batches` as Records; `line` is the 1-based row number; decimal
+    columns as doubles (din_runtime.arrow.decimals_as_doubles)."""
     import pyarrow as pa
 
-    columns = [c.cast(pa.float64()) if pa.types.is_decimal(c.type) else c for c in batch.columns]
+    columns = [decimals_as_doubles(c) for c in batch.columns]
     names = batch.schema.names
     try:
         rows = pa.RecordBatch.from_arrays(columns, names=names).to_pylist()

@@ -73,7 +73,7 @@ class Scorer:
     """Scores DIN requests with an exported model. Build it with `Scorer.load(model_dir)`."""
 
     __slots__ = ("_manifest", "_session", "_device", "_dtypes", "_outputs", "_new_session", "_candidates", "_lock",
-                 "_checks", "_names", "_width_input", "_short", "_short_width", "_attention_width")
+                 "_checks", "_names", "_width_input", "_short", "_short_width")
 
     def __init__(self, *_: Any, **__: Any) -> None:
         raise TypeError("build a Scorer with Scorer.load(model_dir, device=..., threads=...): it checks the model "
@@ -90,7 +90,6 @@ class Scorer:
         self._short = short
         # batches at most this wide go to `short` (-1: none do, not even an all-empty batch of width 0)
         self._short_width = manifest.short_max_width if short is not None else -1
-        self._attention_width = manifest.attention_width
         self._device = device
         self._dtypes = {i.name: np.dtype(_DTYPES[i.type]) for i in session.get_inputs()}
         self._outputs = tuple(o.name for o in session.get_outputs())
@@ -224,8 +223,9 @@ class Scorer:
         if batch == 0:
             return np.zeros((0,) if output == "prob" else (0, 0), dtype=np.float32)
         session = self._short if width <= self._short_width else self._session
-        step = rows_per_run(width, self._attention_width)
-        if batch == 1 or self._device != "cpu" or batch <= step:
+        # the run size only when it can matter: B=1 pays for nothing it does not use
+        if (batch == 1 or self._device != "cpu"
+                or batch <= (step := rows_per_run(width, self._manifest.attention_width))):
             # one run, no slices (the common case at small batches), with _run_once and _checked inline
             try:
                 (result,) = session.run([output], feeds)
@@ -258,7 +258,7 @@ class Scorer:
         feeds = {name: _as_feed(arrays[name], self._dtypes[name]) for name in m.inputs}
         shared = (*m.histories, "hist_len")
         width = feeds[self._width_input].shape[1]
-        step = rows_per_run(width, self._attention_width) if self._device == "cpu" else n
+        step = rows_per_run(width, m.attention_width) if self._device == "cpu" else n
         results = []
         for start in range(0, n, step):
             rows = min(step, n - start)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 import numpy as np
-from din_runtime.arrow import ArrowEncoder, oov_per_row
+from din_runtime.arrow import ArrowEncoder, decimals_as_doubles, oov_per_row
 from din_runtime.errors import DinRuntimeError, InputError, ModelDirError
 from din_runtime.features import LENGTH
 from din_runtime.manifest import MANIFEST_FILE, Manifest, load_manifest
@@ -319,14 +319,7 @@ def _score_rows(scorer: Scorer, rows: list[dict[str, Any]], skip: bool
 
 
 def _rows(batch: pa.RecordBatch, fields: Sequence[str]) -> list[dict[str, Any]]:
-    import pyarrow as pa
-
-    columns = []
-    for name in fields:
-        column = batch.column(name)
-        if pa.types.is_decimal(column.type):
-            column = column.cast(pa.float64())  # Decimal objects are no number to the encoder; doubles are
-        columns.append(column.to_pylist())
+    columns = [decimals_as_doubles(batch.column(name)).to_pylist() for name in fields]
     return [dict(zip(fields, values, strict=True)) for values in zip(*columns, strict=True)]
 
 
